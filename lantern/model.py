@@ -1,0 +1,160 @@
+"""`Model`: what `lantern.load()` returns. Ties the transformer, its KV caches, the tokenizer and
+the chat template of one GGUF file together, on one device."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .errors import LanternError
+from .models import architecture
+from .models.layers import KVCache, TensorSource
+from .weights.gguf_file import GGUFFile
+
+# Prompt tokens per forward pass: bounds the transient activations ([chunk, ffn_dim] float32).
+PREFILL_CHUNK = 512
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', 'mps' or 'auto' (the best available) as a torch.device."""
+    name = str(name or "cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LanternError(f"unknown device {name!r}; use cpu, cuda, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LanternError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise LanternError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise LanternError(f"unsupported device {name!r}; use cpu, cuda, mps or auto")
+    return device
+
+
+class Model:
+    def __init__(self, file: GGUFFile, device: torch.device, context_length: int | None = None,
+                 sliding_window: bool = True):
+        self.file = file
+        self.device = device
+        self.arch = file.architecture
+        module = architecture(self.arch, file.path)
+        overrides = {}
+        if not sliding_window:
+            overrides["sliding_window"] = 0
+        if context_length is not None:
+            if context_length <= 0:
+                raise LanternError(f"context length must be positive, got {context_length}")
+            overrides["context_length"] = context_length
+        self.params = module.Params.from_gguf(file, **overrides)
+        self.transformer = module.build(TensorSource(file, self.params, device))
+
+    @classmethod
+    def load(cls, spec: str | os.PathLike, device="cpu", context_length: int | None = None,
+             sliding_window: bool = True) -> "Model":
+        started = time.perf_counter()
+        path = Path(spec) if isinstance(spec, os.PathLike) else _resolve_spec(spec)
+        model = cls(GGUFFile(path), resolve_device(device), context_length, sliding_window)
+        model.load_seconds = time.perf_counter() - started
+        return model
+
+    # ----- the engine -------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int:
+        return self.params.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.params.vocab_size
+
+    def new_cache(self, max_length: int | None = None) -> KVCache:
+        return self.transformer.new_cache(max_length or self.context_length, self.device)
+
+    def forward(self, token_ids: Sequence[int] | torch.Tensor, cache: KVCache,
+                last_only: bool = False) -> torch.Tensor:
+        """Feed `token_ids` after the cache's contents; float32 logits for every new token, or
+        only the last one (what generation needs: skips most of the output head)."""
+        ids = self._as_ids(token_ids)
+        chunks = ids.split(PREFILL_CHUNK)
+        logits = []
+        for i, chunk in enumerate(chunks):
+            if not last_only:
+                logits.append(self.transformer(chunk, cache, outputs="all"))
+            elif i == len(chunks) - 1:
+                logits.append(self.transformer(chunk, cache, outputs="last"))
+            else:
+                self.transformer(chunk, cache, outputs="none")
+        return torch.cat(logits)
+
+    def logits(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """float32 [len(token_ids), vocab] next-token logits for a fresh sequence."""
+        ids = self._as_ids(token_ids)
+        return self.forward(ids, self.new_cache(max(len(ids), 1))).cpu()
+
+    def _as_ids(self, token_ids) -> torch.Tensor:
+        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        if ids.numel() == 0:
+            raise LanternError("no tokens to run; the prompt is empty")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise LanternError(f"token ids must be in [0, {self.vocab_size}); got {int(ids.min())}..{int(ids.max())}")
+        if ids.numel() > self.context_length:
+            from .errors import ContextOverflowError
+
+            raise ContextOverflowError(
+                f"{ids.numel()} tokens do not fit the context of {self.context_length}; shorten the prompt"
+            )
+        return ids.to(self.device)
+
+    # ----- text -------------------------------------------------------------------------------
+
+    @cached_property
+    def tokenizer(self):
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.from_gguf(self.file)
+
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def generate(self, prompt_or_messages, **options):
+        """Stream a completion: iterate for text pieces; see lantern.generation.generate."""
+        from .generation import generate
+
+        return generate(self, prompt_or_messages, **options)
+
+    def complete(self, prompt_or_messages, **options):
+        """Run a completion to the end and return it (text, token ids, finish reason, timings)."""
+        from .generation import complete
+
+        return complete(self, prompt_or_messages, **options)
+
+    def chat(self, system: str | None = None, **options):
+        """A multi-turn session that keeps earlier turns in the KV cache."""
+        from .chat import ChatSession
+
+        return ChatSession(self, system=system, **options)
+
+    def __repr__(self) -> str:
+        p = self.params
+        return (f"Model({self.file.path.name!r}, arch={self.arch}, layers={p.n_layers}, dim={p.dim}, "
+                f"vocab={p.vocab_size}, context={p.context_length}, device={self.device})")
+
+
+def _resolve_spec(spec: str) -> Path:
+    from .hub import resolve
+
+    return resolve(spec)

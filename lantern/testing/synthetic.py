@@ -1,0 +1,198 @@
+"""Synthetic GGUF models for tests and benchmarks.
+
+Random weights with the exact tensor names, shapes and metadata of real `phi3`, `llama` and
+`qwen2` files, written with the reference writer (`gguf.GGUFWriter`) in float32, then quantized
+with llama.cpp's own quantizer, so lantern and llama.cpp read the very same bytes. Also the F32
+"exact math" copy of a quantized file: every tensor dequantized by `gguf.quants`, an independent
+dequantizer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf.constants import TokenType
+from gguf.quants import dequantize
+
+# llama.cpp's llama_ftype values for llama_model_quantize.
+FTYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
+}
+
+
+@dataclass
+class Spec:
+    """Shape of a synthetic model. Dims are multiples of 256 so every K-quant applies."""
+
+    arch: str = "phi3"
+    dim: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    ffn_dim: int = 512
+    vocab_size: int = 512
+    context_length: int = 4096
+    rope_base: float = 10000.0
+    sliding_window: int = 0  # phi3 only; 0 = key absent
+    longrope: bool = False  # phi3 128k variant: rope_factors_long/short + attention factor
+    original_context: int = 4096
+    rope_freqs: bool = False  # llama 3.1 style divisors
+    tied_output: bool = False  # llama: no output.weight
+    seed: int = 0
+    name: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+def small_vocab(size: int, phi3: bool = False) -> dict:
+    """A SentencePiece-style vocabulary llama.cpp accepts: <unk>, <s>, </s>, 256 byte tokens,
+    then filler pieces. With `phi3`, ids 32000.. carry Phi-3's special tokens (size must allow)."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+    while len(tokens) < size:
+        tokens.append(f"\u2581t{len(tokens)}")
+        types.append(TokenType.NORMAL)
+    if phi3 and size >= 32011:
+        specials = {32000: "<|endoftext|>", 32001: "<|assistant|>", 32006: "<|system|>",
+                    32007: "<|end|>", 32010: "<|user|>"}
+        for i, text in specials.items():
+            tokens[i], types[i] = text, TokenType.CONTROL
+    scores = [-float(i) for i in range(size)]
+    return {"tokens": tokens[:size], "types": types[:size], "scores": scores[:size]}
+
+
+def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
+    """Write `spec` as a float32 GGUF at `path` (random weights, deterministic per seed)."""
+    path = Path(path)
+    rng = np.random.default_rng(spec.seed)
+    arch = spec.arch
+    w = GGUFWriter(str(path), arch)
+    w.add_name(spec.name or f"synthetic-{arch}")
+    w.add_context_length(spec.context_length)
+    w.add_embedding_length(spec.dim)
+    w.add_feed_forward_length(spec.ffn_dim)
+    w.add_block_count(spec.n_layers)
+    w.add_head_count(spec.n_heads)
+    w.add_head_count_kv(spec.n_kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(spec.head_dim)
+    w.add_rope_freq_base(spec.rope_base)
+    w.add_file_type(0)
+    if arch == "phi3":
+        if spec.sliding_window:
+            w.add_sliding_window(spec.sliding_window)
+        w.add_rope_scaling_orig_ctx_len(spec.original_context)
+        if spec.longrope:
+            scale = spec.context_length / spec.original_context
+            w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(spec.original_context))))
+
+    vocab = small_vocab(spec.vocab_size, phi3=arch == "phi3")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(vocab["tokens"])
+    w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(32000 if arch == "phi3" and spec.vocab_size > 32000 else 2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+
+    def matrix(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * (scale / np.sqrt(cols))).astype(np.float32)
+
+    def norm() -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(spec.dim)).astype(np.float32)
+
+    d, f, hd = spec.dim, spec.ffn_dim, spec.head_dim
+    q_dim, kv_dim = spec.n_heads * hd, spec.n_kv_heads * hd
+    w.add_tensor("token_embd.weight", (rng.standard_normal((spec.vocab_size, d)) * 0.5).astype(np.float32))
+    w.add_tensor("output_norm.weight", norm())
+    if not spec.tied_output:
+        w.add_tensor("output.weight", matrix(spec.vocab_size, d, 2.0))
+    if spec.longrope:
+        half = hd // 2
+        w.add_tensor("rope_factors_long.weight", np.linspace(1.0, 8.0, half, dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, half, dtype=np.float32))
+    if spec.rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.concatenate(
+            [np.ones(hd // 4, np.float32), np.linspace(1.0, 8.0, hd // 2 - hd // 4, dtype=np.float32)]))
+    for i in range(spec.n_layers):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", norm())
+        w.add_tensor(b + "ffn_norm.weight", norm())
+        if arch == "phi3":
+            w.add_tensor(b + "attn_qkv.weight", matrix(q_dim + 2 * kv_dim, d))
+            w.add_tensor(b + "ffn_up.weight", matrix(2 * f, d))
+        else:
+            w.add_tensor(b + "attn_q.weight", matrix(q_dim, d))
+            w.add_tensor(b + "attn_k.weight", matrix(kv_dim, d))
+            w.add_tensor(b + "attn_v.weight", matrix(kv_dim, d))
+            w.add_tensor(b + "ffn_gate.weight", matrix(f, d))
+            w.add_tensor(b + "ffn_up.weight", matrix(f, d))
+            if arch == "qwen2":
+                for part, size in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+                    w.add_tensor(b + f"attn_{part}.bias", (0.1 * rng.standard_normal(size)).astype(np.float32))
+        w.add_tensor(b + "attn_output.weight", matrix(d, q_dim))
+        w.add_tensor(b + "ffn_down.weight", matrix(d, f))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str) -> Path:
+    """Quantize with llama.cpp's quantizer (`llama_model_quantize`), as users' files are made."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[ftype]
+    params.nthread = 2
+    tmp = Path(str(dst) + ".tmp")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) failed with {rc}")
+    os.replace(tmp, dst)
+    return Path(dst)
+
+
+def f32_reference(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy `src` with every tensor dequantized to float32 by gguf.quants (the exact-math oracle)."""
+    reader = GGUFReader(str(src))
+    arch = reader.get_field("general.architecture").contents()
+    tmp = Path(str(dst) + ".tmp")
+    w = GGUFWriter(str(tmp), arch)
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key == "general.file_type":
+            w.add_file_type(0)
+            continue
+        value = fld.contents()
+        vtype = fld.types[0]
+        if vtype == GGUFValueType.ARRAY:
+            w.add_key_value(key, value, vtype, sub_type=fld.types[-1])
+        else:
+            w.add_key_value(key, value, vtype)
+    for t in reader.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        if t.tensor_type == GGMLQuantizationType.F32:
+            values = np.asarray(t.data, dtype=np.float32).reshape(shape)
+        else:
+            values = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(shape)
+        w.add_tensor(t.name, values)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, dst)
+    return Path(dst)
