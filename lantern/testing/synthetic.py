@@ -44,12 +44,23 @@ class Spec:
     original_context: int = 4096
     rope_freqs: bool = False  # llama 3.1 style divisors
     tied_output: bool = False  # llama: no output.weight
+    # Real language models put most probability on a few tokens; a purely random head gives
+    # near-uniform logits whose top-2 often tie to 1e-4 std, where float summation order alone
+    # picks the winner. Mixing in the embedding (as tied heads do) gives realistic margins.
+    output_embedding_mix: float = 0.5
     seed: int = 0
     name: str = ""
+    source_type: str = "F32"  # F16 halves the size of the unquantized source of large models
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+
+# A Phi-3-mini-4k-instruct-shaped model: 3.8B parameters, the real file's shapes and metadata.
+PHI3_MINI = Spec(arch="phi3", dim=3072, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=8192,
+                 vocab_size=32064, context_length=4096, sliding_window=2047, source_type="F16",
+                 name="phi3-mini-synthetic")
 
 
 def small_vocab(size: int, phi3: bool = False) -> dict:
@@ -85,7 +96,7 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(spec.head_dim)
     w.add_rope_freq_base(spec.rope_base)
-    w.add_file_type(0)
+    w.add_file_type(1 if spec.source_type == "F16" else 0)
     if arch == "phi3":
         if spec.sliding_window:
             w.add_sliding_window(spec.sliding_window)
@@ -105,18 +116,24 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
 
+    float_type = np.float16 if spec.source_type == "F16" else np.float32
+
     def matrix(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * (scale / np.sqrt(cols))).astype(np.float32)
+        values = rng.standard_normal((rows, cols), dtype=np.float32)
+        values *= scale / np.sqrt(cols)
+        return values.astype(float_type, copy=False)
 
     def norm() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(spec.dim)).astype(np.float32)
 
     d, f, hd = spec.dim, spec.ffn_dim, spec.head_dim
     q_dim, kv_dim = spec.n_heads * hd, spec.n_kv_heads * hd
-    w.add_tensor("token_embd.weight", (rng.standard_normal((spec.vocab_size, d)) * 0.5).astype(np.float32))
+    embedding = (rng.standard_normal((spec.vocab_size, d), dtype=np.float32) * 0.5).astype(float_type)
+    w.add_tensor("token_embd.weight", embedding)
     w.add_tensor("output_norm.weight", norm())
     if not spec.tied_output:
-        w.add_tensor("output.weight", matrix(spec.vocab_size, d, 2.0))
+        mix = spec.output_embedding_mix
+        w.add_tensor("output.weight", (mix * embedding + matrix(spec.vocab_size, d, 2.0)).astype(float_type))
     if spec.longrope:
         half = hd // 2
         w.add_tensor("rope_factors_long.weight", np.linspace(1.0, 8.0, half, dtype=np.float32))
@@ -165,34 +182,91 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str) -> Path
     return Path(dst)
 
 
-def f32_reference(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy `src` with every tensor dequantized to float32 by gguf.quants (the exact-math oracle)."""
+def rewrite(src: str | os.PathLike, dst: str | os.PathLike, *, tensor=None, metadata=None) -> Path:
+    """Copy a GGUF file, passing each tensor through `tensor(name, type, values)` (which returns
+    `(name, array, raw_type)` or None to drop it) and each metadata item through
+    `metadata(key, value)` (returns the value to write, or None to drop the key)."""
     reader = GGUFReader(str(src))
     arch = reader.get_field("general.architecture").contents()
+    if metadata is not None:
+        arch = metadata("general.architecture", arch) or arch
     tmp = Path(str(dst) + ".tmp")
     w = GGUFWriter(str(tmp), arch)
     for key, fld in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        if key == "general.file_type":
-            w.add_file_type(0)
-            continue
         value = fld.contents()
+        if metadata is not None:
+            value = metadata(key, value)
+            if value is None:
+                continue
         vtype = fld.types[0]
-        if vtype == GGUFValueType.ARRAY:
-            w.add_key_value(key, value, vtype, sub_type=fld.types[-1])
-        else:
-            w.add_key_value(key, value, vtype)
+        sub_type = fld.types[-1] if vtype == GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub_type)
     for t in reader.tensors:
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        if t.tensor_type == GGMLQuantizationType.F32:
-            values = np.asarray(t.data, dtype=np.float32).reshape(shape)
+        result = (t.name, np.asarray(t.data), t.tensor_type)
+        if tensor is not None:
+            result = tensor(t.name, t.tensor_type, np.asarray(t.data))
+        if result is None:
+            continue
+        name, values, raw_type = result
+        if raw_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            w.add_tensor(name, values)
         else:
-            values = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(shape)
-        w.add_tensor(t.name, values)
+            w.add_tensor(name, values, raw_dtype=raw_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     os.replace(tmp, dst)
     return Path(dst)
+
+
+def f32_reference(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy `src` with every tensor dequantized to float32 by gguf.quants (the exact-math oracle)."""
+
+    def to_f32(name, qtype, data):
+        if qtype == GGMLQuantizationType.F32:
+            return name, data, qtype
+        return name, dequantize(data, qtype).astype(np.float32), GGMLQuantizationType.F32
+
+    return rewrite(src, dst, tensor=to_f32,
+                   metadata=lambda key, value: 0 if key == "general.file_type" else value)
+
+
+# Bump when the files this module writes change, so cached fixtures are rebuilt.
+FIXTURE_VERSION = 2
+
+
+def fixture_dir() -> Path:
+    from ..hub import cache_dir
+
+    return cache_dir() / "fixtures" / "synthetic"
+
+
+def cached_model(spec: Spec, ftype: str = "F32") -> Path:
+    """The synthetic model `spec` quantized to `ftype`, built once and kept in the cache."""
+    import hashlib
+
+    key = hashlib.sha256(f"{FIXTURE_VERSION}:{spec!r}".encode()).hexdigest()[:12]
+    folder = fixture_dir() / f"{spec.arch}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / f"{spec.source_type}.gguf"
+    if not source.exists():
+        tmp = folder / f"{spec.source_type}.gguf.partial"
+        write_synthetic(tmp, spec)
+        os.replace(tmp, source)
+    if ftype == spec.source_type:
+        return source
+    target = folder / f"{ftype}.gguf"
+    if not target.exists():
+        quantize(source, target, ftype)
+    return target
+
+
+def cached_reference(path: Path) -> Path:
+    """The F32 exact-math copy of `path`, built once next to it."""
+    target = Path(path).with_suffix(".ref-f32.gguf")
+    if not target.exists():
+        f32_reference(path, target)
+    return target

@@ -1,0 +1,117 @@
+"""Bad model files give one-line errors that name the problem, from the API and the command line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+import lantern
+from lantern.errors import ModelFileError, UnsupportedModelError
+from lantern.testing.synthetic import Spec, cached_model, rewrite
+
+SPEC = Spec(arch="llama", n_kv_heads=2, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def good_model():
+    return cached_model(SPEC, "Q4_K_M")
+
+
+def truncated(good_model, tmp_path):
+    path = tmp_path / "truncated.gguf"
+    data = good_model.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def truncated_header(good_model, tmp_path):
+    path = tmp_path / "header.gguf"
+    path.write_bytes(good_model.read_bytes()[:200])
+    return path
+
+
+def not_gguf(good_model, tmp_path):
+    path = tmp_path / "notes.gguf"
+    path.write_text("these are not the weights you are looking for\n")
+    return path
+
+
+def missing(good_model, tmp_path):
+    return tmp_path / "nowhere" / "model.gguf"
+
+
+def unknown_architecture(good_model, tmp_path):
+    def rename(key, value):
+        if key == "general.architecture":
+            return "mamba9"
+        return value.replace("llama.", "mamba9.") if isinstance(value, str) else value
+
+    return rewrite(good_model, tmp_path / "arch.gguf", metadata=rename)
+
+
+def unsupported_type(good_model, tmp_path):
+    def to_iq4_nl(name, qtype, data):
+        if name != "blk.0.attn_q.weight":
+            return name, data, qtype
+        rows, cols = 256, 256
+        blocks = np.zeros((rows, cols // 32 * 18), dtype=np.uint8)  # IQ4_NL: 32 elems in 18 bytes
+        return name, blocks, GGMLQuantizationType.IQ4_NL
+
+    return rewrite(good_model, tmp_path / "iq4.gguf", tensor=to_iq4_nl)
+
+
+def missing_tensor(good_model, tmp_path):
+    return rewrite(good_model, tmp_path / "missing-tensor.gguf",
+                   tensor=lambda name, qtype, data: None if name == "blk.1.ffn_down.weight" else (name, data, qtype))
+
+
+def shape_mismatch(good_model, tmp_path):
+    return rewrite(good_model, tmp_path / "shape.gguf",
+                   metadata=lambda key, value: 768 if key == "llama.feed_forward_length" else value)
+
+
+CASES = {
+    "missing": (missing, ModelFileError, "no such file"),
+    "truncated": (truncated, ModelFileError, "truncated"),
+    "truncated_header": (truncated_header, ModelFileError, "truncated or corrupt"),
+    "not_gguf": (not_gguf, ModelFileError, "not a GGUF file"),
+    "unknown_architecture": (unknown_architecture, UnsupportedModelError, "architecture 'mamba9' is not supported"),
+    "unsupported_type": (unsupported_type, UnsupportedModelError, "type IQ4_NL"),
+    "missing_tensor": (missing_tensor, ModelFileError, "'blk.1.ffn_down.weight' is missing"),
+    "shape_mismatch": (shape_mismatch, ModelFileError, "has shape [512, 256], expected [768, 256]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_api_raises_one_line_error(case, good_model, tmp_path):
+    make, error, words = CASES[case]
+    path = make(good_model, tmp_path)
+    with pytest.raises(error) as info:
+        lantern.load(str(path))
+    message = str(info.value)
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_command_line_prints_one_line_and_exits_1(case, good_model, tmp_path):
+    make, _, words = CASES[case]
+    path = make(good_model, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "lantern", "run", "-m", str(path), "hello"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lantern: error:") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_good_model_still_loads(good_model, tmp_path):
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(good_model, copy)
+    assert lantern.load(str(copy)).params.ffn_dim == 512
