@@ -1,0 +1,8 @@
+"""``python -m lantern``: the same as the ``lantern`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
