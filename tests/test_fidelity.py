@@ -32,10 +32,10 @@ def prompt(vocab_size: int, length: int = PROMPT_LENGTH, seed: int = 0) -> list[
     return [int(i) for i in np.random.default_rng(seed).integers(3, vocab_size, length)]
 
 
-def assert_at_least_as_faithful(path, ids, n_ctx=None):
+def assert_at_least_as_faithful(path, ids, n_ctx=None, device="cpu"):
     reference = llama_cpp_logits(cached_reference(path), ids, n_ctx=n_ctx, f32_cache=True)
     theirs = fidelity(llama_cpp_logits(path, ids, n_ctx=n_ctx), reference)
-    ours = fidelity(lantern.load(path).logits(ids).numpy(), reference)
+    ours = fidelity(lantern.load(path, device=device).logits(ids).numpy(), reference)
     print(f"{path.parent.name}/{path.name}: lantern {ours} | llama.cpp {theirs}")
     assert ours.distance <= max(1.1 * theirs.distance, 0.02), (ours, theirs)
     assert ours.top1_agree >= theirs.top1_agree - math.floor(len(ids) / 100), (ours, theirs)
