@@ -44,7 +44,7 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 class Model:
     def __init__(self, file: GGUFFile, device: torch.device, context_length: int | None = None,
-                 sliding_window: bool = True):
+                 sliding_window: bool = True, kernels: str | None = None):
         self.file = file
         self.device = device
         self.arch = file.architecture
@@ -57,14 +57,17 @@ class Model:
                 raise LanternError(f"context length must be positive, got {context_length}")
             overrides["context_length"] = context_length
         self.params = module.Params.from_gguf(file, **overrides)
-        self.transformer = module.build(TensorSource(file, self.params, device))
+        self.transformer = module.build(TensorSource(file, self.params, device, kernels))
 
     @classmethod
     def load(cls, spec: str | os.PathLike, device="cpu", context_length: int | None = None,
-             sliding_window: bool = True) -> "Model":
+             sliding_window: bool = True, kernels: str | None = None) -> "Model":
+        """`kernels`: "fast" (weights converted once at load for the fast CPU kernels, bf16
+        activations), "reference" (exact float32 math, dequantized per call), or None
+        (environment variable LANTERN_KERNELS, else fast on the CPU)."""
         started = time.perf_counter()
         path = Path(spec) if isinstance(spec, os.PathLike) else _resolve_spec(spec)
-        model = cls(GGUFFile(path), resolve_device(device), context_length, sliding_window)
+        model = cls(GGUFFile(path), resolve_device(device), context_length, sliding_window, kernels)
         model.load_seconds = time.perf_counter() - started
         return model
 

@@ -32,10 +32,10 @@ def prompt(vocab_size: int, length: int = PROMPT_LENGTH, seed: int = 0) -> list[
     return [int(i) for i in np.random.default_rng(seed).integers(3, vocab_size, length)]
 
 
-def assert_at_least_as_faithful(path, ids, n_ctx=None, device="cpu"):
+def assert_at_least_as_faithful(path, ids, n_ctx=None, **load_options):
     reference = llama_cpp_logits(cached_reference(path), ids, n_ctx=n_ctx, f32_cache=True)
     theirs = fidelity(llama_cpp_logits(path, ids, n_ctx=n_ctx), reference)
-    ours = fidelity(lantern.load(path, device=device).logits(ids).numpy(), reference)
+    ours = fidelity(lantern.load(path, **load_options).logits(ids).numpy(), reference)
     print(f"{path.parent.name}/{path.name}: lantern {ours} | llama.cpp {theirs}")
     assert ours.distance <= max(1.1 * theirs.distance, 0.02), (ours, theirs)
     assert ours.top1_agree >= theirs.top1_agree - math.floor(len(ids) / 100), (ours, theirs)
@@ -75,15 +75,14 @@ def test_longrope_128k_variant():
     """Phi-3-128k: long factors and the attention factor when the context exceeds the original."""
     spec = Spec(arch="phi3", vocab_size=32064, context_length=16384, original_context=512, longrope=True)
     path = cached_model(spec, "Q4_K_M")
-    ids = prompt(spec.vocab_size, 96, seed=3)
+    ids = prompt(spec.vocab_size, seed=3)
     # llama.cpp picks the long factors from its context size, so give it the full context.
     assert_at_least_as_faithful(path, ids, n_ctx=spec.context_length)
     # With a context within the original length, the short factors apply (both engines).
-    reference = llama_cpp_logits(cached_reference(path), ids, n_ctx=512, f32_cache=True)
-    short = lantern.load(path, context_length=512).logits(ids).numpy()
-    assert fidelity(short, reference).distance <= 0.02
+    assert_at_least_as_faithful(path, ids, n_ctx=512, context_length=512)
+    short_reference = llama_cpp_logits(cached_reference(path), ids, n_ctx=512, f32_cache=True)
     long = lantern.load(path).logits(ids).numpy()
-    assert fidelity(long, reference).distance > 0.1, "long and short factors must differ"
+    assert fidelity(long, short_reference).distance > 1.0, "long and short factors must differ"
 
 
 def test_llama31_rope_freqs():
@@ -91,17 +90,21 @@ def test_llama31_rope_freqs():
     assert_at_least_as_faithful(cached_model(spec, "Q4_K_M"), prompt(1024, 200, seed=4))
 
 
-def test_kv_cache_decode_matches_batched_prompt():
-    """Decoding one token at a time on the cache gives the logits of the batched prompt."""
-    model = lantern.load(cached_model(SPECS["llama"], "Q4_K_M"))
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+def test_kv_cache_decode_matches_batched_prompt(kernels):
+    """Decoding one token at a time on the cache gives the logits of the batched prompt: to
+    float32 summation noise on the exact kernels; to bf16 activation rounding on the fast ones."""
+    model = lantern.load(cached_model(SPECS["llama"], "Q4_K_M"), kernels=kernels)
     ids = prompt(1024, 40, seed=5)
     batched = model.logits(ids)
     cache = model.new_cache()
     model.forward(ids[:30], cache)
     stepped = [model.forward([t], cache)[0] for t in ids[30:]]
     assert cache.length == 40
-    np.testing.assert_allclose(np.stack([s.numpy() for s in stepped]), batched[30:].numpy(), atol=1e-4, rtol=1e-4)
+    # bfloat16 keeps 8 significant bits: relative rounding up to 2**-8 per activation.
+    atol, rtol = (1e-4, 1e-4) if kernels == "reference" else (0.02 * float(batched.std()), 1e-2)
+    np.testing.assert_allclose(np.stack([s.numpy() for s in stepped]), batched[30:].numpy(), atol=atol, rtol=rtol)
     # Rolling the cache back and replaying gives the same logits again.
     cache.truncate(35)
     again = model.forward(ids[35:], cache)
-    np.testing.assert_allclose(again.numpy(), batched[35:].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(again.numpy(), batched[35:].numpy(), atol=atol, rtol=rtol)

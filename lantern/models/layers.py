@@ -8,7 +8,7 @@ names. Activations are float32 [tokens, features] for one sequence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -325,12 +325,12 @@ class TensorSource:
     file: GGUFFile
     params: ModelParams
     device: str | torch.device = "cpu"
-    _cache: dict = field(default_factory=dict)
+    kernels: str | None = None  # "fast", "reference" or None (LANTERN_KERNELS, else fast on CPU)
 
     def linear(self, name: str, out_features: int, in_features: int, bias: str | None = None) -> QuantizedLinear:
         weight = self.file.tensor(name, (out_features, in_features))
         b = self.vector(bias, out_features) if bias else None
-        return QuantizedLinear(weight, b, device=self.device)
+        return QuantizedLinear(weight, b, device=self.device, kernels=self.kernels)
 
     def vector(self, name: str, size: int) -> torch.Tensor:
         return dense_vector(self.file.tensor(name, (size,)), self.device)

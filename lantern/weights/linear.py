@@ -3,6 +3,11 @@
 A model only ever calls `QuantizedLinear(x)` and `QuantizedEmbedding(ids)`; how the weight is
 stored and multiplied (dequantize-then-matmul, torch's int4 kernels, ...) is chosen here per
 tensor type and can change without the model noticing.
+
+Kernel policy (see `lantern.weights.kernels`): "fast" (the default on CPU) converts each weight
+once at load into what a fast kernel reads and gives the file's pages back; "reference"
+dequantizes to float32 at every call (the exact math). Select with `set_kernel_policy`, the
+environment variable LANTERN_KERNELS, or `QuantizedLinear(..., kernels=...)`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from gguf import GGMLQuantizationType as QT
 from torch import nn
 
 from .gguf_file import TensorData
+from .kernels import build as _build_kernel
+from .kernels import kernel_policy, set_kernel_policy  # noqa: F401  (public API)
+from .kernels.memory import release_pages
 from .quants import dequantize
 
 FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
@@ -33,28 +41,50 @@ def _on_device(raw: torch.Tensor, device) -> torch.Tensor:
 
 
 class QuantizedLinear(nn.Module):
-    """y = x @ W.T + b with W kept in its GGUF encoding.
+    """y = x @ W.T + b with W kept compact.
 
-    The reference kernel dequantizes W to float32 for each call and multiplies in float32: the
-    exact math of the file's weights, at the cost of a dequantization per call.
+    Reference kernel (`kernels="reference"`): W stays in its GGUF encoding, is dequantized to
+    float32 for each call and multiplied in float32: the exact math of the file's weights.
+    Fast kernel (`kernels="fast"`, the default on CPU): W is converted once into the fast
+    kernel's form (`self.kernel`), the file's bytes are released, and each call rounds x to
+    bfloat16 and returns float32 (see `lantern.weights.kernels`).
     """
 
-    def __init__(self, weight: TensorData, bias: torch.Tensor | None = None, device="cpu"):
+    def __init__(self, weight: TensorData, bias: torch.Tensor | None = None, device="cpu",
+                 kernels: str | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.qtype = weight.type
         self.name = weight.name
-        self.raw = _on_device(weight.raw, device)
         self.bias = bias
+        self.kernel = None
+        if kernel_policy(kernels) == "fast":
+            self.kernel = _build_kernel(weight.raw, weight.type, self.out_features, self.in_features, device)
+        if self.kernel is None:
+            self.raw = _on_device(weight.raw, device)
+        else:
+            self.raw = None
+            release_pages(weight.raw)
+
+    @property
+    def kernel_name(self) -> str:
+        return "reference" if self.kernel is None else self.kernel.name
 
     def weight(self, rows: slice = slice(None)) -> torch.Tensor:
-        """The float32 weight (or a slice of its rows), exactly as the file encodes it."""
+        """The float32 weight (or a slice of its rows) the layer multiplies by: exactly the file's
+        on the reference path, the kernel's (bfloat16-rounded scales) on the fast path."""
+        if self.kernel is not None:
+            start, stop, _ = rows.indices(self.out_features)
+            return self.kernel.dense(start, stop).float()
         if self.qtype == QT.F32:
             return self.raw[rows]
         raw = self.raw[rows]
         return dequantize(raw, self.qtype, (raw.shape[0], self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            y = self.kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y.add_(self.bias)
         rows_per_chunk = max(1, DEQUANT_CHUNK // self.in_features)
         if self.qtype == QT.F32 or self.out_features <= rows_per_chunk:
             return F.linear(x, self.weight(), self.bias)
@@ -65,7 +95,7 @@ class QuantizedLinear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"{self.name}: {self.in_features} -> {self.out_features}, {self.qtype.name}"
+        return f"{self.name}: {self.in_features} -> {self.out_features}, {self.qtype.name}, {self.kernel_name}"
 
 
 class QuantizedEmbedding(nn.Module):

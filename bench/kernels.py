@@ -1,0 +1,162 @@
+"""Weight kernels: reference (dequantize to float32 per call) vs fast, per GGUF type and shape,
+and end-to-end decode/prompt speed of whole models.
+
+    python bench/kernels.py                      # Phi-3-mini shapes, main types, M=1 and M=256
+    python bench/kernels.py --types all --reps 5
+    python bench/kernels.py --e2e                # + end-to-end on SmolLM2 and the Phi-3-mini fixture
+
+Prints G weights/s (weights of the matrix per second; for M=256 that is M x fewer per token).
+The machine is shared: every variant runs interleaved in the same process and the median of
+--reps runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as QT
+
+from lantern.weights import linear
+from lantern.weights.gguf_file import TensorData
+from lantern.weights.kernels import describe
+
+PHI3_SHAPES = [(9216, 3072), (16384, 3072), (3072, 8192), (32064, 3072)]
+MAIN_TYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0"]
+ALL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# (elements, bytes, offsets of f16 fields) per block
+LAYOUT = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
+          "Q8_0": (32, 34, [0]), "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]),
+          "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208])}
+
+
+def random_weight(qtype: str, rows: int, cols: int, seed: int = 0) -> TensorData:
+    """Random quant bytes with small finite f16 scales: valid blocks of `qtype`."""
+    elems, nbytes, f16 = LAYOUT[qtype]
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, (rows * cols // elems, nbytes), dtype=np.uint8)
+    for off in f16:
+        b[:, off:off + 2] = np.frombuffer(rng.uniform(1e-3, 1e-2, len(b)).astype(np.float16).tobytes(),
+                                          np.uint8).reshape(-1, 2)
+    return TensorData(f"bench.{qtype}", QT[qtype], (rows, cols), torch.from_numpy(b.reshape(rows, -1)))
+
+
+def timed(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernels(types, shapes, ms, reps, reference: bool) -> None:
+    print(f"# kernels: {describe()}")
+    print(f"{'type':6} {'shape':>12} {'kernel':>12} " + " ".join(f"{'M=' + str(m):>9}" for m in ms) + "   (G weights/s)")
+    for qtype in types:
+        for rows, cols in shapes:
+            w = random_weight(qtype, rows, cols)
+            layers = {"fast": linear.QuantizedLinear(w, kernels="fast")}
+            if reference:
+                layers["reference"] = linear.QuantizedLinear(w, kernels="reference")
+            rates = {name: [] for name in layers}
+            for m in ms:
+                x = torch.randn(m, cols)
+                for name, layer in layers.items():
+                    r = reps if name == "fast" else max(1, reps // 3)
+                    rates[name].append(rows * cols / timed(lambda: layer(x), r) / 1e9)
+            for name, layer in layers.items():
+                label = layer.kernel_name
+                print(f"{qtype:6} {rows:>5}x{cols:<6} {label:>12} " + " ".join(f"{v:9.2f}" for v in rates[name]),
+                      flush=True)
+
+
+# ----- end to end ---------------------------------------------------------------------------------
+
+
+def e2e_one(path: str, policy: str, decode_tokens: int, prompt_tokens: int, reps: int) -> dict:
+    import lantern
+
+    linear.set_kernel_policy(policy)
+    started = time.perf_counter()
+    model = lantern.load(path)
+    load_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    ids = [int(i) for i in rng.integers(3, min(model.vocab_size, 32000), prompt_tokens + decode_tokens)]
+    prompt_s, decode_s = [], []
+    for _ in range(reps):
+        cache = model.new_cache(prompt_tokens + decode_tokens + 1)
+        t = time.perf_counter()
+        model.forward(ids[:prompt_tokens], cache, last_only=True)
+        prompt_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for tok in ids[prompt_tokens:]:
+            model.forward([tok], cache, last_only=True)
+        decode_s.append(time.perf_counter() - t)
+    return {
+        "model": Path(path).name, "policy": policy, "load_s": round(load_s, 2),
+        "prompt_tok_s": round(prompt_tokens / statistics.median(prompt_s), 2),
+        "decode_tok_s": round(decode_tokens / statistics.median(decode_s), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "file_mib": round(os.path.getsize(path) / 2**20),
+    }
+
+
+def e2e(models, policies, decode_tokens, prompt_tokens, reps) -> None:
+    for path in models:
+        for policy in policies:
+            n_dec, n_prompt = decode_tokens, prompt_tokens
+            if policy == "reference" and os.path.getsize(path) > 1 << 30:
+                n_dec, n_prompt = 2, 16  # the reference path needs seconds per token here
+            out = subprocess.run(
+                [sys.executable, __file__, "--e2e-one", str(path), policy, str(n_dec), str(n_prompt), str(reps)],
+                capture_output=True, text=True)
+            line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:]
+            print(line, flush=True)
+
+
+def default_models() -> list[Path]:
+    cache = Path(os.environ.get("LANTERN_CACHE", Path.home() / ".cache" / "lantern"))
+    found = [cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"]
+    found += sorted((cache / "fixtures" / "synthetic").glob("phi3-*/Q4_K_M.gguf"), key=os.path.getsize)[-1:]
+    return [p for p in found if p.exists() and p.stat().st_size > 0]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--e2e-one":
+        path, policy, n_dec, n_prompt, reps = sys.argv[2:7]
+        print(json.dumps(e2e_one(path, policy, int(n_dec), int(n_prompt), int(reps))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--types", default=",".join(MAIN_TYPES), help="comma-separated GGUF types, or 'all'")
+    ap.add_argument("--shapes", default="phi3", help="'phi3' or e.g. 4096x4096,1024x4096 (out x in)")
+    ap.add_argument("--m", default="1,256", help="batch sizes (tokens per call)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference kernel")
+    ap.add_argument("--e2e", action="store_true", help="also run whole models (SmolLM2, Phi-3-mini fixture)")
+    ap.add_argument("--e2e-only", action="store_true")
+    ap.add_argument("--model", action="append", help="GGUF file for --e2e (repeatable)")
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    args = ap.parse_args()
+    types = ALL_TYPES if args.types == "all" else args.types.split(",")
+    shapes = PHI3_SHAPES if args.shapes == "phi3" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if not args.e2e_only:
+        kernels(types, shapes, [int(m) for m in args.m.split(",")], args.reps, not args.no_reference)
+    if args.e2e or args.e2e_only:
+        models = [Path(m) for m in args.model] if args.model else default_models()
+        e2e(models, ["fast", "reference"], args.decode_tokens, args.prompt_tokens, max(1, args.reps // 2))
+
+
+if __name__ == "__main__":
+    main()

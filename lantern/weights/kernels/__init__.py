@@ -1,0 +1,83 @@
+"""Weight kernels behind `QuantizedLinear`: how a GGUF weight is stored and multiplied.
+
+Two policies:
+
+* ``"reference"``: the weight keeps its file encoding and is dequantized to float32 for each
+  call (exact float32 math; slow). Implemented in `lantern.weights.linear`.
+* ``"fast"`` (default on CPU): the weight is converted once at load into a form a fast kernel
+  reads, and the file's bytes are given back:
+
+  - Q4_0, Q4_1, Q4_K (one piece), Q5_0, Q5_1, Q5_K, Q8_0 (two pieces): torch's int4 weight-only
+    kernel (`int4.py`) for small batches (decode); for prompt chunks the same packed weight is
+    expanded to bfloat16 a slab at a time and multiplied by a dense bfloat16 GEMM.
+  - Q6_K (scales per 16 elements, no int4 form): kept in its file encoding and multiplied by the
+    C kernel (`native.py`, AVX-512, exact float32 math) when the extension is built and the CPU
+    has AVX-512; else, like Q2_K and Q3_K, a dense bfloat16 copy (`dense.py`).
+  - F32, F16, BF16: the reference path (already dense).
+
+  Activations are rounded to bfloat16 on the fast path (the int4 kernel runs 50-100x slower on
+  float32 activations); the result is float32.
+
+Choose with `set_kernel_policy`, the environment variable ``LANTERN_KERNELS`` (read when the first
+layer is built) or per layer (`QuantizedLinear(..., kernels="reference")`). Non-CPU devices always
+use the reference path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from gguf import GGMLQuantizationType as QT
+
+POLICIES = ("fast", "reference")
+
+_policy: str | None = None
+
+
+def set_kernel_policy(policy: str | None) -> None:
+    """Select the kernels for layers built from now on: "fast", "reference", or None (the
+    environment variable LANTERN_KERNELS, else "fast")."""
+    global _policy
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"unknown kernel policy {policy!r}; use one of {', '.join(POLICIES)}")
+    _policy = policy
+
+
+def kernel_policy(policy: str | None = None) -> str:
+    """The policy in force: `policy` if given, else the one set, else LANTERN_KERNELS, else fast."""
+    chosen = policy or _policy or os.environ.get("LANTERN_KERNELS") or "fast"
+    if chosen not in POLICIES:
+        raise ValueError(f"unknown kernel policy {chosen!r} (LANTERN_KERNELS?); use one of {', '.join(POLICIES)}")
+    return chosen
+
+
+def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device) -> "object | None":
+    """The fast kernel for a [rows, cols] weight of `qtype`, or None where the reference path
+    is the right one (float types, non-CPU devices, shapes the kernels do not take)."""
+    from . import dense, int4, native
+
+    if torch.device(device).type != "cpu":
+        return None
+    if qtype in int4.INT4_TYPES and cols % int4.GROUP == 0 and int4.available():
+        return int4.Int4Kernel(raw, qtype, rows, cols)
+    if qtype == QT.Q6_K and cols % 256 == 0 and native.simd():
+        return native.Q6KKernel(raw, qtype, rows, cols)
+    if qtype in dense.DENSE_TYPES:
+        return dense.DenseKernel(raw, qtype, rows, cols)
+    return None
+
+
+def describe() -> str:
+    """One line on what the fast kernels use on this machine (for --verbose)."""
+    from . import int4
+
+    parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    from . import native
+
+    parts.append("int4 weight-only kernel" if int4.available() else "no int4 kernel (dense bfloat16 only)")
+    if native.available():
+        parts.append("native C kernels" + (" (AVX-512)" if native.simd() else " (portable C)"))
+    else:
+        parts.append("no native kernels (pure PyTorch)")
+    return ", ".join(parts)

@@ -1,0 +1,121 @@
+"""ctypes bindings to lantern's optional C kernels (`_native.c`) and the Q6_K kernel built on them.
+
+The library is an extension module built by `pip install` (setup.py); when it is absent (no
+compiler at install time, a platform without wheels) `available()` is False and the callers fall
+back to pure PyTorch. ctypes releases the GIL for the duration of each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType as QT
+
+_lib = None
+_tried = False
+
+
+def library():
+    """The loaded C library, or None."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("LANTERN_NATIVE", "1") == "0":
+            return None
+        try:
+            spec = importlib.util.find_spec("lantern.weights.kernels._native")
+            if spec is not None and spec.origin:
+                lib = ctypes.CDLL(spec.origin)
+                i64, ptr = ctypes.c_int64, ctypes.c_void_p
+                lib.lantern_cpu_features.restype = ctypes.c_int
+                lib.lantern_set_features.argtypes = (ctypes.c_int,)
+                lib.lantern_set_features.restype = ctypes.c_int
+                lib.lantern_q6k_matmul.argtypes = (ptr, ptr, ptr, i64, i64, i64, ctypes.c_int)
+                lib.lantern_q6k_to_bf16.argtypes = (ptr, ptr, i64, i64, ctypes.c_int)
+                lib.lantern_int4_to_bf16.argtypes = (ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64, ctypes.c_int)
+                _lib = lib
+        except OSError:
+            _lib = None
+    return _lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def simd() -> bool:
+    """Whether the library runs its AVX-512 paths on this CPU."""
+    lib = library()
+    return bool(lib and lib.lantern_cpu_features())
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def q6k_matmul(raw: torch.Tensor, x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """x float32 [M, cols] @ W.T for Q6_K blocks `raw` (rows x cols): float32 [M, rows]."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    library().lantern_q6k_matmul(_ptr(raw), _ptr(x), _ptr(y), rows, cols, x.shape[0], _threads())
+    return y
+
+
+def q6k_to_bf16(raw: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    out = torch.empty(rows, cols, dtype=torch.bfloat16)
+    library().lantern_q6k_to_bf16(_ptr(raw), _ptr(out), rows, cols, _threads())
+    return out
+
+
+def int4_to_bf16(packed: list, sz: list, rows: int, cols: int, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) (multiples of 64) of a sum of torch-packed int4 weights, as bf16."""
+    n = len(packed)
+    pp = (ctypes.c_void_p * n)(*[p.data_ptr() for p in packed])
+    sp = (ctypes.c_void_p * n)(*[s.data_ptr() for s in sz])
+    out = torch.empty(stop - start, cols, dtype=torch.bfloat16)
+    library().lantern_int4_to_bf16(pp, sp, n, _ptr(out), rows, cols, start, stop, _threads())
+    return out
+
+
+# Batches up to this many rows run the fused Q6_K kernel; larger ones expand slabs to bfloat16
+# for torch's GEMM.
+Q6K_MAX_M = 16
+DENSE_SLAB_WEIGHTS = 1 << 23
+
+
+class Q6KKernel:
+    """Q6_K kept in its file encoding (6.56 bits per weight), multiplied by the C kernel."""
+
+    name = "q6k-native"
+
+    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int):
+        assert qtype == QT.Q6_K and cols % 256 == 0
+        self.qtype, self.rows, self.cols = qtype, rows, cols
+        # An owned copy: the file's pages are released after conversion like every fast kernel.
+        self.raw = raw.reshape(rows, -1).clone()
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= Q6K_MAX_M:
+            return q6k_matmul(self.raw, x.float(), self.rows, self.cols)
+        xb = x.to(torch.bfloat16)
+        out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
+        step = max(64, DENSE_SLAB_WEIGHTS // self.cols)
+        for start in range(0, self.rows, step):
+            stop = min(start + step, self.rows)
+            out[:, start:stop] = F.linear(xb, q6k_to_bf16(self.raw[start:stop], stop - start, self.cols))
+        return out
+
+    def dense(self, start: int, stop: int) -> torch.Tensor:
+        return q6k_to_bf16(self.raw[start:stop].contiguous(), stop - start, self.cols)

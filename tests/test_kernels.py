@@ -1,0 +1,176 @@
+"""The fast weight kernels against the exact float32 reference, per GGUF type.
+
+Tolerances come from bfloat16 rounding (relative 2^-9, half an ulp) on the fast path: the
+activations, the per-group scale and zero (int4 kernel), the expanded weights (dense path) and
+the kernel's bfloat16 output each round once. A decoding mistake (wrong nibble, scale or element
+order) gives errors of the order of |x| |w| and fails by far.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as QT
+
+import lantern
+from lantern.testing.synthetic import Spec, cached_model
+from lantern.weights import linear
+from lantern.weights.gguf_file import GGUFFile
+from lantern.weights.kernels import int4, native
+from lantern.weights.quants import dequantize
+
+SPEC = Spec(arch="llama", n_heads=4, n_kv_heads=2, tied_output=True, vocab_size=1024)
+# GGUF type -> a synthetic file holding such tensors.
+FILES = {
+    QT.Q4_0: "Q4_0", QT.Q4_1: "Q4_1", QT.Q5_0: "Q5_0", QT.Q5_1: "Q5_1", QT.Q8_0: "Q8_0",
+    QT.Q2_K: "Q2_K", QT.Q3_K: "Q3_K_M", QT.Q4_K: "Q4_K_M", QT.Q5_K: "Q5_K_M", QT.Q6_K: "Q6_K",
+}
+U = 2.0 ** -9  # bfloat16 unit roundoff
+
+
+def tensors_of(qtype):
+    f = GGUFFile(cached_model(SPEC, FILES[qtype]))
+    found = [f.tensor(n) for n, info in f.tensors.items()
+             if info.tensor_type == qtype and len(f.tensor(n).shape) == 2]
+    assert found, f"no {qtype.name} tensor in the fixture"
+    return found
+
+
+def bound(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Error bound for x @ w.T on the fast path: rounding of x and w (each 2^-9 relative), of the
+    group's scale and zero (up to 8 x 2^-9 of the group's largest weight), and of the output."""
+    g = w.abs().view(w.shape[0], -1, 16).amax(-1, keepdim=True).expand(-1, -1, 16).reshape(w.shape)
+    return U * (x.abs() @ (2 * w.abs() + 8 * g).T) + 2 * U * y.abs() + 1e-6
+
+
+@pytest.mark.parametrize("qtype", list(FILES), ids=lambda t: t.name)
+@pytest.mark.parametrize("m", [1, 3, 200])
+def test_fast_kernel_matches_float32_reference(qtype, m):
+    t = tensors_of(qtype)[0]
+    exact = dequantize(t.raw, t.type, t.shape)
+    layer = linear.QuantizedLinear(t, kernels="fast")
+    assert layer.kernel is not None, f"{qtype.name} has no fast kernel"
+    assert layer.raw is None, "the file's bytes must be given back after conversion"
+    x = torch.randn(m, t.shape[1], generator=torch.Generator().manual_seed(m))
+    y = layer(x)
+    ref = x @ exact.T
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    excess = (y - ref).abs() - bound(x, exact, ref)
+    assert excess.max() <= 0, f"{qtype.name} M={m}: error exceeds the bf16 bound by {excess.max():.3g}"
+    # The layer's weight() is what the kernel multiplies by: close to the file's weight.
+    w = layer.weight(slice(0, 64))
+    g = exact[:64].abs().view(64, -1, 16).amax(-1, keepdim=True).expand(-1, -1, 16).reshape(64, -1)
+    assert ((w - exact[:64]).abs() <= U * (2 * exact[:64].abs() + 8 * g) + 1e-7).all()
+
+
+def random_blocks(qtype, rows, cols, seed=0):
+    """Random but valid blocks: random quant bytes, small positive f16 scales."""
+    elems, nbytes = {QT.Q4_0: (32, 18), QT.Q8_0: (32, 34), QT.Q4_1: (32, 20)}[qtype]
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, (rows * cols // elems, nbytes), dtype=np.uint8)
+    b[:, 0:2] = np.frombuffer(rng.uniform(0.001, 0.1, len(b)).astype(np.float16).tobytes(), np.uint8).reshape(-1, 2)
+    if qtype == QT.Q4_1:
+        b[:, 2:4] = np.frombuffer(rng.uniform(-0.5, 0.5, len(b)).astype(np.float16).tobytes(), np.uint8).reshape(-1, 2)
+    return torch.from_numpy(b.reshape(rows, -1))
+
+
+@pytest.mark.parametrize("rows", [16, 100, 200])
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0], ids=lambda t: t.name)
+def test_int4_rows_not_multiple_of_64(qtype, rows):
+    """torch packs rows in blocks of 64: other row counts are padded with zero weights."""
+    cols = 96
+    raw = random_blocks(qtype, rows, cols)
+    exact = dequantize(raw, qtype, (rows, cols))
+    k = int4.Int4Kernel(raw, qtype, rows, cols)
+    for m in (1, 200):
+        x = torch.randn(m, cols)
+        ref = x @ exact.T
+        assert ((k(x) - ref).abs() <= bound(x, exact, ref)).all()
+
+
+def test_int4_packing_layout_matches_torch():
+    codes = torch.randint(0, 16, (192, 160), dtype=torch.uint8)
+    assert torch.equal(int4._pack_codes_manual(codes), int4._pack_codes_torch(codes))
+    assert torch.equal(int4.unpack_codes(int4._pack_codes_manual(codes), 192, 160), codes)
+
+
+@pytest.mark.skipif(not native.available(), reason="native kernels not built (pip install -e . builds them)")
+def test_native_portable_path_matches_simd_path():
+    t = tensors_of(QT.Q6_K)[0]
+    rows, cols = t.shape
+    x = torch.randn(5, cols)
+    lib = native.library()
+    try:
+        lib.lantern_set_features(0)
+        portable = native.q6k_matmul(t.raw.contiguous(), x, rows, cols)
+        portable_bf16 = native.q6k_to_bf16(t.raw.contiguous(), rows, cols)
+    finally:
+        lib.lantern_set_features(-1)
+    simd = native.q6k_matmul(t.raw.contiguous(), x, rows, cols)
+    exact = dequantize(t.raw, t.type, t.shape)
+    torch.testing.assert_close(simd, x @ exact.T, rtol=1e-5, atol=1e-5)  # float32 math
+    torch.testing.assert_close(portable, simd, rtol=1e-5, atol=1e-5)
+    assert torch.equal(portable_bf16, native.q6k_to_bf16(t.raw.contiguous(), rows, cols))
+    assert torch.equal(portable_bf16, exact.to(torch.bfloat16))
+
+
+def test_pure_pytorch_fallback_without_native(monkeypatch):
+    """Without the C library every type still runs (Q6_K as dense bfloat16)."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", True)
+    for qtype in (QT.Q6_K, QT.Q4_K):
+        t = tensors_of(qtype)[0]
+        layer = linear.QuantizedLinear(t, kernels="fast")
+        assert layer.kernel_name in ("dense-bf16", "int4")
+        x = torch.randn(200, t.shape[1])
+        exact = dequantize(t.raw, t.type, t.shape)
+        ref = x @ exact.T
+        assert ((layer(x) - ref).abs() <= bound(x, exact, ref)).all()
+
+
+def test_policy_switch_and_environment(monkeypatch):
+    t = tensors_of(QT.Q4_K)[0]
+    assert linear.QuantizedLinear(t, kernels="reference").kernel is None
+    monkeypatch.setenv("LANTERN_KERNELS", "reference")
+    assert linear.QuantizedLinear(t).kernel is None
+    linear.set_kernel_policy("fast")
+    try:
+        assert linear.QuantizedLinear(t).kernel is not None
+    finally:
+        linear.set_kernel_policy(None)
+    monkeypatch.setenv("LANTERN_KERNELS", "bogus")
+    with pytest.raises(ValueError):
+        linear.QuantizedLinear(t)
+
+
+# ----- fidelity of whole models on the fast path, decode included -----------------------------
+
+
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_K_M"), ("qwen2", "Q8_0"), ("phi3", "Q6_K")])
+def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
+    """Prompt (M > 128: dense bf16 GEMM), small batches and one-token decode steps (int4 and
+    fused Q6_K kernels) all stay at least as close to the exact math as llama.cpp is."""
+    from lantern.testing.oracle import fidelity, llama_cpp_logits
+    from lantern.testing.synthetic import cached_reference
+
+    spec = {
+        "llama": SPEC,
+        "qwen2": Spec(arch="qwen2", n_heads=4, n_kv_heads=2, vocab_size=1024, rope_base=1e6),
+        "phi3": Spec(arch="phi3", vocab_size=32064),
+    }[arch]
+    path = cached_model(spec, qtype)
+    ids = [int(i) for i in np.random.default_rng(11).integers(3, spec.vocab_size, 160)]
+    reference = llama_cpp_logits(cached_reference(path), ids, f32_cache=True)
+    theirs = fidelity(llama_cpp_logits(path, ids), reference)
+    model = lantern.load(path)  # the default: fast kernels
+    cache = model.new_cache()
+    ours = [model.forward(ids[:140], cache)]  # one chunk of 140 (dense path)
+    ours.append(model.forward(ids[140:148], cache))  # a small batch (int4 / fused kernels)
+    ours += [model.forward([t], cache) for t in ids[148:]]  # decode steps
+    ours = fidelity(torch.cat(ours).numpy(), reference)
+    print(f"{arch} {qtype}: lantern fast {ours} | llama.cpp {theirs}")
+    assert ours.distance <= max(1.1 * theirs.distance, 0.02), (ours, theirs)
+    assert ours.top1_agree >= theirs.top1_agree - math.floor(len(ids) / 100), (ours, theirs)
