@@ -108,3 +108,15 @@ def test_kv_cache_decode_matches_batched_prompt(kernels):
     cache.truncate(35)
     again = model.forward(ids[35:], cache)
     np.testing.assert_allclose(again.numpy(), batched[35:].numpy(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q5_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"])
+def test_reference_kernels_are_the_exact_math(qtype):
+    """The reference kernels (kernels="reference") dequantize exactly and multiply in float32:
+    their distance to the exact math is float32 summation noise."""
+    path = cached_model(SPECS["phi3"], qtype)
+    ids = prompt(32064, 64, seed=9)
+    reference = llama_cpp_logits(cached_reference(path), ids, f32_cache=True)
+    ours = fidelity(lantern.load(path, kernels="reference").logits(ids).numpy(), reference)
+    assert ours.distance <= 1e-3, ours
+    assert ours.top1_agree == len(ids), ours
