@@ -127,6 +127,13 @@ class Model:
 
         return Tokenizer.from_gguf(self.file)
 
+    @cached_property
+    def chat_template(self):
+        """The file's chat template (ChatML, with a warning, when the file has none)."""
+        from .chat_template import ChatTemplate
+
+        return ChatTemplate.from_gguf(self.file)
+
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_bos=add_bos, special=special)
 

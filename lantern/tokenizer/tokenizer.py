@@ -378,6 +378,15 @@ class Tokenizer:
         return token_id in self._eog
 
     @property
+    def stop_ids(self) -> frozenset[int]:
+        """Token ids generation stops at: the end-of-generation set plus `<|assistant|>`.
+
+        A model that writes `<|assistant|>` has started a new turn of its own. Phi-3's HF
+        generation config stops there (eos ids 32000, 32001, 32007); llama.cpp's set lacks it."""
+        extra = self.token_to_id.get("<|assistant|>")
+        return self._eog | {extra} if extra is not None else self._eog
+
+    @property
     def bos_token(self) -> str:
         return self._texts[self.bos_id] if self.bos_id is not None else ""
 

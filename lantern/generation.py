@@ -1,0 +1,476 @@
+"""Generation: a generator of token ids on the model contract, with text streaming and stopping
+layered on top.
+
+Layers, lowest first:
+
+- `generate_tokens(model, prompt_ids, sampler, cache)`: prefill (in chunks), then one token at a
+  time; yields sampled ids for ever, until the sequence fills the context. Knows nothing about
+  text or stopping. Chat sessions and speculative decoding build on it.
+- `Generation`: drives `generate_tokens`, stops at end-of-generation ids, `max_tokens`, the
+  context limit and user stop strings, and streams text through the tokenizer's `StreamDecoder`
+  (each token is decoded once; the output is never re-decoded as a whole).
+- `generate(model, prompt_or_messages, ...)` / `complete(...)`: the public API (also
+  `Model.generate` / `Model.complete`): builds the prompt (chat template or raw text), checks it
+  fits, and returns a `Generation`.
+
+Context rule (as llama-cpp-python's): the sequence, prompt plus generated tokens, never exceeds
+the context length. A prompt that leaves no room for one token raises `ContextOverflowError`
+before any compute; a generation that reaches the limit ends with finish reason "context".
+
+Finish reasons: "stop" (end-of-generation token or stop string), "length" (max_tokens),
+"context" (context full), "cancelled" (`Generation.cancel()`/`close()` or an exception).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .errors import ContextOverflowError, LanternError
+from .sampling import Sampler, SamplerSettings
+
+# Prompt tokens per forward call during prefill: bounds activation memory and lets a
+# cancellation take effect between chunks.
+PREFILL_CHUNK = 512
+
+STOP, LENGTH, CONTEXT, CANCELLED = "stop", "length", "context", "cancelled"
+
+_DEFAULTS = SamplerSettings()
+
+
+# ----- the token generator ---------------------------------------------------------------------
+
+
+def context_limit(model, cache=None) -> int:
+    """The most tokens a sequence may hold: the model's context, or a smaller cache's."""
+    limit = int(model.context_length)
+    cache_max = getattr(cache, "max_length", None)
+    return min(limit, int(cache_max)) if cache_max else limit
+
+
+def check_fits(model, n_prompt: int, cache=None) -> None:
+    """Raise ContextOverflowError unless a prompt of `n_prompt` tokens leaves room for one more."""
+    limit = context_limit(model, cache)
+    if n_prompt >= limit:
+        raise ContextOverflowError(
+            f"the prompt is {n_prompt} tokens but the context holds {limit} (prompt and answer "
+            f"together); shorten the prompt"
+        )
+
+
+def generate_tokens(
+    model,
+    prompt_ids: Sequence[int],
+    sampler: Sampler,
+    cache=None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_prefill: Callable[[int, float], None] | None = None,
+) -> Iterator[int]:
+    """Yield sampled token ids continuing `prompt_ids`, until the context is full.
+
+    `cache` (default: a new one) must hold a prefix of `prompt_ids` (the caller guarantees it,
+    e.g. a chat session after `cache.truncate(common_prefix)`); only the rest is run. When
+    token t is yielded the cache holds the prompt and every token before t: t itself is fed
+    when the consumer asks for the next one, so stopping after t costs nothing.
+
+    The sampler's penalty window is reset to the prompt; each yielded token is accepted.
+    `should_stop()` is polled between prefill chunks (a cancelled prefill returns early);
+    `on_prefill(n_tokens_run, seconds)` is called once the prompt is processed.
+    """
+    prompt_ids = [int(t) for t in prompt_ids]
+    if not prompt_ids:
+        raise LanternError("the prompt is empty; give some text")
+    if cache is None:
+        cache = model.new_cache()
+    limit = context_limit(model, cache)
+    check_fits(model, len(prompt_ids), cache)
+    if cache.length > len(prompt_ids):
+        raise ValueError(f"cache holds {cache.length} tokens, more than the {len(prompt_ids)}-token prompt")
+    if cache.length == len(prompt_ids):
+        cache.truncate(len(prompt_ids) - 1)  # the last prompt token's logits are needed again
+
+    sampler.reset(prompt_ids)
+    started = time.perf_counter()
+    todo = prompt_ids[cache.length :]
+    run = len(todo)
+    logits = None
+    for i in range(0, len(todo), PREFILL_CHUNK):
+        if should_stop is not None and should_stop():
+            return
+        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
+    if on_prefill is not None:
+        on_prefill(run, time.perf_counter() - started)
+
+    length = len(prompt_ids)
+    while True:
+        token = sampler(logits)
+        sampler.accept(token)
+        length += 1
+        yield token
+        if length >= limit:
+            return
+        logits = model.forward([token], cache, last_only=True)
+
+
+# ----- text, stopping, timings -----------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    """Where the time went (model loading not included).
+
+    prompt: the prompt tokens actually run (a chat turn reuses its cached prefix) and the time
+    from the start of prefill to the first sampled token. generation: every token sampled after
+    the first, one forward pass each, and the time they took. first_token_seconds: from the
+    start (prompt building included) to the first sampled token.
+    """
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    first_token_seconds: float | None = None
+    build_seconds: float = 0.0
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decode_steps(self) -> int:
+        return max(self.generated_tokens - 1, 0)
+
+    @property
+    def generation_tokens_per_second(self) -> float:
+        return self.decode_steps / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        ttft = f"{self.first_token_seconds:.2f} s" if self.first_token_seconds is not None else "-"
+        return (
+            f"prompt {self.prompt_tokens} tok in {self.prompt_seconds:.2f} s "
+            f"({self.prompt_tokens_per_second:.1f} tok/s), generation {self.generated_tokens} tok in "
+            f"{self.generation_seconds:.2f} s ({self.generation_tokens_per_second:.1f} tok/s), "
+            f"first token after {ttft}"
+        )
+
+
+class StopStrings:
+    """Streams text through, holding back what could be the start of a stop string.
+
+    `push(text)` returns (text safe to emit, stopped). When a stop string is complete, the text
+    before it is returned and the stop string itself never is. `flush()` returns what is held.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.matched: str | None = None  # the stop string that ended the text
+
+    def push(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
+        if hits:
+            at, self.matched = min(hits, key=lambda h: h[0])
+            out, self.pending = self.pending[:at], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = k
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _stream_decoder(tokenizer, continuation: bool):
+    from .tokenizer import StreamDecoder
+
+    return StreamDecoder(tokenizer, continuation=continuation)
+
+
+class Generation:
+    """A completion in progress. Iterate it for text pieces as they are produced; afterwards (or
+    at any time, for what has been produced so far) read:
+
+    text, token_ids (generated, without the end-of-generation token), prompt_ids, prompt_tokens,
+    finish_reason (None while running), timings, seed.
+
+    `complete()` runs it to the end; `cancel()` (safe from a signal handler or another thread)
+    makes it stop before the next token; `close()` stops it now.
+
+    `continuation=True` (raw text): the text continues the prompt exactly, a leading space
+    included. `continuation=False` (chat answers): the answer is decoded on its own, so the
+    space a SentencePiece model puts before its first word is dropped (as HF's decode does).
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt_ids: Sequence[int],
+        sampler: Sampler,
+        *,
+        max_tokens: int | None = 256,
+        stop: Sequence[str] | str = (),
+        cache=None,
+        on_finish: Callable[["Generation"], None] | None = None,
+        build_seconds: float = 0.0,
+        continuation: bool = True,
+    ):
+        self.model = model
+        self.prompt_ids = [int(t) for t in prompt_ids]
+        self.sampler = sampler
+        self.max_tokens = normalize_max_tokens(max_tokens)
+        self.stop = normalize_stop(stop)
+        self.cache = cache if cache is not None else model.new_cache()
+        self.on_finish = on_finish
+        self.continuation = continuation
+        self.text = ""
+        self.token_ids: list[int] = []
+        self.sampled_ids: list[int] = []  # every sampled id, the end-of-generation one included
+        self.finish_reason: str | None = None
+        self.stop_string: str | None = None  # the stop string that ended it, if one did
+        self.timings = Timings(build_seconds=build_seconds)
+        self._cancel = False
+        self._finished = False
+        self._iterator = self._run()
+
+    # ----- public -----
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iterator
+
+    def __next__(self) -> str:
+        return next(self._iterator)
+
+    def complete(self) -> "Generation":
+        for _ in self._iterator:
+            pass
+        return self
+
+    def cancel(self) -> None:
+        self._cancel = True
+
+    def close(self) -> None:
+        self._iterator.close()
+        self._finish(CANCELLED)
+
+    def __repr__(self) -> str:
+        return (f"Generation(finish_reason={self.finish_reason!r}, prompt_tokens={self.prompt_tokens}, "
+                f"generated={len(self.token_ids)}, text={self.text[:40]!r})")
+
+    # ----- the loop -----
+
+    def _run(self) -> Iterator[str]:
+        started = time.perf_counter()
+        timings = self.timings
+        eog = self.model.tokenizer.stop_ids
+        decoder = _stream_decoder(self.model.tokenizer, self.continuation)
+        stops = StopStrings(self.stop)
+        reason = None  # stays None if an exception or close() ends the loop: "cancelled"
+        tokens = None
+
+        def on_prefill(n: int, seconds: float) -> None:
+            timings.prompt_tokens = n
+
+        try:
+            if self.max_tokens == 0:
+                reason = LENGTH
+                return
+            tokens = generate_tokens(
+                self.model, self.prompt_ids, self.sampler, self.cache,
+                should_stop=lambda: self._cancel, on_prefill=on_prefill,
+            )
+            first_at = None
+            stop_hit = False
+            for token in tokens:
+                now = time.perf_counter()
+                self.sampled_ids.append(token)
+                timings.generated_tokens += 1
+                if first_at is None:
+                    first_at = now
+                    timings.prompt_seconds = now - started
+                    timings.first_token_seconds = timings.build_seconds + (now - started)
+                else:
+                    timings.generation_seconds = now - first_at
+                if token in eog:
+                    reason = STOP
+                    break
+                self.token_ids.append(token)
+                piece, stop_hit = stops.push(decoder.push(token))
+                if piece:
+                    self.text += piece
+                    yield piece
+                if stop_hit:
+                    reason = STOP
+                    break
+                if self.max_tokens is not None and len(self.token_ids) >= self.max_tokens:
+                    reason = LENGTH
+                    break
+                if self._cancel:
+                    reason = CANCELLED
+                    break
+            else:
+                reason = CANCELLED if self._cancel else CONTEXT
+            if not stop_hit:
+                # Bytes the decoder still holds (an incomplete character) and held-back text.
+                tail, stop_hit = stops.push(decoder.flush())
+                if stop_hit:
+                    reason = STOP
+                else:
+                    tail += stops.flush()
+                if tail:
+                    self.text += tail
+                    yield tail
+        finally:
+            self.stop_string = stops.matched
+            if tokens is not None:
+                tokens.close()
+            self._finish(reason or CANCELLED)
+
+    def _finish(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.finish_reason = reason
+        if self.on_finish is not None:
+            self.on_finish(self)
+
+
+def normalize_max_tokens(max_tokens: int | None) -> int | None:
+    """None or a negative number: no limit (until end of generation or the context fills)."""
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise LanternError(f"max-tokens must be an integer (-1 for no limit), got {max_tokens!r}")
+    return None if max_tokens < 0 else max_tokens
+
+
+def normalize_stop(stop: Sequence[str] | str | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    for s in stop:
+        if not isinstance(s, str):
+            raise LanternError(f"stop strings must be strings, got {s!r}")
+    return tuple(s for s in stop if s)
+
+
+# ----- prompts -----------------------------------------------------------------------------------
+
+
+def messages_for(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def encode_chat(model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a conversation rendered with the model's chat template."""
+    return encode_conversation(model.tokenizer, model.chat_template, messages, add_generation_prompt)
+
+
+def encode_conversation(tokenizer, template, messages: Sequence[Mapping[str, Any]],
+                        add_generation_prompt: bool = True) -> list[int]:
+    """Render `messages` with `template` and tokenize the text.
+
+    Special tokens in the rendered text are parsed as such. BOS is added as the file says
+    (`tokenizer.ggml.add_bos_token`, as llama.cpp does), except when the template already
+    wrote it: never two BOS tokens.
+    """
+    text = template.render(messages, add_generation_prompt=add_generation_prompt)
+    add_bos = False if template.bos_token and text.startswith(template.bos_token) else None
+    return list(tokenizer.encode(text, add_bos=add_bos, special=True))
+
+
+def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str | None = None) -> list[int]:
+    """The prompt token ids for a string (chat: one user message; raw text otherwise) or a list
+    of message dicts (always chat)."""
+    if isinstance(prompt_or_messages, str):
+        if not prompt_or_messages.strip():
+            raise LanternError("the prompt is empty; give some text")
+        if not chat:
+            if system:
+                raise LanternError("a system message needs chat mode; drop --no-chat or --system")
+            ids = list(model.tokenizer.encode(prompt_or_messages, add_bos=None, special=True))
+        else:
+            ids = encode_chat(model, messages_for(prompt_or_messages, system))
+    else:
+        if not chat:
+            raise LanternError("a list of messages needs chat mode; pass a string for raw text")
+        messages = list(prompt_or_messages)
+        if system:
+            messages = messages_for("", system)[:1] + messages
+        ids = encode_chat(model, messages)
+    if not ids:
+        raise LanternError("the prompt is empty; give some text")
+    return ids
+
+
+def generate(
+    model,
+    prompt_or_messages,
+    max_tokens: int | None = 256,
+    temperature: float = _DEFAULTS.temperature,
+    top_k: int = _DEFAULTS.top_k,
+    top_p: float = _DEFAULTS.top_p,
+    min_p: float = _DEFAULTS.min_p,
+    repeat_penalty: float = _DEFAULTS.repeat_penalty,
+    repeat_last_n: int = _DEFAULTS.repeat_last_n,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    seed: int | None = None,
+    stop: Sequence[str] | str = (),
+    chat: bool = True,
+    system: str | None = None,
+) -> Generation:
+    """Start a completion; iterate the returned Generation for text as it is produced.
+
+    `prompt_or_messages`: a string (chat=True: one user message, with `system` as the system
+    message, rendered with the model's chat template; chat=False: raw text) or a list of
+    {"role", "content"} dicts. Sampling defaults are llama.cpp's (see SamplerSettings);
+    temperature 0 is greedy. `max_tokens` None or -1: until the model stops or the context
+    fills. `stop`: strings that end the completion (not included in the text).
+
+    Raises LanternError (bad settings, template failure, empty prompt) and
+    ContextOverflowError (prompt too long) before any model compute.
+    """
+    started = time.perf_counter()
+    settings = SamplerSettings(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+    )
+    max_tokens = normalize_max_tokens(max_tokens)
+    stop = normalize_stop(stop)
+    ids = prompt_ids_for(model, prompt_or_messages, chat=chat, system=system)
+    check_fits(model, len(ids))
+    return Generation(model, ids, Sampler(settings), max_tokens=max_tokens, stop=stop,
+                      build_seconds=time.perf_counter() - started, continuation=not chat)
+
+
+def complete(model, prompt_or_messages, **options) -> Generation:
+    """`generate(...)` run to the end (non-streaming): read .text, .finish_reason, .timings."""
+    return generate(model, prompt_or_messages, **options).complete()

@@ -1,0 +1,317 @@
+"""Sampling: small composable functions on a logits vector, and the `Sampler` that chains them.
+
+Every function takes a 1-D float32 logits tensor and returns a new one (the input is never
+modified). Filters (`top_k`, `top_p`, `min_p`) remove tokens by setting their logit to -inf,
+so the functions compose in any order and `torch.softmax` of the result is the distribution
+that is sampled.
+
+`Sampler` chains them in llama.cpp's default order (common/sampling.cpp):
+
+    penalties -> top_k -> top_p -> min_p -> temperature -> draw
+
+Note that, as in llama.cpp, temperature comes *after* the truncation filters: top-p and min-p
+see the temperature-1 distribution, temperature only reshapes what they kept.
+Temperature 0 is greedy decoding: the arg-max of the (penalised) logits, lowest id on ties.
+
+Sampling always runs on the CPU in float32, with a `torch.Generator` seeded from the settings,
+so a seed gives the same tokens whatever device computed the logits.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+from collections import deque
+from dataclasses import dataclass, fields, replace
+from typing import Iterable, Sequence
+
+import torch
+
+from .errors import LanternError
+
+NEG_INF = float("-inf")
+
+
+# ----- penalties ---------------------------------------------------------------------------
+
+
+def _ids_tensor(ids: Iterable[int] | torch.Tensor, vocab: int) -> torch.Tensor:
+    t = ids if isinstance(ids, torch.Tensor) else torch.tensor(list(ids), dtype=torch.long)
+    t = t.to(torch.long).flatten()
+    # Ids outside the vocabulary (never produced by a real tokenizer) are ignored, not an error.
+    return t[(t >= 0) & (t < vocab)]
+
+
+def apply_repeat_penalty(
+    logits: torch.Tensor, recent_ids: Iterable[int] | torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Penalise every distinct token of `recent_ids` once, sign-aware (llama.cpp, candle, HF).
+
+    A positive logit is divided by `penalty`, a negative one multiplied, so a penalty > 1
+    always makes the token less likely. penalty == 1 is a no-op.
+    """
+    if penalty == 1.0:
+        return logits
+    ids = torch.unique(_ids_tensor(recent_ids, logits.shape[-1]))
+    out = logits.clone()
+    if ids.numel() == 0:
+        return out
+    vals = out[ids]
+    out[ids] = torch.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def apply_frequency_presence(
+    logits: torch.Tensor, recent_ids: Iterable[int] | torch.Tensor, freq: float, presence: float
+) -> torch.Tensor:
+    """OpenAI/llama.cpp penalties: logit -= count * freq + (count > 0) * presence."""
+    if freq == 0.0 and presence == 0.0:
+        return logits
+    vocab = logits.shape[-1]
+    ids = _ids_tensor(recent_ids, vocab)
+    out = logits.clone()
+    if ids.numel() == 0:
+        return out
+    counts = torch.bincount(ids, minlength=vocab).to(out.dtype)
+    return out - counts * freq - (counts > 0).to(out.dtype) * presence
+
+
+# ----- reshaping and truncation --------------------------------------------------------------
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature. Temperature 0 keeps only the arg-max (lowest id on ties)."""
+    if temperature <= 0.0:
+        out = torch.full_like(logits, NEG_INF)
+        best = int(torch.argmax(logits))
+        out[best] = 0.0
+        return out
+    if temperature == 1.0:
+        return logits
+    return logits / temperature
+
+
+def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the `k` highest logits (k <= 0 or k >= vocab: keep all).
+
+    Exactly k tokens survive: ties at the boundary are broken towards the lowest id.
+    """
+    n = logits.shape[-1]
+    if k <= 0 or k >= n:
+        return logits
+    kth = torch.topk(logits, k).values[-1]
+    keep = logits > kth
+    missing = k - int(keep.sum())
+    if missing > 0:
+        ties = torch.nonzero(logits == kth).flatten()[:missing]
+        keep[ties] = True
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def _sorted_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities sorted descending (stable: lower id first among equal logits), and the order."""
+    order = torch.sort(logits, descending=True, stable=True).indices
+    probs = torch.softmax(logits[order].to(torch.float64), dim=-1)
+    return probs, order
+
+
+def top_p(logits: torch.Tensor, p: float, min_keep: int = 1) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to >= p.
+
+    At least `min_keep` tokens are always kept; p >= 1 keeps everything (llama.cpp semantics).
+    """
+    if p >= 1.0:
+        return logits
+    probs, order = _sorted_probs(logits)
+    cum = torch.cumsum(probs, dim=-1)
+    # First position where the running sum reaches p; keep up to and including it.
+    reached = torch.nonzero(cum >= p).flatten()
+    n_keep = int(reached[0]) + 1 if reached.numel() else logits.shape[-1]
+    n_keep = max(n_keep, min_keep)
+    out = torch.full_like(logits, NEG_INF)
+    kept = order[:n_keep]
+    out[kept] = logits[kept]
+    return out
+
+
+def min_p(logits: torch.Tensor, p: float, min_keep: int = 1) -> torch.Tensor:
+    """Keep the tokens whose probability is at least `p` times that of the most likely one."""
+    if p <= 0.0:
+        return logits
+    # p_i >= p * p_max  <=>  logit_i >= logit_max + log(p); no softmax needed.
+    threshold = logits.max() + math.log(p)
+    keep = logits >= threshold
+    if int(keep.sum()) < min_keep:
+        return top_k(logits, min_keep)
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities of a (possibly filtered) logits vector, float32."""
+    return torch.softmax(logits.to(torch.float32), dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """Draw one token id from the distribution `probs` (need not be normalised)."""
+    return int(torch.multinomial(probs.to(torch.float32), 1, generator=generator))
+
+
+# ----- settings and the chain ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to pick the next token. Defaults are llama.cpp's (common/common.h):
+
+    temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0 (off),
+    repeat_last_n 64, frequency/presence penalties 0, seed None (a fresh random seed).
+
+    The repeat penalty is off by default, as in llama.cpp and llama-cpp-python: it distorts
+    answers that must repeat words (code, lists, names) and makes greedy output differ from
+    every reference. Turn it on with 1.1 for small models that loop.
+
+    `top_k` 0 disables top-k; `repeat_last_n` 0 disables the penalties and -1 means the
+    whole sequence; `seed` is any integer >= 0.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise LanternError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+            return float(value)
+
+        def integer(name: str) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise LanternError(f"{name.replace('_', '-')} must be an integer, got {value!r}")
+            return int(value)
+
+        if number("temperature") < 0:
+            raise LanternError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if integer("top_k") < 0:
+            raise LanternError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 <= number("top_p") <= 1.0:
+            raise LanternError(f"top-p must be between 0 and 1 (1 = off), got {self.top_p}")
+        if not 0.0 <= number("min_p") <= 1.0:
+            raise LanternError(f"min-p must be between 0 and 1 (0 = off), got {self.min_p}")
+        if number("repeat_penalty") <= 0:
+            raise LanternError(f"repeat-penalty must be > 0 (1 = off), got {self.repeat_penalty}")
+        if integer("repeat_last_n") < -1:
+            raise LanternError(
+                f"repeat-last-n must be >= 0, or -1 for the whole sequence, got {self.repeat_last_n}"
+            )
+        number("frequency_penalty")
+        number("presence_penalty")
+        if self.seed is not None and (integer("seed") < 0 or self.seed >= 2**64):
+            raise LanternError(f"seed must be an integer between 0 and 2**64-1, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def penalties_on(self) -> bool:
+        return self.repeat_last_n != 0 and (
+            self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        )
+
+
+SETTING_NAMES = tuple(f.name for f in fields(SamplerSettings))
+
+
+class Sampler:
+    """Picks next tokens from logits with `settings`; remembers the recent tokens for penalties.
+
+    Usage: `sampler.reset(prompt_ids)`, then per step `tok = sampler(logits)` and
+    `sampler.accept(tok)`. The random generator is seeded once, at construction (or `reseed`),
+    so one seed reproduces one sequence of draws.
+    """
+
+    def __init__(self, settings: SamplerSettings | None = None, **overrides):
+        settings = settings or SamplerSettings()
+        if overrides:
+            unknown = set(overrides) - set(SETTING_NAMES)
+            if unknown:
+                raise TypeError(f"unknown sampler settings: {', '.join(sorted(unknown))}")
+            settings = replace(settings, **overrides)
+        self.settings = settings
+        self.generator = torch.Generator(device="cpu")
+        self.seed = 0
+        self.reseed(settings.seed)
+        self._window = settings.repeat_last_n if settings.repeat_last_n >= 0 else None
+        self._recent: deque[int] = deque(maxlen=self._window)
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the random stream; None draws a fresh random seed (kept in `self.seed`)."""
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self.generator.manual_seed(self.seed)
+
+    def reset(self, history: Sequence[int] = ()) -> None:
+        """Forget the recent tokens and start from `history` (e.g. the prompt ids)."""
+        self._recent.clear()
+        if self._window != 0:
+            self._recent.extend(int(t) for t in history)
+
+    def accept(self, token_id: int) -> None:
+        if self._window != 0:
+            self._recent.append(int(token_id))
+
+    @property
+    def recent(self) -> list[int]:
+        return list(self._recent)
+
+    def _candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Penalised, truncated logits before temperature: (values, ids or None for all ids).
+
+        After top-k only k candidates are left; the later filters and the draw work on that
+        short vector (ids ascending, so ties still resolve to the lowest id) instead of the
+        whole vocabulary.
+        """
+        s = self.settings
+        x = logits.detach().reshape(-1).to("cpu", torch.float32)
+        if s.penalties_on and self._recent:
+            recent = torch.tensor(list(self._recent), dtype=torch.long)
+            x = apply_repeat_penalty(x, recent, s.repeat_penalty)
+            x = apply_frequency_presence(x, recent, s.frequency_penalty, s.presence_penalty)
+        if s.greedy:
+            return x, None
+        ids = None
+        if 0 < s.top_k < x.shape[-1]:
+            ids = torch.nonzero(top_k(x, s.top_k) != NEG_INF).flatten()
+            x = x[ids]
+        x = top_p(x, s.top_p)
+        x = min_p(x, s.min_p)
+        return x, ids
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The full-vocabulary distribution the next token is drawn from (one-hot for greedy)."""
+        x, ids = self._candidates(logits)
+        p = softmax(apply_temperature(x, self.settings.temperature))
+        if ids is None:
+            return p
+        full = torch.zeros(logits.reshape(-1).shape[-1], dtype=torch.float32)
+        full[ids] = p
+        return full
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """The next token id for `logits` ([vocab] or [1, vocab]). Does not `accept` it."""
+        x, ids = self._candidates(logits)
+        if self.settings.greedy:
+            return int(torch.argmax(x))
+        j = sample(softmax(apply_temperature(x, self.settings.temperature)), self.generator)
+        return j if ids is None else int(ids[j])
