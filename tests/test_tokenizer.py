@@ -444,3 +444,11 @@ def test_eog_texts_follow_llama_cpp():
     for text in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
                  "<|eom_id|>", "<|return|>", "<|call|>"):
         assert text in tokmod.EOG_TEXTS
+
+
+def test_phi3_generation_stops_at_end_assistant_and_endoftext(phi3, smollm2):
+    """Phi-3 ends a turn with <|end|>; HF's generation config also stops at <|endoftext|> and
+    <|assistant|>. llama.cpp's end-of-generation set lacks <|assistant|>; stop_ids adds it."""
+    assert {32000, 32001, 32007} <= phi3.stop_ids
+    assert phi3.eog_ids <= phi3.stop_ids
+    assert smollm2.stop_ids == smollm2.eog_ids  # no <|assistant|> token in SmolLM2's vocabulary
