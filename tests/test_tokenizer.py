@@ -449,6 +449,6 @@ def test_eog_texts_follow_llama_cpp():
 def test_phi3_generation_stops_at_end_assistant_and_endoftext(phi3, smollm2):
     """Phi-3 ends a turn with <|end|>; HF's generation config also stops at <|endoftext|> and
     <|assistant|>. llama.cpp's end-of-generation set lacks <|assistant|>; stop_ids adds it."""
-    assert {32000, 32001, 32007} <= phi3.stop_ids
-    assert phi3.eog_ids <= phi3.stop_ids
-    assert smollm2.stop_ids == smollm2.eog_ids  # no <|assistant|> token in SmolLM2's vocabulary
+    assert {32000, 32001, 32007} <= phi3.tok.stop_ids
+    assert phi3.tok.eog_ids <= phi3.tok.stop_ids
+    assert smollm2.tok.stop_ids == smollm2.tok.eog_ids  # SmolLM2's vocabulary has no <|assistant|>
