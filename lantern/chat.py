@@ -25,6 +25,7 @@ from .generation import (
     normalize_stop,
 )
 from .sampling import Sampler, SamplerSettings
+from .speculative import make_proposer
 
 #: Tokens per answer unless told otherwise (None would let a looping model fill the context).
 DEFAULT_MAX_TOKENS = 1024
@@ -57,6 +58,7 @@ class ChatSession:
         *,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         stop: Sequence[str] | str = (),
+        speculate=None,
         **sampling: Any,
     ):
         self.model = model
@@ -64,6 +66,7 @@ class ChatSession:
         self.max_tokens = normalize_max_tokens(max_tokens)
         self.stop = normalize_stop(stop)
         self.sampler = Sampler(SamplerSettings(**sampling))
+        self.proposer = make_proposer(model, speculate)
         self.cache = model.new_cache()
         self.turns: list[dict[str, str]] = []  # user/assistant messages, without the system one
         self.dropped_turns = 0  # user messages dropped so far to make room
@@ -107,7 +110,8 @@ class ChatSession:
         self.cache.truncate(common)
         self._cache_ids = ids[: self.cache.length]
         self.current = Generation(self.model, ids, self.sampler, max_tokens=max_tokens, stop=stop,
-                                  cache=self.cache, on_finish=self._on_finish, continuation=False)
+                                  cache=self.cache, on_finish=self._on_finish, continuation=False,
+                                  proposer=self.proposer)
         return self.current
 
     def reset(self) -> None:

@@ -24,17 +24,23 @@ Finish reasons: "stop" (end-of-generation token or stop string), "length" (max_t
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import ContextOverflowError, LanternError
 from .sampling import Sampler, SamplerSettings
+from .speculative import SpeculationStats, make_proposer, speculative_greedy_tokens
 
 # Prompt tokens per forward call during prefill: bounds activation memory and lets a
 # cancellation take effect between chunks.
 PREFILL_CHUNK = 512
 
 STOP, LENGTH, CONTEXT, CANCELLED = "stop", "length", "context", "cancelled"
+
+
+class SpeculationWarning(UserWarning):
+    """Speculative decoding was asked for but cannot apply (sampled decoding)."""
 
 _DEFAULTS = SamplerSettings()
 
@@ -225,6 +231,7 @@ class Generation:
         on_finish: Callable[["Generation"], None] | None = None,
         build_seconds: float = 0.0,
         continuation: bool = True,
+        proposer=None,
     ):
         self.model = model
         self.prompt_ids = [int(t) for t in prompt_ids]
@@ -240,6 +247,11 @@ class Generation:
         self.finish_reason: str | None = None
         self.stop_string: str | None = None  # the stop string that ended it, if one did
         self.timings = Timings(build_seconds=build_seconds)
+        self.proposer = proposer if proposer is not None and sampler.settings.plain_greedy else None
+        if proposer is not None and self.proposer is None:
+            warnings.warn("speculative decoding needs greedy decoding (temperature 0, no penalties); "
+                          "decoding without it", SpeculationWarning, stacklevel=3)
+        self.speculation = SpeculationStats() if self.proposer is not None else None
         self._cancel = False
         self._finished = False
         self._iterator = self._run()
@@ -298,10 +310,16 @@ class Generation:
             if self.max_tokens == 0:
                 reason = LENGTH
                 return
-            tokens = generate_tokens(
-                self.model, self.prompt_ids, self.sampler, self.cache,
-                should_stop=lambda: self._cancel, on_prefill=on_prefill,
-            )
+            if self.proposer is not None:
+                tokens = speculative_greedy_tokens(
+                    self.model, self.prompt_ids, self.proposer, self.cache, stats=self.speculation,
+                    should_stop=lambda: self._cancel, on_prefill=on_prefill,
+                )
+            else:
+                tokens = generate_tokens(
+                    self.model, self.prompt_ids, self.sampler, self.cache,
+                    should_stop=lambda: self._cancel, on_prefill=on_prefill,
+                )
             first_at = None
             stop_hit = False
             for token in tokens:
@@ -445,6 +463,7 @@ def generate(
     stop: Sequence[str] | str = (),
     chat: bool = True,
     system: str | None = None,
+    speculate=None,
 ) -> Generation:
     """Start a completion; iterate the returned Generation for text as it is produced.
 
@@ -456,6 +475,9 @@ def generate(
 
     Raises LanternError (bad settings, template failure, empty prompt) and
     ContextOverflowError (prompt too long) before any model compute.
+
+    `speculate`: None, "lookup" (drafts looked up in the prompt and output), a draft Model of the
+    same vocabulary, or any proposer (see lantern.speculative). Applies to greedy decoding.
     """
     started = time.perf_counter()
     settings = SamplerSettings(
@@ -468,7 +490,8 @@ def generate(
     ids = prompt_ids_for(model, prompt_or_messages, chat=chat, system=system)
     check_fits(model, len(ids))
     return Generation(model, ids, Sampler(settings), max_tokens=max_tokens, stop=stop,
-                      build_seconds=time.perf_counter() - started, continuation=not chat)
+                      build_seconds=time.perf_counter() - started, continuation=not chat,
+                      proposer=make_proposer(model, speculate))
 
 
 def complete(model, prompt_or_messages, **options) -> Generation:

@@ -188,6 +188,12 @@ class SamplerSettings:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Arg-max of the raw logits: temperature 0 with no penalty reshaping them."""
+        return (self.temperature == 0 and self.repeat_penalty == 1.0
+                and self.frequency_penalty == 0 and self.presence_penalty == 0)
+
     def validate(self) -> None:
         def number(name: str) -> float:
             value = getattr(self, name)

@@ -17,7 +17,8 @@ import sys
 
 from ..errors import LanternError
 from . import add_device_argument, add_model_argument
-from .run import add_sampling_arguments, load_model, note, sampling_options, stats_line, warnings_to_stderr
+from .run import (add_sampling_arguments, load_model, note, sampling_options, speculation, stats_line,
+                  warnings_to_stderr)
 
 PROMPT = ">>> "
 DEFAULT_MAX_TOKENS = 1024
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings_to_stderr():
         model, load_seconds = load_model(args)
         session = ChatSession(model, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
-                              **sampling_options(args))
+                              speculate=speculation(args), **sampling_options(args))
         if interactive:
             name = getattr(getattr(model, "file", None), "name", None) or args.model
             note(f"lantern chat: {name} (loaded in {load_seconds:.1f} s). {HELP}.")

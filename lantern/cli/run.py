@@ -68,6 +68,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_tokens: int =
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the text produces TEXT (not printed); repeatable")
     g.add_argument("--system", default=None, metavar="TEXT", help="a system message for the chat template")
+    g.add_argument("--speculate", action="store_true",
+                   help="speculative decoding for greedy runs (--temperature 0): draft tokens are looked "
+                        "up in the prompt and output, or made by --draft-model; same output, fewer passes")
+    g.add_argument("--draft-model", default=None, metavar="MODEL",
+                   help="with --speculate: a smaller model of the same vocabulary drafts the tokens")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -164,6 +169,19 @@ def load_model(args: argparse.Namespace):
     return model, time.perf_counter() - started
 
 
+def speculation(args: argparse.Namespace):
+    """What --speculate and --draft-model ask for: None, "lookup", or the loaded draft model."""
+    if args.draft_model and not args.speculate:
+        raise LanternError("--draft-model needs --speculate")
+    if not args.speculate:
+        return None
+    if args.draft_model is None:
+        return "lookup"
+    import lantern
+
+    return lantern.load(args.draft_model, device=args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..generation import generate
 
@@ -179,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         model, load_seconds = load_model(args)
         gen = generate(
             model, prompt, max_tokens=args.max_tokens, stop=args.stop,
-            chat=not args.no_chat, system=args.system, **sampling_options(args),
+            chat=not args.no_chat, system=args.system, speculate=speculation(args),
+            **sampling_options(args),
         )
         if args.verbose:
             note(f"lantern: {model!r}")
@@ -193,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             out.flush()
     note(f"lantern: {stats_line(load_seconds, gen)}")
     note(f"lantern: {finish_note(gen, model.context_length)}")
+    if gen.speculation is not None:
+        note(f"lantern: {gen.speculation.summary()}")
     if args.verbose:
         note(f"lantern: {gen.timings.summary()}")
     return 0

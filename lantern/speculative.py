@@ -1,0 +1,203 @@
+"""Speculative decoding: guess several tokens cheaply, check them with one forward pass.
+
+On a CPU, one forward pass over k+1 tokens costs about as much as over one: the time goes into
+reading the weights, not into arithmetic. So a guess of k tokens that the model would have chosen
+anyway is verified at the price of a single decode step, and every accepted token is free.
+
+Proposers (anything with `propose(tokens) -> list[int]`):
+- `PromptLookup`: n-gram lookup in the sequence itself (prompt and output). Rewriting,
+  summarising, code editing and question answering over a given text repeat long spans of it.
+- `DraftModel`: a small model with the same vocabulary drafts greedily on its own KV cache.
+
+Verification is greedy: drafts are accepted while they equal the arg-max of the target model's
+logits, and the first mismatch is replaced by that arg-max. The output is therefore the target
+model's own greedy output; it can differ from one-token-at-a-time decoding only where the top two
+logits are so close that a batched matmul's different summation order decides between them.
+Sampled decoding (temperature > 0) is not speculated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import LanternError
+
+
+@dataclass
+class SpeculationStats:
+    drafted: int = 0
+    accepted: int = 0
+    verify_passes: int = 0
+    tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.tokens / self.verify_passes if self.verify_passes else 0.0
+
+    def summary(self) -> str:
+        return (f"speculation: {self.accepted}/{self.drafted} drafted tokens accepted "
+                f"({100 * self.acceptance_rate:.0f}%), {self.tokens_per_pass:.2f} tokens per pass")
+
+
+class PromptLookup:
+    """Propose the tokens that followed the latest earlier occurrence of the sequence's last n
+    tokens (n from `max_ngram` down to `min_ngram`)."""
+
+    def __init__(self, num_draft: int = 10, max_ngram: int = 3, min_ngram: int = 1):
+        if num_draft < 1 or min_ngram < 1 or max_ngram < min_ngram:
+            raise LanternError("prompt lookup needs num_draft >= 1 and 1 <= min_ngram <= max_ngram")
+        self.num_draft, self.max_ngram, self.min_ngram = num_draft, max_ngram, min_ngram
+
+    def propose(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        k = min(self.num_draft, limit if limit is not None else self.num_draft)
+        if k <= 0:
+            return []
+        seq = np.asarray(tokens, dtype=np.int64)
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            suffix = seq[-n:]
+            windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], n)
+            hits = np.flatnonzero((windows == suffix).all(axis=1))
+            for start in hits[::-1]:  # the most recent occurrence first
+                follow = seq[start + n : start + n + k]
+                if len(follow):
+                    return follow.tolist()
+        return []
+
+    def reset(self) -> None:
+        pass
+
+
+class DraftModel:
+    """Greedy drafts from a smaller model of the same vocabulary, on its own KV cache."""
+
+    def __init__(self, draft, num_draft: int = 4):
+        if num_draft < 1:
+            raise LanternError("a draft model needs num_draft >= 1")
+        self.draft = draft
+        self.num_draft = num_draft
+        self.cache = draft.new_cache()
+        self.cached: list[int] = []  # the tokens whose keys/values self.cache holds
+
+    def check_compatible(self, target) -> None:
+        if self.draft.vocab_size != target.vocab_size:
+            raise LanternError(
+                f"the draft model's vocabulary ({self.draft.vocab_size} tokens) differs from the "
+                f"model's ({target.vocab_size}); use a draft model of the same family"
+            )
+
+    def propose(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        k = min(self.num_draft, limit if limit is not None else self.num_draft)
+        room = self.draft.context_length - len(tokens)
+        k = min(k, room)
+        if k <= 0:
+            return []
+        common = 0
+        for a, b in zip(self.cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # the last token is fed again for its logits
+        self.cache.truncate(common)
+        self.cached = list(tokens[:common])
+        logits = self.draft.forward(list(tokens[common:]), self.cache, last_only=True)
+        self.cached += list(tokens[common:])
+        drafts = []
+        for i in range(k):
+            token = int(logits[-1].argmax())
+            drafts.append(token)
+            if i == k - 1:
+                break
+            logits = self.draft.forward([token], self.cache, last_only=True)
+            self.cached.append(token)
+        return drafts
+
+    def reset(self) -> None:
+        self.cache.truncate(0)
+        self.cached = []
+
+
+def make_proposer(model, speculate):
+    """A proposer for `speculate`: None, "lookup", a draft Model, or a proposer (returned as is)."""
+    if speculate is None or speculate is False:
+        return None
+    if speculate is True or speculate == "lookup":
+        return PromptLookup()
+    if hasattr(speculate, "propose"):
+        return speculate
+    if hasattr(speculate, "forward") and hasattr(speculate, "new_cache"):
+        proposer = DraftModel(speculate)
+        proposer.check_compatible(model)
+        return proposer
+    raise LanternError(f"unknown speculation {speculate!r}; use 'lookup' or a draft model")
+
+
+def speculative_greedy_tokens(
+    model,
+    prompt_ids: Sequence[int],
+    proposer,
+    cache=None,
+    *,
+    stats: SpeculationStats | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_prefill: Callable[[int, float], None] | None = None,
+) -> Iterator[int]:
+    """Greedy token ids continuing `prompt_ids`, with the contract of
+    `lantern.generation.generate_tokens`: when token t is yielded the cache holds the prompt and
+    every token before t (drafts verified beyond that are dropped when the consumer stops)."""
+    from .generation import PREFILL_CHUNK, check_fits, context_limit
+
+    tokens = [int(t) for t in prompt_ids]
+    if not tokens:
+        raise LanternError("the prompt is empty; give some text")
+    stats = stats if stats is not None else SpeculationStats()
+    cache = cache if cache is not None else model.new_cache()
+    limit = context_limit(model, cache)
+    check_fits(model, len(tokens), cache)
+    if cache.length >= len(tokens):
+        cache.truncate(len(tokens) - 1)
+
+    started = time.perf_counter()
+    todo = tokens[cache.length : -1]
+    for i in range(0, len(todo), PREFILL_CHUNK):
+        if should_stop is not None and should_stop():
+            return
+        model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
+    # The last prompt token is fed with the first drafts: its logits give the first new token.
+    if on_prefill is not None:
+        on_prefill(len(todo) + 1, time.perf_counter() - started)
+
+    yielded = 0
+    try:
+        while len(tokens) < limit:
+            room = limit - len(tokens) - 1
+            drafts = proposer.propose(tokens, limit=room) if room > 0 else []
+            logits = model.forward([tokens[-1]] + drafts, cache)
+            predicted = logits.argmax(dim=-1).tolist()
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == predicted[accepted]:
+                accepted += 1
+            new = drafts[:accepted] + [predicted[accepted]]
+            # Keep keys/values for tokens[-1] and the accepted drafts; the rest were wrong.
+            cache.truncate(cache.length - (len(drafts) - accepted))
+            stats.drafted += len(drafts)
+            stats.accepted += accepted
+            stats.verify_passes += 1
+            for token in new:
+                tokens.append(token)
+                stats.tokens += 1
+                yielded += 1
+                yield token
+                if len(tokens) >= limit:
+                    return
+    finally:
+        # Honour the contract for whoever reuses the cache (chat sessions): it holds the prompt
+        # and the yielded tokens except the last one.
+        cache.truncate(len(prompt_ids) + max(yielded, 1) - 1)

@@ -1,0 +1,123 @@
+"""Speculative decoding: same greedy output as plain decoding, fewer forward passes.
+
+Real model (SmolLM2-135M-Instruct Q4_1), real input-grounded task (rewrite a given text).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import lantern
+from lantern.generation import SpeculationWarning
+from lantern.speculative import DraftModel, PromptLookup
+from lantern.testing.synthetic import cached_reference
+
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    return lantern.load(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def rewrite_prompt(english_text):
+    return "Rewrite the following text, keeping every sentence:\n\n" + english_text[:1500]
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def assert_same_greedy_output(model, prompt_ids, plain, speculative):
+    """Identical, or the first difference is a near-tie: the plain run's top two logits there are
+    closer than one-token decoding and a batched pass differ on those logits."""
+    i = first_divergence(plain, speculative)
+    if i is None:
+        return
+    context = prompt_ids + plain[:i]
+    cache = model.new_cache()
+    model.forward(context[:-1], cache)
+    single = model.forward(context[-1:], cache)[0]
+    batched = model.logits(context)[-1]
+    top2 = single.topk(2).values
+    noise = float((single - batched).abs().max())
+    assert float(top2[0] - top2[1]) <= 2 * noise, (
+        f"outputs differ at token {i} where the top-2 margin {float(top2[0] - top2[1]):.4f} is not a near-tie "
+        f"(one-token vs batched logits differ by {noise:.4f})"
+    )
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_ngram():
+    lookup = PromptLookup(num_draft=3, max_ngram=2)
+    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7]) == [8, 9, 1]
+    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7], limit=1) == [8]
+    assert lookup.propose([1, 2, 3]) == []
+
+
+def test_prompt_lookup_matches_plain_greedy_with_fewer_passes(model, rewrite_prompt):
+    plain = model.complete(rewrite_prompt, temperature=0, max_tokens=MAX_TOKENS)
+    spec = model.complete(rewrite_prompt, temperature=0, max_tokens=MAX_TOKENS, speculate="lookup")
+    assert_same_greedy_output(model, plain.prompt_ids, plain.token_ids, spec.token_ids)
+    stats = spec.speculation
+    print(stats.summary())
+    # Rewriting a given text repeats it: on average every pass yields at least two tokens.
+    assert stats.verify_passes <= len(spec.token_ids) / 2
+    assert stats.acceptance_rate > 0.2
+
+
+def test_draft_model_matches_target_greedy(smollm2_path, model, rewrite_prompt):
+    """The Q4_1 file drafts for its exact float32 copy (same vocabulary, a heavier model)."""
+    target = lantern.load(cached_reference(smollm2_path))
+    prompt = "Answer in one sentence: why is the sky blue?"
+    plain = target.complete(prompt, temperature=0, max_tokens=32)
+    spec = target.complete(prompt, temperature=0, max_tokens=32, speculate=model)
+    assert_same_greedy_output(target, plain.prompt_ids, plain.token_ids, spec.token_ids)
+    assert spec.speculation.acceptance_rate > 0.3
+
+
+def test_draft_model_vocabulary_must_match(model):
+    from lantern.testing.synthetic import Spec, cached_model
+
+    other = lantern.load(cached_model(Spec(arch="llama", n_kv_heads=2, vocab_size=1024), "Q8_0"))
+    with pytest.raises(lantern.LanternError, match="vocabulary"):
+        model.generate("hi", temperature=0, speculate=other)
+
+
+def test_sampled_decoding_is_not_speculated(model):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = model.complete("Say hello.", temperature=0.7, seed=1, max_tokens=8, speculate="lookup")
+    assert gen.speculation is None
+    assert any(issubclass(w.category, SpeculationWarning) for w in caught)
+    again = model.complete("Say hello.", temperature=0.7, seed=1, max_tokens=8)
+    assert gen.token_ids == again.token_ids
+
+
+def test_chat_session_keeps_a_consistent_cache_with_speculation(model):
+    plain, spec = model.chat(temperature=0), model.chat(temperature=0, speculate="lookup")
+    for question in ["Repeat exactly: the quick brown fox jumps over the lazy dog.", "Now say it again."]:
+        a = plain.send(question, max_tokens=24).complete()
+        b = spec.send(question, max_tokens=24).complete()
+        assert_same_greedy_output(model, a.prompt_ids, a.token_ids, b.token_ids)
+        assert a.prompt_ids == b.prompt_ids
+    # The cache holds exactly the conversation so far (prompt and answer but the last token).
+    assert spec.cache.length == len(b.prompt_ids) + len(b.sampled_ids) - 1
+
+
+def test_command_line_speculate_reports_acceptance(smollm2_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lantern", "run", "-m", str(smollm2_path), "--temperature", "0", "-n", "24",
+         "--speculate", "Repeat exactly: one two three four five six seven eight nine ten."],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "speculation:" in result.stderr and "accepted" in result.stderr
+    assert result.stdout.strip()
