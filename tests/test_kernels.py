@@ -19,7 +19,7 @@ import lantern
 from lantern.testing.synthetic import Spec, cached_model
 from lantern.weights import linear
 from lantern.weights.gguf_file import GGUFFile
-from lantern.weights.kernels import int4, native
+from lantern.weights.kernels import dense, int4, native
 from lantern.weights.quants import dequantize
 
 SPEC = Spec(arch="llama", n_heads=4, n_kv_heads=2, tied_output=True, vocab_size=1024)
@@ -89,6 +89,61 @@ def test_int4_rows_not_multiple_of_64(qtype, rows):
         x = torch.randn(m, cols)
         ref = x @ exact.T
         assert ((k(x) - ref).abs() <= bound(x, exact, ref)).all()
+
+
+# GGUF block offsets of the float16 fields (d, and m or dmin) per int4 type.
+_F16_FIELDS = {QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q8_0: (0,),
+               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2)}
+
+
+def random_int4_blocks(qtype, rows, cols, seed=0):
+    """Random blocks of any int4 type: random bytes everywhere (quants, K-quant scales, high
+    bits), random finite float16 fields of any sign and magnitude (subnormals included)."""
+    elems, nbytes = int4._BLOCK[qtype]
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, (rows * cols // elems, nbytes), dtype=np.uint8)
+    for off in _F16_FIELDS[qtype]:
+        h = rng.integers(0, 1 << 16, len(b), dtype=np.uint16)
+        h = np.where((h >> 10) & 31 == 31, h & 0x83FF, h).astype(np.uint16)  # no inf / NaN
+        b[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
+    return torch.from_numpy(b.reshape(rows, -1))
+
+
+@pytest.mark.skipif(not native.has_int4_pack(), reason="native kernels not built (pip install -e . builds them)")
+@pytest.mark.parametrize("rows", [16, 64, 100, 200])
+@pytest.mark.parametrize("qtype", int4.INT4_TYPES, ids=lambda t: t.name)
+def test_native_int4_conversion_is_bit_identical(qtype, rows, monkeypatch):
+    """The C converter writes exactly the bytes of the PyTorch conversion (packed codes, bf16
+    scale and zero, padding rows), also when the weight is converted in several slabs."""
+    cols = 512 if qtype in (QT.Q4_K, QT.Q5_K) else 160
+    raw = random_int4_blocks(qtype, rows, cols, seed=rows)
+    torch_path = int4.Int4Weight(raw, qtype, rows, cols, native_ok=False)
+    monkeypatch.setattr(int4, "NATIVE_SLAB_WEIGHTS", 64 * cols)  # 64 rows per call: several slabs
+    for c_path in (int4.Int4Weight(raw, qtype, rows, cols), int4.Int4Weight(raw, qtype, rows, cols)):
+        assert len(c_path.packed) == len(torch_path.packed) == int4.PIECES[qtype]
+        for a, b in zip(c_path.packed, torch_path.packed):
+            assert a.shape == b.shape and torch.equal(a, b)
+        for a, b in zip(c_path.sz, torch_path.sz):
+            assert a.shape == b.shape and torch.equal(a.view(torch.int16), b.view(torch.int16))
+        monkeypatch.setattr(int4, "NATIVE_SLAB_WEIGHTS", 1 << 25)  # then in one call
+
+
+@pytest.mark.skipif(not native.has_kquant_to_bf16(), reason="native kernels not built (pip install -e . builds them)")
+@pytest.mark.parametrize("qtype", [QT.Q2_K, QT.Q3_K], ids=lambda t: t.name)
+def test_native_dense_conversion_is_bit_identical(qtype):
+    """Q2_K/Q3_K's dense bf16 copy from the C library equals the PyTorch dequantize's, rounded."""
+    nbytes, d_offsets = {QT.Q2_K: (84, (80, 82)), QT.Q3_K: (110, (108,))}[qtype]
+    rows, cols = 70, 768
+    rng = np.random.default_rng(3)
+    b = rng.integers(0, 256, (rows * cols // 256, nbytes), dtype=np.uint8)
+    for off in d_offsets:
+        h = rng.integers(0, 1 << 16, len(b), dtype=np.uint16)
+        b[:, off:off + 2] = np.where((h >> 10) & 31 == 31, h & 0x83FF, h).astype(np.uint16).view(np.uint8).reshape(-1, 2)
+    raw = torch.from_numpy(b.reshape(rows, -1))
+    c_path = dense.DenseKernel(raw, qtype, rows, cols)
+    torch_path = dense.DenseKernel(raw, qtype, rows, cols, native_ok=False)
+    assert torch.equal(c_path.weight.view(torch.int16), torch_path.weight.view(torch.int16))
+    assert torch.equal(torch_path.weight, dequantize(raw, qtype, (rows, cols)).to(torch.bfloat16))
 
 
 def test_int4_packing_layout_matches_torch():

@@ -10,9 +10,13 @@ Two policies:
   - Q4_0, Q4_1, Q4_K (one piece), Q5_0, Q5_1, Q5_K, Q8_0 (two pieces): torch's int4 weight-only
     kernel (`int4.py`) for small batches (decode); for prompt chunks the same packed weight is
     expanded to bfloat16 a slab at a time and multiplied by a dense bfloat16 GEMM.
-  - Q6_K (scales per 16 elements, no int4 form): kept in its file encoding and multiplied by the
-    C kernel (`native.py`, AVX-512, exact float32 math) when the extension is built and the CPU
-    has AVX-512; else, like Q2_K and Q3_K, a dense bfloat16 copy (`dense.py`).
+  - Q6_K (scales per 16 elements, no int4 form): kept in its file encoding (a view of the memory
+    map, not copied) and multiplied by the C kernel (`native.py`, AVX-512, exact float32 math)
+    when the extension is built and the CPU has AVX-512; else, like Q2_K and Q3_K, a dense
+    bfloat16 copy (`dense.py`).
+
+  The conversions run in C when the extension is built (`_native.c`: multi-threaded, the same
+  bytes as the PyTorch code, which stays as the fallback, e.g. with LANTERN_NATIVE=0).
   - F32, F16, BF16: the reference path (already dense).
 
   Activations are rounded to bfloat16 on the fast path (the int4 kernel runs 50-100x slower on

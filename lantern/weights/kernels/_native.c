@@ -19,7 +19,12 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#ifndef LANTERN_PACK_CH
+#define LANTERN_PACK_CH 1024
+#endif
 
 #define QK_K 256
 #define Q6K_BYTES 210
@@ -419,6 +424,309 @@ void lantern_int4_to_bf16(const uint8_t *const *packed, const uint16_t *const *s
         if (started[i]) pthread_join(tids[i], NULL);
         else run_job(&jobs[i]);
     }
+}
+
+/* ----- GGUF blocks -> torch's CPU int4 layout (load-time conversion) --------------------------
+ * The exact bytes `int4.py` writes in PyTorch (`decode_pieces` + `_pack_codes_manual`), for rows
+ * [r0, r1) (multiples of 64) of a weight with `rows` real rows padded to N (multiple of 64):
+ *   packed[pc]: [N/64, K, 32] bytes, byte (b, k, j) = code[64b + j, k] | code[64b + 32 + j, k] << 4
+ *   sz[pc]:     [K/32, N, 2] bf16 (scale, zero), rounded to nearest even from float32
+ * Padding rows get code 8, scale 0, zero 0. Scales and zeros are formed in float32 in the same
+ * order as the PyTorch code (no FMA contraction: this file is built without -mfma and with
+ * -std=c11, i.e. -ffp-contract=off), so the output is bit-identical. Pieces per type:
+ *   Q4_0 (lo, d, 0)            Q4_1 (lo, d, m + 8d)
+ *   Q5_0 (lo, d, 8d) + (hb + 7, 16d, 0)          Q5_1 (lo, d, m + 8d) + (hb + 8, 16d, 0)
+ *   Q8_0 (q & 15, d, 8d) + ((q >> 4 & 15) ^ 8, 16d, 0)
+ *   Q4_K (lo, S, 8S - M)       Q5_K (lo, S, 8S - M) + (hb + 8, 16S, 0), S = d*sc, M = dmin*m. */
+
+enum { LT_Q4_0 = 2, LT_Q4_1 = 3, LT_Q5_0 = 6, LT_Q5_1 = 7, LT_Q8_0 = 8, LT_Q4_K = 12, LT_Q5_K = 13 };
+
+static uint16_t f32_to_bf16_rne(float f) { /* torch's scalar rounding (NaN -> 0x7fc0) */
+    if (f != f) return 0x7fc0;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits += 0x7fff + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+static float rd_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return f16_to_f32(h);
+}
+
+typedef struct {
+    const uint8_t *raw; /* rows x (K / elems) blocks of `nbytes` */
+    uint8_t *const *packed;
+    uint16_t *const *sz;
+    int qtype, pieces;
+    int64_t rows, N, K, elems, nbytes;
+    int failed; /* set by a thread that could not allocate its buffers */
+} pack_args;
+
+/* One GGUF block of row `r` (elements k0 .. k0 + elems) -> codes c0/c1 (the two pieces) and
+ * the scale/zero pairs of its groups. */
+static void decode_block(const pack_args *a, const uint8_t *b, uint8_t *c0, uint8_t *c1, int64_t r, int64_t g0) {
+    float sc[8][2], sc1[8];
+    int ng = 1;
+    switch (a->qtype) {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: {
+        const float d = rd_f16(b);
+        const uint8_t *qs;
+        uint32_t qh = 0;
+        if (a->qtype == LT_Q4_0) { qs = b + 2; sc[0][0] = d; sc[0][1] = 0.f; }
+        else if (a->qtype == LT_Q4_1) { qs = b + 4; sc[0][0] = d; sc[0][1] = rd_f16(b + 2) + 8 * d; }
+        else if (a->qtype == LT_Q5_0) { qs = b + 6; memcpy(&qh, b + 2, 4); sc[0][0] = d; sc[0][1] = 8 * d; }
+        else { qs = b + 8; memcpy(&qh, b + 4, 4); sc[0][0] = d; sc[0][1] = rd_f16(b + 2) + 8 * d; }
+        for (int l = 0; l < 16; l++) { c0[l] = qs[l] & 15; c0[l + 16] = qs[l] >> 4; }
+        if (a->pieces == 2) {
+            const uint8_t add = a->qtype == LT_Q5_0 ? 7 : 8;
+            for (int l = 0; l < 32; l++) c1[l] = (uint8_t)(((qh >> l) & 1) + add);
+            sc1[0] = 16 * d;
+        }
+        break;
+    }
+    case LT_Q8_0: {
+        const float d = rd_f16(b);
+        const uint8_t *qs = b + 2;
+        for (int l = 0; l < 32; l++) { c0[l] = qs[l] & 15; c1[l] = (uint8_t)((qs[l] >> 4) ^ 8); }
+        sc[0][0] = d; sc[0][1] = 8 * d; sc1[0] = 16 * d;
+        break;
+    }
+    default: { /* Q4_K, Q5_K */
+        const float d = rd_f16(b), dmin = rd_f16(b + 2);
+        const uint8_t *q = b + 4;
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            if (j < 4) { s = q[j] & 63; m = q[j + 4] & 63; }
+            else { s = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+            const float S = d * (float)s, M = dmin * (float)m;
+            sc[j][0] = S;
+            sc[j][1] = 8 * S - M;
+            sc1[j] = 16 * S;
+        }
+        const uint8_t *qs = a->qtype == LT_Q4_K ? b + 16 : b + 48;
+        for (int i = 0; i < 4; i++) {
+            for (int l = 0; l < 32; l++) { c0[64 * i + l] = qs[32 * i + l] & 15; c0[64 * i + 32 + l] = qs[32 * i + l] >> 4; }
+        }
+        if (a->qtype == LT_Q5_K) {
+            const uint8_t *qh = b + 16;
+            for (int s = 0; s < 8; s++)
+                for (int l = 0; l < 32; l++) c1[32 * s + l] = (uint8_t)(((qh[l] >> s) & 1) | 8);
+        }
+        ng = 8;
+        break;
+    }
+    }
+    for (int j = 0; j < ng; j++) {
+        uint16_t *o = a->sz[0] + ((g0 + j) * a->N + r) * 2;
+        o[0] = f32_to_bf16_rne(sc[j][0]);
+        o[1] = f32_to_bf16_rne(sc[j][1]);
+        if (a->pieces == 2) {
+            uint16_t *o1 = a->sz[1] + ((g0 + j) * a->N + r) * 2;
+            o1[0] = f32_to_bf16_rne(sc1[j]);
+            o1[1] = 0;
+        }
+    }
+}
+
+/* dst[k * 32 + j] = c[j][k] | c[j + 32][k] << 4 for j < 32, k < E <= 256 (c rows `ld` apart). */
+static void pack_tile(const uint8_t *c, int64_t ld, int64_t E, uint8_t *dst) {
+    uint8_t p[32][256] __attribute__((aligned(16)));
+    for (int j = 0; j < 32; j++)
+        for (int64_t k = 0; k < E; k++) p[j][k] = (uint8_t)(c[j * ld + k] | (c[(j + 32) * ld + k] << 4));
+#ifdef LANTERN_X86
+    for (int j0 = 0; j0 < 32; j0 += 16) {
+        for (int64_t k0 = 0; k0 < E; k0 += 16) {
+            /* 16x16 byte transpose: four rounds of unpack(v[i], v[i + 8]) rotate the 8-bit index
+             * (row, column) by 4 bits. */
+            __m128i v[16], t[16];
+            for (int i = 0; i < 16; i++) v[i] = _mm_load_si128((const __m128i *)&p[j0 + i][k0]);
+            for (int round = 0; round < 4; round++) {
+                for (int i = 0; i < 8; i++) {
+                    t[2 * i] = _mm_unpacklo_epi8(v[i], v[i + 8]);
+                    t[2 * i + 1] = _mm_unpackhi_epi8(v[i], v[i + 8]);
+                }
+                for (int i = 0; i < 16; i++) v[i] = t[i];
+            }
+            for (int i = 0; i < 16; i++) _mm_storeu_si128((__m128i *)(dst + (k0 + i) * 32 + j0), v[i]);
+        }
+    }
+#else
+    for (int64_t k = 0; k < E; k++)
+        for (int j = 0; j < 32; j++) dst[k * 32 + j] = p[j][k];
+#endif
+}
+
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+/* Map [p, p + n) into the page tables in one call (MADV_POPULATE_READ, Linux 5.14+; a no-op
+ * elsewhere or on error). Software prefetches to pages not yet mapped are dropped by the CPU, and
+ * a file map is otherwise mapped 16 pages per fault while the converter reads 64 rows at once. */
+static void populate_read(const void *p, int64_t n) {
+#if defined(__linux__) && defined(MADV_POPULATE_READ)
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)p / page * page, hi = (uintptr_t)p + (uintptr_t)n;
+    if (n > 0) madvise((void *)lo, hi - lo, MADV_POPULATE_READ);
+#else
+    (void)p; (void)n;
+#endif
+}
+
+static void int4_pack_rows(void *p, int64_t r0, int64_t r1) {
+    const pack_args *a = (const pack_args *)p;
+    const int64_t E = a->elems, K = a->K, nb = K / E, G = K / 32;
+    const int64_t last = r1 < a->rows ? r1 : a->rows;
+    if (last > r0) populate_read(a->raw + r0 * nb * a->nbytes, (last - r0) * nb * a->nbytes);
+    /* codes of 64 rows x CH columns per piece: each row's blocks are read CH at a time (a few
+     * hundred bytes in sequence) rather than 64 rows one block each */
+    enum { CH = LANTERN_PACK_CH };
+    uint8_t (*c)[64 * CH] = malloc(sizeof(uint8_t[2][64 * CH]));
+    if (!c) { __atomic_store_n(&((pack_args *)p)->failed, 1, __ATOMIC_RELAXED); return; }
+    const int64_t per_chunk = CH / E;
+    for (int64_t blk = r0 / 64; blk < r1 / 64; blk++) {
+        const int64_t base = blk * 64;
+        const int real = base + 64 <= a->rows ? 64 : (int)(a->rows > base ? a->rows - base : 0);
+        for (int j = real; j < 64; j++) { /* padding rows: weight 0 */
+            for (int pc = 0; pc < a->pieces; pc++) {
+                memset(c[pc] + j * CH, 8, CH);
+                for (int64_t g = 0; g < G; g++) {
+                    uint16_t *o = a->sz[pc] + (g * a->N + base + j) * 2;
+                    o[0] = 0; o[1] = 0;
+                }
+            }
+        }
+        for (int64_t ib0 = 0; ib0 < nb; ib0 += per_chunk) { /* 64 rows x up to CH columns */
+            const int64_t ib1 = ib0 + per_chunk < nb ? ib0 + per_chunk : nb;
+            for (int j = 0; j < real; j++) {
+                const uint8_t *row = a->raw + (base + j) * nb * a->nbytes;
+                /* the next row's chunk (64 interleaved streams are too many for the hardware
+                 * prefetcher; prefetching is harmless past the end: it never faults) */
+                for (int64_t o = 0; o < (ib1 - ib0) * a->nbytes; o += 64)
+                    __builtin_prefetch(row + nb * a->nbytes + ib0 * a->nbytes + o);
+                for (int64_t ib = ib0; ib < ib1; ib++)
+                    decode_block(a, row + ib * a->nbytes, c[0] + j * CH + (ib - ib0) * E,
+                                 c[1] + j * CH + (ib - ib0) * E, base + j, ib * E / 32);
+            }
+            for (int pc = 0; pc < a->pieces; pc++)
+                for (int64_t ib = ib0; ib < ib1; ib++)
+                    pack_tile(c[pc] + (ib - ib0) * E, CH, E, a->packed[pc] + (blk * K + ib * E) * 32);
+        }
+    }
+    free(c);
+}
+
+/* Returns 0, or -1 for a type without an int4 form, bad shapes, or no memory for the buffers. */
+int lantern_int4_pack(const uint8_t *raw, int qtype, uint8_t *const *packed, uint16_t *const *sz, int64_t rows,
+                      int64_t N, int64_t K, int64_t r0, int64_t r1, int nthreads) {
+    pack_args a = {raw, packed, sz, qtype, 1, rows, N, K, 32, 0, 0};
+    switch (qtype) {
+    case LT_Q4_0: a.nbytes = 18; break;
+    case LT_Q4_1: a.nbytes = 20; break;
+    case LT_Q5_0: a.nbytes = 22; a.pieces = 2; break;
+    case LT_Q5_1: a.nbytes = 24; a.pieces = 2; break;
+    case LT_Q8_0: a.nbytes = 34; a.pieces = 2; break;
+    case LT_Q4_K: a.nbytes = 144; a.elems = 256; break;
+    case LT_Q5_K: a.nbytes = 176; a.elems = 256; a.pieces = 2; break;
+    default: return -1;
+    }
+    if (K % a.elems || N % 64 || r0 % 64 || r1 % 64 || r1 > N) return -1;
+    /* threads split the 64-row blocks of [r0, r1) */
+    const int64_t nblk = (r1 - r0) / 64;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 16) nthreads = 16;
+    if (nthreads > nblk) nthreads = (int)(nblk > 0 ? nblk : 1);
+    const int64_t per = (nblk + nthreads - 1) / nthreads * 64;
+    job_t jobs[16];
+    pthread_t tids[16];
+    int started[16] = {0}, n = 0;
+    for (int64_t r = r0; r < r1 && n < 16; r += per, n++) {
+        jobs[n].fn = int4_pack_rows; jobs[n].args = &a; jobs[n].r0 = r; jobs[n].r1 = r + per < r1 ? r + per : r1;
+    }
+    for (int i = 1; i < n; i++) started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
+    if (n > 0) run_job(&jobs[0]);
+    for (int i = 1; i < n; i++) {
+        if (started[i]) pthread_join(tids[i], NULL);
+        else run_job(&jobs[i]);
+    }
+    return a.failed ? -1 : 0;
+}
+
+/* ----- Q2_K / Q3_K rows -> bfloat16 (their dense fast path) ---------------------------------
+ * The bytes `dense.py` gets from lantern's float32 dequantize (quants.py) rounded to bf16:
+ *   Q2_K (84 bytes: scales[16], qs[64], d, dmin): element 128h + 32j + l, q = (qs[32h + l] >> 2j) & 3,
+ *        sc = scales[e / 16]; y = (d * (sc & 15)) * q - dmin * (sc >> 4)
+ *   Q3_K (110 bytes: hmask[32], qs[64], scales[12], d): q = ((qs[32h + l] >> 2j) & 3) - 4 unless
+ *        bit 4h + j of hmask[l] is set; y = (d * (scale6[e / 16] - 32)) * q
+ * float32 operations in the same order, unfused (see the int4 converter above). */
+
+typedef struct {
+    const uint8_t *w;
+    uint16_t *out;
+    int64_t K;
+    int qtype;
+} kq_args;
+
+static void q2k_block_f32(const uint8_t *b, float *y) {
+    const float d = rd_f16(b + 80), dmin = rd_f16(b + 82);
+    const uint8_t *qs = b + 16;
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int half = 0; half < 2; half++) {
+                const int e0 = 128 * h + 32 * j + 16 * half;
+                const uint8_t sc = b[e0 / 16];
+                const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+                for (int l = 16 * half; l < 16 * half + 16; l++) {
+                    float v = dl * (float)((qs[32 * h + l] >> (2 * j)) & 3);
+                    y[128 * h + 32 * j + l] = v - ml;
+                }
+            }
+}
+
+static void q3k_block_f32(const uint8_t *b, float *y) {
+    const uint8_t *hm = b, *qs = b + 32, *s = b + 96;
+    const float d = rd_f16(b + 108);
+    float dl[16];
+    for (int i = 0; i < 16; i++) {
+        const int k = i & 3, sh = 2 * (i >> 2); /* high 2 bits: bits sh, sh+1 of s[8 + k] */
+        const int lo = i < 4 ? s[k] & 15 : i < 8 ? s[4 + k] & 15 : i < 12 ? s[k] >> 4 : s[4 + k] >> 4;
+        const int v = lo | (((s[8 + k] >> sh) & 3) << 4);
+        dl[i] = d * (float)(int8_t)(uint8_t)(v - 32);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                const int e = 128 * h + 32 * j + l;
+                int q = (qs[32 * h + l] >> (2 * j)) & 3;
+                if (!((hm[l] >> (4 * h + j)) & 1)) q -= 4;
+                y[e] = dl[e / 16] * (float)q;
+            }
+}
+
+static void kq_bf16_rows(void *p, int64_t r0, int64_t r1) {
+    const kq_args *a = (const kq_args *)p;
+    const int64_t nb = a->K / QK_K, bytes = a->qtype == 10 ? 84 : 110;
+    float buf[QK_K];
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t ib = 0; ib < nb; ib++) {
+            const uint8_t *b = a->w + (r * nb + ib) * bytes;
+            if (a->qtype == 10) q2k_block_f32(b, buf);
+            else q3k_block_f32(b, buf);
+            uint16_t *o = a->out + r * a->K + ib * QK_K;
+            for (int i = 0; i < QK_K; i++) o[i] = f32_to_bf16_rne(buf[i]);
+        }
+    }
+}
+
+/* qtype: 10 (Q2_K) or 11 (Q3_K). Returns 0, or -1 for another type or K not a multiple of 256. */
+int lantern_kquant_to_bf16(const uint8_t *w, int qtype, uint16_t *out, int64_t N, int64_t K, int nthreads) {
+    if ((qtype != 10 && qtype != 11) || K % QK_K) return -1;
+    kq_args a = {w, out, K, qtype};
+    parallel_rows(kq_bf16_rows, &a, N, nthreads, 1);
+    return 0;
 }
 
 /* ----- Python module: only so that setuptools builds and installs this file ------------------ */

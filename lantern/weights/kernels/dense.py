@@ -20,10 +20,16 @@ SLAB_WEIGHTS = 1 << 22
 class DenseKernel:
     name = "dense-bf16"
 
-    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int):
+    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int, native_ok: bool = True):
+        from . import native
+
         self.qtype, self.rows, self.cols = qtype, rows, cols
         self.weight = torch.empty(rows, cols, dtype=torch.bfloat16)
         raw = raw.reshape(rows, -1)
+        if native_ok and qtype in (QT.Q2_K, QT.Q3_K) and cols % 256 == 0 and native.has_kquant_to_bf16():
+            # The same bytes from the C library, multi-threaded, no float32 intermediate.
+            native.kquant_to_bf16(raw if raw.is_contiguous() else raw.contiguous(), qtype, self.weight)
+            return
         step = max(1, SLAB_WEIGHTS // cols)
         for start in range(0, rows, step):
             part = raw[start:start + step]

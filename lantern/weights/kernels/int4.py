@@ -16,7 +16,9 @@ rounding of scale and zero to bfloat16, the kernel's only scale dtype):
 Q6_K, Q2_K and Q3_K have scales per 16 elements: they do not fit (torch's groups start at 32).
 
 The packed weights replace the file's bytes: conversion runs a slab of rows at a time, so only
-one slab's integer codes exist at once.
+one slab's integer codes exist at once. With the C library (`native.int4_pack`) the blocks are
+decoded straight into the packed layout, bit-identical to the PyTorch path below (kept as the
+fallback and as the specification; `tests/test_kernels.py` compares the two).
 """
 
 from __future__ import annotations
@@ -172,14 +174,24 @@ def unpack_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return torch.stack((p & 15, p >> 4), dim=1).transpose(2, 3).reshape(n, k)
 
 
+# The native converter packs this many weights per call (then gives their file pages back).
+NATIVE_SLAB_WEIGHTS = 1 << 25
+
+
 class Int4Weight:
     """A GGUF weight as int4 pieces: `packed` (torch layout) and `sz` [K/32, N_pad, 2] bf16 each."""
 
-    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int, slab_weights: int = 1 << 22):
+    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int, slab_weights: int = 1 << 22,
+                 native_ok: bool = True):
+        from . import native
+
         self.qtype, self.rows, self.cols = qtype, rows, cols
         self.padded = -(-rows // ROW_BLOCK) * ROW_BLOCK
         n_pieces = PIECES[qtype]
         g = cols // GROUP
+        if native_ok and native.has_int4_pack() and cols % _BLOCK[qtype][0] == 0:
+            self._convert_native(raw, n_pieces, g)
+            return
         self.packed = [torch.empty(self.padded, cols // 2, dtype=torch.uint8) for _ in range(n_pieces)]
         sz = [torch.zeros(self.padded, g, 2, dtype=torch.bfloat16) for _ in range(n_pieces)]
         raw = raw.reshape(rows, -1)
@@ -200,6 +212,25 @@ class Int4Weight:
                     sz[i][start:start + real] = torch.stack(pieces[i][1:], dim=-1)
             pieces = None
         self.sz = [s.transpose(0, 1).contiguous() for s in sz]
+
+    def _convert_native(self, raw: torch.Tensor, n_pieces: int, g: int) -> None:
+        """The same bytes as the PyTorch conversion, written by the C library (multi-threaded,
+        no intermediates) slab by slab; each slab's file pages are given back once packed."""
+        from . import native
+        from .memory import release_pages
+
+        rows, cols = self.rows, self.cols
+        self.packed = [torch.empty(self.padded, cols // 2, dtype=torch.uint8) for _ in range(n_pieces)]
+        self.sz = [torch.empty(g, self.padded, 2, dtype=torch.bfloat16) for _ in range(n_pieces)]
+        raw = raw.reshape(rows, -1)
+        if not raw.is_contiguous():
+            raw = raw.contiguous()
+        step = max(ROW_BLOCK, (NATIVE_SLAB_WEIGHTS // cols) // ROW_BLOCK * ROW_BLOCK)
+        for start in range(0, self.padded, step):
+            stop = min(start + step, self.padded)
+            native.int4_pack(raw, self.qtype, self.packed, self.sz, rows, cols, start, stop)
+            if stop < self.padded:  # the last slab's pages go with the whole tensor's (linear.py)
+                release_pages(raw[start:min(stop, rows)])
 
     @property
     def nbytes(self) -> int:
