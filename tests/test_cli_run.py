@@ -47,6 +47,9 @@ def test_run_reads_the_prompt_from_stdin_and_stops_at_max_tokens(smollm2_path):
     assert result.stdout == "The capital\n"
     assert "finish reason: length (--max-tokens 2 reached" in result.stderr
     assert "seed" in result.stderr and "Model(" in result.stderr
+    # --verbose names the device, the kernels and which kernel runs each weight type.
+    assert "device cpu; kernels: torch" in result.stderr
+    assert "Q4_1: int4 x 210" in result.stderr
 
 
 def test_run_stop_string_and_raw_mode(smollm2_path):

@@ -169,6 +169,17 @@ def load_model(args: argparse.Namespace):
     return model, time.perf_counter() - started
 
 
+def kernel_mix(model) -> str:
+    """Which kernel runs each weight type, e.g. "Q4_K: int4 x 97, Q6_K: native-q6k x 33"."""
+    from collections import Counter
+
+    from ..weights.linear import QuantizedLinear
+
+    counts = Counter((m.qtype.name, m.kernel_name) for m in model.transformer.modules()
+                     if isinstance(m, QuantizedLinear))
+    return ", ".join(f"{qtype}: {kernel} x {n}" for (qtype, kernel), n in sorted(counts.items()))
+
+
 def speculation(args: argparse.Namespace):
     """What --speculate and --draft-model ask for: None, "lookup", or the loaded draft model."""
     if args.draft_model and not args.speculate:
@@ -201,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
             **sampling_options(args),
         )
         if args.verbose:
+            from ..weights.kernels import describe
+
             note(f"lantern: {model!r}")
+            note(f"lantern: device {model.device}; kernels: {describe()}; {kernel_mix(model)}")
             note(f"lantern: prompt {gen.prompt_tokens} tokens, seed {gen.seed}")
         out = sys.stdout
         for piece in gen:
