@@ -54,6 +54,8 @@ class BenchConfig:
     kernels: str | None = None  # lantern's kernel policy (LANTERN_KERNELS): None = its default
     vocab_size: int = 0  # filled in from the model's metadata
     progress: bool = True
+    speculate: bool = False  # also time a grounded task: lantern with prompt lookup, llama.cpp plain
+    task_ids: Sequence[int] = ()  # that task's prompt, filled in by run_benchmark
 
     @property
     def ttft_prompt(self) -> int:
@@ -63,7 +65,43 @@ class BenchConfig:
     @property
     def max_tokens(self) -> int:
         """The most positions any measurement holds in its KV cache."""
-        return max(max(self.prompt_lengths), self.ttft_prompt + 1 + self.decode_tokens, WARMUP_TOKENS + 2)
+        return max(max(self.prompt_lengths), self.ttft_prompt + 1 + self.decode_tokens, WARMUP_TOKENS + 2,
+                   len(self.task_ids) + 1 + self.decode_tokens)
+
+
+# An input-grounded task for --speculate: rewriting a given text (from the Python language
+# reference, PSF license). About 500 tokens with the chat template.
+GROUNDED_TEXT = """Objects are Python's abstraction for data. All data in a Python program is represented by
+objects or by relations between objects. Every object has an identity, a type and a value. An
+object's identity never changes once it has been created; you may think of it as the object's
+address in memory. The is operator compares the identity of two objects; the id() function returns
+an integer representing its identity. An object's type determines the operations that the object
+supports and also defines the possible values for objects of that type. The type() function returns
+an object's type, which is an object itself. Like its identity, an object's type is also
+unchangeable. The value of some objects can change. Objects whose value can change are said to be
+mutable; objects whose value is unchangeable once they are created are called immutable. An
+object's mutability is determined by its type; for instance, numbers, strings and tuples are
+immutable, while dictionaries and lists are mutable. Objects are never explicitly destroyed;
+however, when they become unreachable they may be garbage-collected. An implementation is allowed
+to postpone garbage collection or omit it altogether; it is a matter of implementation quality how
+garbage collection is implemented, as long as no objects are collected that are still reachable.
+Some objects contain references to other objects; these are called containers. Examples of
+containers are tuples, lists and dictionaries. The references are part of a container's value. In
+most cases, when we talk about the value of a container, we imply the values, not the identities of
+the contained objects; however, when we talk about the mutability of a container, only the
+identities of the immediately contained objects are implied."""
+
+
+def grounded_task_ids(path: str | os.PathLike) -> list[int]:
+    """The chat-formatted rewriting task as the model's own tokenizer encodes it."""
+    from .generation import encode_conversation, messages_for
+    from .chat_template import ChatTemplate
+    from .tokenizer import Tokenizer
+    from .weights.gguf_file import GGUFFile
+
+    f = GGUFFile(path)
+    prompt = "Rewrite the following text, keeping every sentence:\n\n" + GROUNDED_TEXT
+    return encode_conversation(Tokenizer.from_gguf(f), ChatTemplate.from_gguf(f), messages_for(prompt))
 
 
 def bench_ids(n: int, vocab_size: int) -> list[int]:
@@ -180,6 +218,24 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
             progress.tick(f"decode {i + 1}/{cfg.decode_tokens}")
         result["decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
         result["last_token"] = token
+        del cache
+
+        if cfg.task_ids:
+            from .speculative import PromptLookup, SpeculationStats, speculative_greedy_tokens
+
+            progress.stage(f"grounded task, speculative decode ({len(cfg.task_ids)}-token prompt)")
+            stats = SpeculationStats()
+            tokens = speculative_greedy_tokens(model, list(cfg.task_ids), PromptLookup(),
+                                               model.new_cache(cfg.max_tokens), stats=stats)
+            next(tokens)  # the prompt and the first token, as after time to first token
+            t0 = time.perf_counter()
+            for i, token in zip(range(cfg.decode_tokens), tokens):
+                progress.tick(f"grounded decode {i + 1}/{cfg.decode_tokens}")
+            result["grounded_decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
+            result["grounded_last_token"] = token
+            result["acceptance_rate"] = stats.acceptance_rate
+            result["tokens_per_pass"] = stats.tokens_per_pass
+            tokens.close()
 
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["load_average"] = load_average()
@@ -247,6 +303,17 @@ def measure_llamacpp(path: str | os.PathLike, cfg: BenchConfig, progress: Progre
         progress.tick(f"decode {i + 1}/{cfg.decode_tokens}")
     result["decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
     result["last_token"] = token
+
+    if cfg.task_ids:
+        progress.stage(f"grounded task, plain decode ({len(cfg.task_ids)}-token prompt)")
+        token = first_token(list(cfg.task_ids))
+        t0 = time.perf_counter()
+        for i in range(cfg.decode_tokens):
+            llm.eval([token])
+            token = argmax_last()
+            progress.tick(f"grounded decode {i + 1}/{cfg.decode_tokens}")
+        result["grounded_decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
+        result["grounded_last_token"] = token
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["load_average"] = load_average()
     result["kernels"] = {"engine": f"llama-cpp-python {llama_cpp.__version__}", "device": "cpu",
@@ -352,7 +419,7 @@ def summarize(samples: list[dict]) -> dict:
     for key, value in first.items():
         if key == "prompt_tok_s":
             out[key] = {n: statistics.median(s[key][n] for s in samples) for n in value}
-        elif isinstance(value, (int, float)) and key != "last_token":
+        elif isinstance(value, (int, float)) and not key.endswith("last_token"):
             values = [s[key] for s in samples if s.get(key) is not None]
             out[key] = statistics.median(values) if values else None
     out["kernels"] = first.get("kernels")
@@ -390,6 +457,11 @@ def run_benchmark(path: str | os.PathLike, cfg: BenchConfig, engines: Sequence[s
         if importlib.util.find_spec("llama_cpp") is None:
             raise LanternError("--compare needs llama-cpp-python: pip install 'llama-cpp-python==0.3.36'")
     cfg.vocab_size = facts["vocab_size"]
+    if cfg.speculate:
+        cfg.task_ids = grounded_task_ids(path)
+        if cfg.max_tokens > facts["context_length"]:
+            raise LanternError(f"the grounded task needs {cfg.max_tokens} positions; the model's context is "
+                               f"{facts['context_length']}; use fewer --decode-tokens")
     samples: dict[str, list[dict]] = {e: [] for e in engines}
     for r in range(cfg.repeats):
         for engine in engines:
@@ -406,6 +478,7 @@ def run_benchmark(path: str | os.PathLike, cfg: BenchConfig, engines: Sequence[s
         "prompt_lengths": list(cfg.prompt_lengths),
         "ttft_prompt": cfg.ttft_prompt,
         "decode_tokens": cfg.decode_tokens,
+        "grounded_task_tokens": len(cfg.task_ids),
     }
     for engine in engines:
         report[engine] = summarize(samples[engine])
@@ -422,6 +495,11 @@ def _rows(report: dict) -> list[tuple[str, str, Callable[[dict], float | None]]]
     for n in report["prompt_lengths"]:
         rows.append((f"prompt tok/s ({n})", "tok/s", lambda d, n=str(n): d.get("prompt_tok_s", {}).get(n)))
     rows.append((f"decode tok/s ({report['decode_tokens']})", "tok/s", lambda d: d.get("decode_tok_s")))
+    if report.get("grounded_task_tokens"):
+        rows.append((f"decode tok/s, rewrite task ({report['decode_tokens']})", "tok/s",
+                     lambda d: d.get("grounded_decode_tok_s")))
+        rows.append(("  drafts accepted", "x", lambda d: d.get("acceptance_rate")))
+        rows.append(("  tokens per pass", "x", lambda d: d.get("tokens_per_pass")))
     rows.append((f"first token ({report['ttft_prompt']})", "s", lambda d: d.get("ttft_s")))
     rows.append(("load time", "s", lambda d: d.get("load_s")))
     rows.append(("cold start", "s", lambda d: d.get("cold_start_s")))

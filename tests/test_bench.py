@@ -117,6 +117,18 @@ def test_smollm2_compare_json(smollm2_path):
     assert "Q4_1" in report["lantern"]["kernels"]["weight_kernels"]
 
 
+def test_smollm2_speculate_times_the_grounded_task(smollm2_path):
+    proc = bench("-m", "smollm2", "--json", "--compare", "--speculate", "--repeats", "1",
+                 "--prompt-lengths", "16", "--decode-tokens", "16", "--quiet", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert 300 < report["grounded_task_tokens"] < 700
+    ours, theirs = report["lantern"], report["llama.cpp"]
+    assert ours["grounded_decode_tok_s"] > 0 and theirs["grounded_decode_tok_s"] > 0
+    assert 0 <= ours["acceptance_rate"] <= 1 and ours["tokens_per_pass"] >= 1
+    assert report["ratio"]["grounded_decode_tok_s"] > 0
+
+
 # ----- the pieces, in-process -----------------------------------------------------------------
 
 

@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="lantern's weight kernels: fast (converted once at load) or reference "
                         "(float32 dequantize per call, the exact math); default: lantern's own "
                         "default, or $LANTERN_KERNELS")
+    parser.add_argument("--speculate", action="store_true",
+                        help="also decode an input-grounded task (rewriting a ~400-token text): lantern with "
+                        "prompt-lookup speculation, llama.cpp plainly; reports the acceptance rate")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the device, CPU threads and capability, and which kernel "
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(args.device),
         kernels=args.kernels,
         progress=not args.quiet,
+        speculate=args.speculate,
     )
     engines = ("lantern", "llama.cpp") if args.compare else ("lantern",)
     report = run_benchmark(path, cfg, engines)
