@@ -56,10 +56,21 @@ def assert_same_greedy_output(model, prompt_ids, plain, speculative):
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
-    lookup = PromptLookup(num_draft=3, max_ngram=2)
+    lookup = PromptLookup(num_draft=3, max_ngram=2, min_ngram=1)
     assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7]) == [8, 9, 1]
     assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7], limit=1) == [8]
     assert lookup.propose([1, 2, 3]) == []
+    assert PromptLookup(min_ngram=2).propose([5, 6, 7, 1, 7]) == []  # a lone repeated token is no match
+
+
+def test_prompt_lookup_draft_length_adapts():
+    lookup = PromptLookup(num_draft=3, max_draft=6)
+    lookup.feedback(3, 3)
+    assert lookup.num_draft == 5
+    lookup.feedback(5, 5)
+    assert lookup.num_draft == 6
+    lookup.feedback(6, 2)
+    assert lookup.num_draft == 5
 
 
 def test_prompt_lookup_matches_plain_greedy_with_fewer_passes(model, rewrite_prompt):
