@@ -296,24 +296,20 @@ def measure_llamacpp(path: str | os.PathLike, cfg: BenchConfig, progress: Progre
     token = first_token(ids)
     result["ttft_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    for i in range(cfg.decode_tokens):
-        llm.eval([token])
-        token = argmax_last()
-        progress.tick(f"decode {i + 1}/{cfg.decode_tokens}")
-    result["decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
-    result["last_token"] = token
-
-    if cfg.task_ids:
-        progress.stage(f"grounded task, plain decode ({len(cfg.task_ids)}-token prompt)")
-        token = first_token(list(cfg.task_ids))
+    def decode(token: int, what: str) -> tuple[float, int]:
+        """Greedy steps after `token`: (tok/s, the last token)."""
         t0 = time.perf_counter()
         for i in range(cfg.decode_tokens):
             llm.eval([token])
             token = argmax_last()
-            progress.tick(f"grounded decode {i + 1}/{cfg.decode_tokens}")
-        result["grounded_decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
-        result["grounded_last_token"] = token
+            progress.tick(f"{what} {i + 1}/{cfg.decode_tokens}")
+        return cfg.decode_tokens / (time.perf_counter() - t0), token
+
+    result["decode_tok_s"], result["last_token"] = decode(token, "decode")
+    if cfg.task_ids:
+        progress.stage(f"grounded task, plain decode ({len(cfg.task_ids)}-token prompt)")
+        result["grounded_decode_tok_s"], result["grounded_last_token"] = decode(
+            first_token(list(cfg.task_ids)), "grounded decode")
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["load_average"] = load_average()
     result["kernels"] = {"engine": f"llama-cpp-python {llama_cpp.__version__}", "device": "cpu",
