@@ -29,12 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import ContextOverflowError, LanternError
+from .model import PREFILL_CHUNK  # prefill feeds one model chunk per call: cancellable between them
 from .sampling import Sampler, SamplerSettings
 from .speculative import SpeculationStats, make_proposer, speculative_greedy_tokens
-
-# Prompt tokens per forward call during prefill: bounds activation memory and lets a
-# cancellation take effect between chunks.
-PREFILL_CHUNK = 512
 
 STOP, LENGTH, CONTEXT, CANCELLED = "stop", "length", "context", "cancelled"
 
@@ -65,6 +62,36 @@ def check_fits(model, n_prompt: int, cache=None) -> None:
         )
 
 
+def prefill(model, prompt_ids: list[int], cache, *, hold_last: bool = False,
+            should_stop: Callable[[], bool] | None = None,
+            on_prefill: Callable[[int, float], None] | None = None):
+    """Run the part of `prompt_ids` that `cache` lacks, in chunks; `(completed, logits)`.
+
+    The cache must hold a prefix of the prompt (the caller guarantees it). If it holds the whole
+    prompt, the last token is run again: its logits are what comes next. With `hold_last` the
+    last token is left for the caller to feed (with speculative drafts) and logits is None.
+    `should_stop()` is polled between chunks: a cancelled prefill returns (False, None).
+    `on_prefill(n_tokens, seconds)` is called once the prompt is processed.
+    """
+    if not prompt_ids:
+        raise LanternError("the prompt is empty; give some text")
+    check_fits(model, len(prompt_ids), cache)
+    if cache.length > len(prompt_ids):
+        raise ValueError(f"cache holds {cache.length} tokens, more than the {len(prompt_ids)}-token prompt")
+    if cache.length == len(prompt_ids):
+        cache.truncate(len(prompt_ids) - 1)
+    started = time.perf_counter()
+    todo = prompt_ids[cache.length : len(prompt_ids) - 1 if hold_last else None]
+    logits = None
+    for i in range(0, len(todo), PREFILL_CHUNK):
+        if should_stop is not None and should_stop():
+            return False, None
+        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
+    if on_prefill is not None:
+        on_prefill(len(todo) + hold_last, time.perf_counter() - started)
+    return True, None if hold_last else logits
+
+
 def generate_tokens(
     model,
     prompt_ids: Sequence[int],
@@ -86,28 +113,13 @@ def generate_tokens(
     `on_prefill(n_tokens_run, seconds)` is called once the prompt is processed.
     """
     prompt_ids = [int(t) for t in prompt_ids]
-    if not prompt_ids:
-        raise LanternError("the prompt is empty; give some text")
     if cache is None:
         cache = model.new_cache()
     limit = context_limit(model, cache)
-    check_fits(model, len(prompt_ids), cache)
-    if cache.length > len(prompt_ids):
-        raise ValueError(f"cache holds {cache.length} tokens, more than the {len(prompt_ids)}-token prompt")
-    if cache.length == len(prompt_ids):
-        cache.truncate(len(prompt_ids) - 1)  # the last prompt token's logits are needed again
-
     sampler.reset(prompt_ids)
-    started = time.perf_counter()
-    todo = prompt_ids[cache.length :]
-    run = len(todo)
-    logits = None
-    for i in range(0, len(todo), PREFILL_CHUNK):
-        if should_stop is not None and should_stop():
-            return
-        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
-    if on_prefill is not None:
-        on_prefill(run, time.perf_counter() - started)
+    done, logits = prefill(model, prompt_ids, cache, should_stop=should_stop, on_prefill=on_prefill)
+    if not done:
+        return
 
     length = len(prompt_ids)
     while True:

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .errors import LanternError
+from .errors import ContextOverflowError, LanternError
 from .models import architecture
 from .models.layers import KVCache, TensorSource
 from .weights.gguf_file import GGUFFile
@@ -112,8 +112,6 @@ class Model:
         if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
             raise LanternError(f"token ids must be in [0, {self.vocab_size}); got {int(ids.min())}..{int(ids.max())}")
         if ids.numel() > self.context_length:
-            from .errors import ContextOverflowError
-
             raise ContextOverflowError(
                 f"{ids.numel()} tokens do not fit the context of {self.context_length}; shorten the prompt"
             )

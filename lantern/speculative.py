@@ -18,7 +18,6 @@ Sampled decoding (temperature > 0) is not speculated.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -165,27 +164,16 @@ def speculative_greedy_tokens(
     """Greedy token ids continuing `prompt_ids`, with the contract of
     `lantern.generation.generate_tokens`: when token t is yielded the cache holds the prompt and
     every token before t (drafts verified beyond that are dropped when the consumer stops)."""
-    from .generation import PREFILL_CHUNK, check_fits, context_limit
+    from .generation import context_limit, prefill
 
     tokens = [int(t) for t in prompt_ids]
-    if not tokens:
-        raise LanternError("the prompt is empty; give some text")
     stats = stats if stats is not None else SpeculationStats()
     cache = cache if cache is not None else model.new_cache()
     limit = context_limit(model, cache)
-    check_fits(model, len(tokens), cache)
-    if cache.length >= len(tokens):
-        cache.truncate(len(tokens) - 1)
-
-    started = time.perf_counter()
-    todo = tokens[cache.length : -1]
-    for i in range(0, len(todo), PREFILL_CHUNK):
-        if should_stop is not None and should_stop():
-            return
-        model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
     # The last prompt token is fed with the first drafts: its logits give the first new token.
-    if on_prefill is not None:
-        on_prefill(len(todo) + 1, time.perf_counter() - started)
+    done, _ = prefill(model, tokens, cache, hold_last=True, should_stop=should_stop, on_prefill=on_prefill)
+    if not done:
+        return
 
     yielded = 0
     try:
