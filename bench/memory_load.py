@@ -1,8 +1,8 @@
 """Load time and peak memory: lantern beside llama.cpp on the same file, in the same run.
 
-Each measurement runs in a fresh process (so peak RSS is that engine's alone): load the model,
-score N tokens, report the load time and the process's peak resident set size. Repeats and
-prints medians and the ratio lantern / llama.cpp.
+The issue's measurement: load the model, score 16 tokens, report load time and the process's peak
+RSS. It is `lantern bench --compare` cut down to that (prompts of 16 tokens, one decoded token,
+each engine in a fresh process per repeat, medians), printing only load time and memory.
 
     python bench/memory_load.py                      # full-size Phi-3-mini-shaped Q4_K_M (built once, ~10 min)
     python bench/memory_load.py --model smollm2 --repeats 5
@@ -12,38 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-from pathlib import Path
-
-CHILD = r"""
-import json, resource, sys, time
-engine, path, n_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-ids = [(i * 7919) % 30000 + 100 for i in range(n_tokens)]
-if engine == "lantern":
-    import torch
-    torch.set_num_threads(threads)
-    import lantern
-    started = time.perf_counter()
-    model = lantern.load(path)
-    loaded = time.perf_counter() - started
-    model.logits(ids)
-else:
-    import llama_cpp
-    started = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=max(64, n_tokens), n_threads=threads,
-                          n_threads_batch=threads, logits_all=True, verbose=False)
-    loaded = time.perf_counter() - started
-    llm.eval(ids)
-print(json.dumps({"load_s": loaded, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
-
-
-def measure(engine: str, path: Path, n_tokens: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, engine, str(path), str(n_tokens), str(threads)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -55,6 +24,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from lantern.benchmark import BenchConfig, run_benchmark
+
     if args.model:
         from lantern.hub import resolve
 
@@ -64,22 +35,14 @@ def main() -> int:
 
         print("building the Phi-3-mini-shaped Q4_K_M once (cached afterwards)...", file=sys.stderr)
         path = cached_model(PHI3_MINI, "Q4_K_M")
-    size = path.stat().st_size
 
-    runs = {"lantern": [], "llama.cpp": []}
-    for _ in range(args.repeats):  # alternate engines so drift on a shared machine hits both
-        for engine in runs:
-            runs[engine].append(measure("lantern" if engine == "lantern" else "llama", path, args.tokens, args.threads))
-
-    report = {"model": str(path), "file_bytes": size, "tokens": args.tokens, "threads": args.threads}
-    for engine, samples in runs.items():
-        report[engine] = {
-            "load_s": statistics.median(s["load_s"] for s in samples),
-            "peak_rss_bytes": statistics.median(s["peak_rss_bytes"] for s in samples),
-        }
-    ours, theirs = report["lantern"], report["llama.cpp"]
+    cfg = BenchConfig(prompt_lengths=(args.tokens,), decode_tokens=1, repeats=args.repeats, threads=args.threads)
+    report = run_benchmark(path, cfg, engines=("lantern", "llama.cpp"))
+    ours, theirs, size = report["lantern"], report["llama.cpp"], report["file_bytes"]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"model": str(path), "file_bytes": size, "tokens": args.tokens, "threads": args.threads,
+                          **{e: {k: report[e][k] for k in ("load_s", "peak_rss_bytes")} for e in ("lantern", "llama.cpp")}},
+                         indent=2))
         return 0
     gib = 1024**3
     print(f"model: {path.name} ({size / gib:.2f} GiB), score {args.tokens} tokens, {args.threads} threads, "
