@@ -23,7 +23,6 @@ from .kernels import kernel_policy, set_kernel_policy  # noqa: F401  (public API
 from .kernels.memory import release_pages
 from .quants import dequantize
 
-FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 
 # The reference kernel dequantizes at most this many weights at a time, so the float32 copy of
 # a large matrix (Phi-3's output head: 98M weights, 394 MB) never exists whole.
