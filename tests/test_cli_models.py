@@ -191,9 +191,23 @@ def test_resolve_device_and_threads():
     before = torch.get_num_threads()
     try:
         assert cli.set_threads(1) == 1 and torch.get_num_threads() == 1
-        assert cli.set_threads(None) == cli.default_threads() >= 1
+        assert 1 <= cli.set_threads(None) <= cli.available_cores()
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_default_leaves_busy_cores_alone():
+    assert cli.threads_for(8, 0.0) == 8 and cli.threads_for(8, 2.6) == 6 and cli.threads_for(2, 5.0) == 1
+    cores = cli.available_cores()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert cli.runnable_others() >= cores - 0.5
+        assert cli.default_threads() == 1
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
 
 
 # ----- pull / ls / info against a local Hub ----------------------------------------------------

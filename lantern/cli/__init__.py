@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "device"):
             args.device = resolve_device(args.device)
         if hasattr(args, "threads"):
-            set_threads(args.threads)
+            args.threads = set_threads(args.threads)
         return int(args.func(args) or 0)
     except LanternError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -131,16 +131,51 @@ def add_device_argument(parser: argparse.ArgumentParser, *, default: str = "auto
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"CPU threads for PyTorch (default: the CPU cores available, {default_threads()} here)",
+        help=f"CPU threads (default: the available cores ({available_cores()} here) less those other "
+        "processes are busy on right now)",
     )
 
 
-def default_threads() -> int:
+def available_cores() -> int:
     """The CPU cores this process may run on (honours taskset/cpusets), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def runnable_others(samples: int = 5, interval: float = 0.002) -> float:
+    """How many other threads want a CPU right now: the median of a few readings of Linux's
+    `procs_running` less this process, scaled to the cores this process may use. 0 elsewhere."""
+    import statistics
+    import time
+
+    readings = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat", "rb") as f:
+                line = next(l for l in f if l.startswith(b"procs_running "))
+        except (OSError, StopIteration):
+            return 0.0
+        readings.append(int(line.split()[1]) - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    share = available_cores() / max(available_cores(), os.cpu_count() or 1)
+    return max(0.0, statistics.median(readings) * share)
+
+
+def threads_for(cores: int, busy: float) -> int:
+    """Threads that will not wait on each other: the cores left idle by `busy` other threads.
+
+    A thread that shares its core with a busy process stalls every barrier of the others (a
+    decode step has hundreds), so on a loaded machine fewer threads decode faster: on the 2-core
+    machine with two busy processes, 1 thread was 4x faster than 2 (docs/PERFORMANCE.md)."""
+    return max(1, cores - int(busy))
+
+
+def default_threads() -> int:
+    """The `--threads` default: the available cores that no other process is busy on."""
+    return threads_for(available_cores(), runnable_others())
 
 
 def set_threads(threads: int | None) -> int:

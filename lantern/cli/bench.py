@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from . import add_device_argument, add_model_argument, default_threads
+from . import add_device_argument, add_model_argument
 from .options import positive_int
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_lengths=args.prompt_lengths,
         decode_tokens=args.decode_tokens,
         repeats=args.repeats,
-        threads=args.threads or default_threads(),
+        threads=args.threads,
         device=str(args.device),
         kernels=args.kernels,
         progress=not args.quiet,
