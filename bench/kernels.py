@@ -1,13 +1,20 @@
 """Weight kernels: reference (dequantize to float32 per call) vs fast, per GGUF type and shape,
 and end-to-end decode/prompt speed of whole models.
 
-    python bench/kernels.py                      # Phi-3-mini shapes, main types, M=1 and M=256
+    python bench/kernels.py                      # Phi-3-mini shapes, main types, M=1, 4, 16, 256
     python bench/kernels.py --types all --reps 5
+    python bench/kernels.py --smol               # per-call microseconds on SmolLM2-135M's shapes
     python bench/kernels.py --e2e                # + end-to-end on SmolLM2 and the Phi-3-mini fixture
+    python bench/kernels.py --interleaved MODEL  # decode/prompt: new kernels, previous ones, llama.cpp
+                                                 # in one process, alternating (for a busy machine)
 
-Prints G weights/s (weights of the matrix per second; for M=256 that is M x fewer per token).
-The machine is shared: every variant runs interleaved in the same process and the median of
---reps runs is reported.
+Prints G weights/s (weights of the matrix per second; for M=256 that is M x fewer per token) for
+the fast kernel `build()` picks on this machine (`gguf-native` with AVX-512 BF16: the file's
+blocks in place), the kernel it replaced (`int4` / `q6k-native`: converted at load) and the
+reference. Each timed call multiplies the next of several copies of the weight (together larger
+than the last-level cache), so the weights come from memory as in a real forward pass. The
+machine is shared: every variant runs interleaved in the same process and the median of --reps
+runs is reported.
 """
 
 from __future__ import annotations
@@ -60,25 +67,85 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def kernels(types, shapes, ms, reps, reference: bool) -> None:
+# Each timed call uses the next of enough copies of the weight to exceed this many bytes (the
+# last-level cache of the machines measured is 32 MiB).
+WORKING_SET = 96 << 20
+
+
+def previous_kernel(w: TensorData):
+    """The fast kernel in use before the in-place GGUF kernels (int4 at load, float32 Q6_K), or None."""
+    from lantern.weights.kernels import int4, native
+
+    if w.type in int4.INT4_TYPES and int4.available():
+        return int4.Int4Kernel(w.raw, w.type, *w.shape)
+    if w.type == QT.Q6_K and native.simd():
+        return native.Q6KKernel(w.raw, w.type, *w.shape)
+    return None
+
+
+class _Rotating:
+    """Calls the next of several layers (copies of one weight) each time."""
+
+    def __init__(self, layers):
+        self.layers, self.i = layers, 0
+
+    def __call__(self, x):
+        self.i = (self.i + 1) % len(self.layers)
+        return self.layers[self.i](x)
+
+
+def kernels(types, shapes, ms, reps, reference: bool, previous: bool = True) -> None:
     print(f"# kernels: {describe()}")
     print(f"{'type':6} {'shape':>12} {'kernel':>12} " + " ".join(f"{'M=' + str(m):>9}" for m in ms) + "   (G weights/s)")
     for qtype in types:
         for rows, cols in shapes:
-            w = random_weight(qtype, rows, cols)
-            layers = {"fast": linear.QuantizedLinear(w, kernels="fast")}
+            base = random_weight(qtype, rows, cols)
+            copies = max(1, -(-WORKING_SET // base.raw.numel()))
+            weights = [base] + [TensorData(base.name, base.type, base.shape, base.raw.clone()) for _ in range(copies - 1)]
+            fast = [linear.QuantizedLinear(w, kernels="fast") for w in weights]
+            layers = {fast[0].kernel_name: _Rotating(fast)}
+            if previous and fast[0].kernel_name == "gguf-native":
+                prev = [previous_kernel(w) for w in weights]
+                if prev[0] is not None:
+                    layers[prev[0].name] = _Rotating(prev)
             if reference:
-                layers["reference"] = linear.QuantizedLinear(w, kernels="reference")
+                layers["reference"] = linear.QuantizedLinear(base, kernels="reference")
             rates = {name: [] for name in layers}
             for m in ms:
                 x = torch.randn(m, cols)
                 for name, layer in layers.items():
-                    r = reps if name == "fast" else max(1, reps // 3)
+                    r = max(1, reps // 3) if name == "reference" else reps * (3 if m < 64 else 1)
                     rates[name].append(rows * cols / timed(lambda: layer(x), r) / 1e9)
-            for name, layer in layers.items():
-                label = layer.kernel_name
-                print(f"{qtype:6} {rows:>5}x{cols:<6} {label:>12} " + " ".join(f"{v:9.2f}" for v in rates[name]),
+            for name in layers:
+                print(f"{qtype:6} {rows:>5}x{cols:<6} {name:>12} " + " ".join(f"{v:9.2f}" for v in rates[name]),
                       flush=True)
+
+
+SMOL_SHAPES = [("Q4_1", 576, 576), ("Q4_1", 192, 576), ("Q4_1", 1536, 576), ("Q4_1", 576, 1536),
+               ("Q8_0", 49152, 576)]
+
+
+def smol(reps: int) -> None:
+    """Per-call microseconds at M=1 on SmolLM2-135M's shapes (the whole call from Python: x to
+    bf16, dispatch, output), fast kernel vs the previous one, 1 and all threads."""
+    print(f"# SmolLM2-135M shapes, M=1, microseconds per call (median); {describe()}")
+    print(f"{'type':6} {'shape':>12} {'threads':>7} {'kernel':>12} {'us/call':>9} {'G w/s':>7}")
+    threads = torch.get_num_threads()
+    for qtype, rows, cols in SMOL_SHAPES:
+        w = random_weight(qtype, rows, cols)
+        fast = linear.QuantizedLinear(w, kernels="fast")
+        layers = {fast.kernel_name: fast}
+        prev = previous_kernel(w)
+        if prev is not None and fast.kernel_name == "gguf-native":
+            layers[prev.name] = prev
+        x = torch.randn(1, cols)
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            for name, layer in layers.items():
+                t = timed(lambda: layer(x), max(50, reps * 40))
+                print(f"{qtype:6} {rows:>5}x{cols:<6} {n:>7} {name:>12} {t * 1e6:9.1f} {rows * cols / t / 1e9:7.2f}",
+                      flush=True)
+        torch.set_num_threads(threads)
 
 
 # ----- end to end ---------------------------------------------------------------------------------
@@ -125,6 +192,73 @@ def e2e(models, policies, decode_tokens, prompt_tokens, reps) -> None:
             print(line, flush=True)
 
 
+def interleaved(path: str, rounds: int, burst: int, prompt_tokens: int, threads: int) -> None:
+    """lantern with the in-place kernels, lantern with the previous kernels (LANTERN_GGUF_NATIVE=0:
+    int4 / float32 Q6_K) and llama.cpp, loaded in one process and measured in alternation: each
+    round every engine decodes `burst` tokens, then runs one prompt of `prompt_tokens`. On a shared
+    machine all three then see the same contention; figures are medians over rounds."""
+    import llama_cpp
+
+    import lantern
+    from lantern.benchmark import bench_ids, load_average
+
+    torch.set_num_threads(threads)
+    engines = {}
+    for label, flag in (("lantern gguf-native", "1"), ("lantern previous", "0")):
+        os.environ["LANTERN_GGUF_NATIVE"] = flag
+        t = time.perf_counter()
+        engines[label] = lantern.load(path)
+        print(f"# {label}: load {time.perf_counter() - t:.2f} s", flush=True)
+    os.environ.pop("LANTERN_GGUF_NATIVE")
+    vocab = engines["lantern gguf-native"].vocab_size
+    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
+                          n_threads_batch=threads, logits_all=False, verbose=False)
+
+    def llama_argmax() -> int:
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
+
+    ids = bench_ids(prompt_tokens, vocab)
+
+    def run_prompt(label):
+        """A fresh cache (context), the prompt; returns (cache, first greedy token)."""
+        if label == "llama.cpp":
+            llm.reset()
+            llm.eval(ids)
+            return None, llama_argmax()
+        model = engines[label]
+        cache = model.new_cache(prompt_tokens + burst + 1)
+        return cache, int(model.forward(ids, cache, last_only=True)[-1].argmax())
+
+    labels = [*engines, "llama.cpp"]
+    decode = {k: [] for k in labels}
+    prompt = {k: [] for k in labels}
+    loads = []
+    with torch.inference_mode():
+        for label in labels:  # warm-up
+            run_prompt(label)
+        for _ in range(rounds):
+            for label in labels:
+                t = time.perf_counter()
+                cache, token = run_prompt(label)
+                prompt[label].append(prompt_tokens / (time.perf_counter() - t))
+                t = time.perf_counter()
+                for _ in range(burst):
+                    if label == "llama.cpp":
+                        llm.eval([token])
+                        token = llama_argmax()
+                    else:
+                        token = int(engines[label].forward([token], cache, last_only=True)[-1].argmax())
+                decode[label].append(burst / (time.perf_counter() - t))
+            loads.append(load_average())
+    print(f"# {Path(path).name}, {threads} threads, {rounds} rounds of {burst} decode tokens and one "
+          f"{prompt_tokens}-token prompt per engine; load average {min(loads):.1f}-{max(loads):.1f}")
+    print(f"{'engine':22} {'decode tok/s':>13} {'prompt tok/s':>13}   (medians; decode min-max)")
+    for label in labels:
+        d = decode[label]
+        print(f"{label:22} {statistics.median(d):13.1f} {statistics.median(prompt[label]):13.1f}   "
+              f"({min(d):.1f}-{max(d):.1f})", flush=True)
+
+
 def default_models() -> list[Path]:
     cache = Path(os.environ.get("LANTERN_CACHE", Path.home() / ".cache" / "lantern"))
     found = [cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"]
@@ -140,9 +274,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", default=",".join(MAIN_TYPES), help="comma-separated GGUF types, or 'all'")
     ap.add_argument("--shapes", default="phi3", help="'phi3' or e.g. 4096x4096,1024x4096 (out x in)")
-    ap.add_argument("--m", default="1,256", help="batch sizes (tokens per call)")
+    ap.add_argument("--m", default="1,4,16,256", help="batch sizes (tokens per call)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference kernel")
+    ap.add_argument("--no-previous", action="store_true", help="skip the kernel the in-place one replaced")
+    ap.add_argument("--smol", action="store_true", help="only per-call microseconds on SmolLM2 shapes")
+    ap.add_argument("--interleaved", metavar="MODEL", help="only: new kernels vs previous vs llama.cpp, alternating")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--burst", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--e2e", action="store_true", help="also run whole models (SmolLM2, Phi-3-mini fixture)")
     ap.add_argument("--e2e-only", action="store_true")
     ap.add_argument("--model", action="append", help="GGUF file for --e2e (repeatable)")
@@ -151,8 +291,15 @@ def main() -> None:
     args = ap.parse_args()
     types = ALL_TYPES if args.types == "all" else args.types.split(",")
     shapes = PHI3_SHAPES if args.shapes == "phi3" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.smol:
+        smol(args.reps)
+        return
+    if args.interleaved:
+        interleaved(args.interleaved, args.rounds, args.burst, args.prompt_tokens, args.threads)
+        return
     if not args.e2e_only:
-        kernels(types, shapes, [int(m) for m in args.m.split(",")], args.reps, not args.no_reference)
+        kernels(types, shapes, [int(m) for m in args.m.split(",")], args.reps, not args.no_reference,
+                not args.no_previous)
     if args.e2e or args.e2e_only:
         models = [Path(m) for m in args.model] if args.model else default_models()
         e2e(models, ["fast", "reference"], args.decode_tokens, args.prompt_tokens, max(1, args.reps // 2))

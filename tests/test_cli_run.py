@@ -49,7 +49,10 @@ def test_run_reads_the_prompt_from_stdin_and_stops_at_max_tokens(smollm2_path):
     assert "seed" in result.stderr and "Model(" in result.stderr
     # --verbose names the device, the kernels and which kernel runs each weight type.
     assert "device cpu; kernels: torch" in result.stderr
-    assert "Q4_1: int4 x 210" in result.stderr
+    from lantern.weights.kernels import native
+
+    q4_1_kernel = "gguf-native" if native.bf16_simd() else "int4"  # in place where the CPU has AVX-512 BF16
+    assert f"Q4_1: {q4_1_kernel} x 210" in result.stderr
 
 
 def test_run_stop_string_and_raw_mode(smollm2_path):

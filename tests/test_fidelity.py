@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import lantern
 from lantern.testing.oracle import fidelity, llama_cpp_logits
@@ -92,18 +93,30 @@ def test_llama31_rope_freqs():
 
 @pytest.mark.parametrize("kernels", ["reference", "fast"])
 def test_kv_cache_decode_matches_batched_prompt(kernels):
-    """Decoding one token at a time on the cache gives the logits of the batched prompt: to
-    float32 summation noise on the exact kernels; to bf16 activation rounding on the fast ones."""
-    model = lantern.load(cached_model(SPECS["llama"], "Q4_K_M"), kernels=kernels)
+    """Decoding one token at a time on the cache gives the logits of the batched prompt.
+
+    On the exact kernels the two agree to float32 summation noise. On the fast ones they take
+    different routes to the exact math: one-token steps multiply the file's exact weights by
+    bf16-rounded activations, batches of more than a few tokens multiply bf16-rounded weights
+    (torch's bf16 GEMM). So each is held to the fast path's budget against the exact kernels'
+    logits, and the two to each other within both budgets."""
+    path = cached_model(SPECS["llama"], "Q4_K_M")
+    model = lantern.load(path, kernels=kernels)
     ids = prompt(1024, 40, seed=5)
     batched = model.logits(ids)
     cache = model.new_cache()
     model.forward(ids[:30], cache)
-    stepped = [model.forward([t], cache)[0] for t in ids[30:]]
+    stepped = torch.stack([model.forward([t], cache)[0] for t in ids[30:]])
     assert cache.length == 40
-    # bfloat16 keeps 8 significant bits: relative rounding up to 2**-8 per activation.
-    atol, rtol = (1e-4, 1e-4) if kernels == "reference" else (0.02 * float(batched.std()), 1e-2)
-    np.testing.assert_allclose(np.stack([s.numpy() for s in stepped]), batched[30:].numpy(), atol=atol, rtol=rtol)
+    if kernels == "reference":
+        atol, rtol = 1e-4, 1e-4
+    else:
+        exact = lantern.load(path, kernels="reference").logits(ids)
+        budget = 0.05 * float(exact.std())  # the fast path's distance is 0.03-0.06 std; llama.cpp's ~0.1
+        assert float((batched - exact).abs().max()) <= budget
+        assert float((stepped - exact[30:]).abs().max()) <= budget
+        atol, rtol = 2 * budget, 0.0
+    np.testing.assert_allclose(stepped.numpy(), batched[30:].numpy(), atol=atol, rtol=rtol)
     # Rolling the cache back and replaying gives the same logits again.
     cache.truncate(35)
     again = model.forward(ids[35:], cache)

@@ -229,3 +229,127 @@ def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     print(f"{arch} {qtype}: lantern fast {ours} | llama.cpp {theirs}")
     assert ours.distance <= max(1.1 * theirs.distance, 0.02), (ours, theirs)
     assert ours.top1_agree >= theirs.top1_agree - math.floor(len(ids) / 100), (ours, theirs)
+
+
+# ----- GGUF blocks multiplied in place (native, AVX-512 BF16 or portable C) ------------------------
+
+GGUF_TYPES = list(native.GGUF_BLOCKS)
+needs_gguf_native = pytest.mark.skipif(
+    not (native.available() and hasattr(native.library(), "lantern_gguf_matmul")),
+    reason="native kernels not built (pip install -e . builds them)")
+
+
+def random_gguf_blocks(qtype, rows, cols, seed=0):
+    """Random blocks of any type the in-place kernel takes: random bytes (quants, scales, high
+    bits), random finite float16 d / dmin / m of any sign and magnitude (subnormals included)."""
+    if qtype != QT.Q6_K:
+        return random_int4_blocks(qtype, rows, cols, seed)
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, (rows * cols // 256, 210), dtype=np.uint8)
+    h = rng.integers(0, 1 << 16, len(b), dtype=np.uint16)
+    b[:, 208:210] = np.where((h >> 10) & 31 == 31, h & 0x83FF, h).astype(np.uint16).view(np.uint8).reshape(-1, 2)
+    return torch.from_numpy(b.reshape(rows, -1))
+
+
+def _features(mask):
+    """Context: the native library uses only the CPU features in `mask` (0: portable C)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        lib = native.library()
+        lib.lantern_set_features(mask)
+        try:
+            yield
+        finally:
+            lib.lantern_set_features(-1)
+    return ctx()
+
+
+@needs_gguf_native
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 100])
+@pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
+def test_gguf_kernel_matches_float32_reference(qtype, m):
+    """The in-place kernel (fused for small M, expanded slabs + bf16 GEMM above GGUF_MAX_M) against
+    the exact float32 product, odd row count, on the SIMD path and the portable C path."""
+    rows, cols = 37, 512 if native.GGUF_BLOCKS[qtype][0] == 256 else 160
+    raw = random_gguf_blocks(qtype, rows, cols, seed=m)
+    exact = dequantize(raw, qtype, (rows, cols))
+    x = torch.randn(m, cols, generator=torch.Generator().manual_seed(m))
+    ref = x.double() @ exact.double().T
+    b = bound(x, exact, ref.float())
+    k = native.GGUFKernel(raw, qtype, rows, cols)
+    results = {"kernel": k(x), "fused": native.gguf_matmul(k.raw, qtype, x, rows, cols)}
+    with _features(0):
+        results["portable kernel"] = k(x)
+        results["portable fused"] = native.gguf_matmul(k.raw, qtype, x, rows, cols)
+    for name, y in results.items():
+        assert y.dtype == torch.float32 and y.shape == (m, rows)
+        excess = (y.double() - ref).abs() - b
+        assert excess.max() <= 0, f"{qtype.name} M={m} {name}: error exceeds the bound by {excess.max():.3g}"
+    # SIMD and portable paths differ only in the order of float32 additions
+    scale = (x.abs() @ exact.abs().T).double()
+    assert ((results["fused"].double() - results["portable fused"].double()).abs() <= 1e-5 * scale + 1e-30).all()
+
+
+@needs_gguf_native
+@pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
+def test_gguf_expansion_is_bit_identical(qtype):
+    """Blocks -> bf16 (prompt chunks, `dense`) equals quants.py's dequantize rounded to bf16, on the
+    SIMD and the portable path."""
+    rows, cols = 21, 768
+    raw = random_gguf_blocks(qtype, rows, cols, seed=5)
+    want = dequantize(raw, qtype, (rows, cols)).to(torch.bfloat16)
+    k = native.GGUFKernel(raw, qtype, rows, cols)
+    simd = k.dense(0, rows)
+    with _features(0):
+        portable = k.dense(0, rows)
+    assert torch.equal(simd, want) and torch.equal(portable, want)
+    assert torch.equal(k.dense(5, 12), want[5:12])
+
+
+@needs_gguf_native
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q4_1, QT.Q8_0], ids=lambda t: t.name)
+def test_gguf_pool_thread_counts_agree(qtype):
+    """Rows are split over the thread pool; every row is computed by the same code whichever
+    thread takes it, so 1, 2 and 3 threads give identical bits (also when the pool is reused,
+    grown and shrunk), and so do two Python threads calling at once."""
+    import threading
+
+    rows, cols = 301, 1024
+    raw = random_gguf_blocks(qtype, rows, cols, seed=9)
+    k = native.GGUFKernel(raw, qtype, rows, cols)
+    for m in (1, 5):
+        x = torch.randn(m, cols)
+        one = native.gguf_matmul(k.raw, qtype, x, rows, cols, threads=1)
+        for threads in (2, 3, 2, 1, 2):
+            assert torch.equal(native.gguf_matmul(k.raw, qtype, x, rows, cols, threads=threads), one)
+        assert torch.equal(native.gguf_to_bf16(k.raw, qtype, rows, cols, threads=2),
+                           native.gguf_to_bf16(k.raw, qtype, rows, cols, threads=1))
+        out = [None] * 4
+
+        def work(i):
+            for _ in range(20):
+                out[i] = native.gguf_matmul(k.raw, qtype, x, rows, cols, threads=2)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(torch.equal(o, one) for o in out)
+
+
+@needs_gguf_native
+def test_gguf_kernel_reads_the_file_in_place():
+    """Where the CPU has AVX-512 BF16, layers of a real file hold a view of the memory map: nothing
+    converted or copied; elsewhere the int4 / float32 Q6_K kernels take these types."""
+    for qtype in (QT.Q4_K, QT.Q6_K, QT.Q4_0, QT.Q8_0):
+        t = tensors_of(qtype)[0]
+        layer = linear.QuantizedLinear(t, kernels="fast")
+        if not native.bf16_simd():
+            assert layer.kernel_name in ("int4", "q6k-native")
+            continue
+        assert layer.kernel_name == "gguf-native"
+        assert layer.kernel.raw.data_ptr() == t.raw.data_ptr()
+        assert layer.kernel.nbytes == t.raw.numel()

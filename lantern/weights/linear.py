@@ -63,7 +63,8 @@ class QuantizedLinear(nn.Module):
             self.raw = _on_device(weight.raw, device)
         else:
             self.raw = None
-            release_pages(weight.raw)
+            if not getattr(self.kernel, "in_place", False):  # in-place kernels read the map itself
+                release_pages(weight.raw)
 
     @property
     def kernel_name(self) -> str:

@@ -4,19 +4,24 @@ Two policies:
 
 * ``"reference"``: the weight keeps its file encoding and is dequantized to float32 for each
   call (exact float32 math; slow). Implemented in `lantern.weights.linear`.
-* ``"fast"`` (default on CPU): the weight is converted once at load into a form a fast kernel
-  reads, and the file's bytes are given back:
+* ``"fast"`` (default on CPU):
 
-  - Q4_0, Q4_1, Q4_K (one piece), Q5_0, Q5_1, Q5_K, Q8_0 (two pieces): torch's int4 weight-only
-    kernel (`int4.py`) for small batches (decode); for prompt chunks the same packed weight is
-    expanded to bfloat16 a slab at a time and multiplied by a dense bfloat16 GEMM.
-  - Q6_K (scales per 16 elements, no int4 form): kept in its file encoding (a view of the memory
-    map, not copied) and multiplied by the C kernel (`native.py`, AVX-512, exact float32 math)
-    when the extension is built and the CPU has AVX-512; else, like Q2_K and Q3_K, a dense
-    bfloat16 copy (`dense.py`).
+  - With the C extension on a CPU with AVX-512 BF16: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and
+    Q6_K stay in their file encoding, a view of the memory map (no conversion at load), and are
+    multiplied in place (`native.GGUFKernel`): small batches (decode, speculative verify) by the
+    fused C kernel on the blocks (x rounded to bfloat16, the file's exact weights, float32
+    accumulation); prompt chunks by expanding slabs of rows to bfloat16 (C, multi-threaded) for
+    torch's bf16 GEMM. LANTERN_GGUF_NATIVE=0 turns this route off (the ones below).
+  - Otherwise the weight is converted once at load into a form a fast kernel reads, and the
+    file's bytes are given back: Q4_0, Q4_1, Q4_K (one piece), Q5_0, Q5_1, Q5_K, Q8_0 (two
+    pieces): torch's int4 weight-only kernel (`int4.py`) for small batches; for prompt chunks the
+    same packed weight is expanded to bfloat16 a slab at a time for a dense bf16 GEMM. Q6_K (no
+    int4 form): the float32 C kernel on the file's blocks when the CPU has AVX-512; else, like
+    Q2_K and Q3_K, a dense bfloat16 copy (`dense.py`).
 
-  The conversions run in C when the extension is built (`_native.c`: multi-threaded, the same
-  bytes as the PyTorch code, which stays as the fallback, e.g. with LANTERN_NATIVE=0).
+  The conversions run in C when the extension is built (`_native.c`: multi-threaded on a
+  persistent thread pool, the same bytes as the PyTorch code, which stays as the fallback, e.g.
+  with LANTERN_NATIVE=0).
   - F32, F16, BF16: the reference path (already dense).
 
   Activations are rounded to bfloat16 on the fast path (the int4 kernel runs 50-100x slower on
@@ -63,6 +68,8 @@ def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device) -> "object
 
     if torch.device(device).type != "cpu":
         return None
+    if qtype in native.GGUF_BLOCKS and cols % native.GGUF_BLOCKS[qtype][0] == 0 and native.bf16_simd():
+        return native.GGUFKernel(raw, qtype, rows, cols)
     if qtype in int4.INT4_TYPES and cols % int4.GROUP == 0 and int4.available():
         return int4.Int4Kernel(raw, qtype, rows, cols)
     if qtype == QT.Q6_K and cols % 256 == 0 and native.simd():
@@ -81,7 +88,8 @@ def describe() -> str:
 
     parts.append("int4 weight-only kernel" if int4.available() else "no int4 kernel (dense bfloat16 only)")
     if native.available():
-        parts.append("native C kernels" + (" (AVX-512)" if native.simd() else " (portable C)"))
+        parts.append("native C kernels" + (" (AVX-512 BF16: GGUF blocks in place)" if native.bf16_simd()
+                                           else " (AVX-512)" if native.simd() else " (portable C)"))
     else:
         parts.append("no native kernels (pure PyTorch)")
     return ", ".join(parts)

@@ -18,6 +18,7 @@
 #include <Python.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,25 +197,42 @@ static void to_bf16_avx512(const float *src, uint16_t *dst, int64_t n) {
 }
 #endif
 
-static int g_avx512 = -1;
+/* Features the library uses, detected once: bit 0 AVX-512 F+BW (the Q6_K float32 kernel and the
+ * converters), bit 1 AVX-512 F+BW+VL+DQ+BF16 with F16C/FMA (the GGUF kernels below). */
+enum { FEAT_AVX512 = 1, FEAT_BF16 = 2 };
+static int g_feat = -1, g_feat_have = -1;
+#define g_avx512 (g_feat & FEAT_AVX512)
 
-int lantern_cpu_features(void) { /* bit 0: AVX-512 F+BW used */
-    if (g_avx512 < 0) {
+static int detect_features(void) {
 #ifdef LANTERN_X86
-        __builtin_cpu_init();
-        g_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-#else
-        g_avx512 = 0;
-#endif
+    __builtin_cpu_init();
+    int f = 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        f |= FEAT_AVX512;
+        if (__builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"))
+            f |= FEAT_BF16;
     }
-    return g_avx512;
+    return f;
+#else
+    return 0;
+#endif
 }
 
-int lantern_set_features(int avx512) { /* tests: force the portable path (0) or restore (-1) */
-    g_avx512 = -1;
-    int have = lantern_cpu_features();
-    g_avx512 = avx512 < 0 ? have : (avx512 && have);
-    return g_avx512;
+int lantern_cpu_features(void) { /* the bit mask above, as in use (see lantern_set_features) */
+    if (g_feat < 0) {
+        if (g_feat_have < 0) g_feat_have = detect_features();
+        g_feat = g_feat_have;
+    }
+    return g_feat;
+}
+
+/* Tests: use only the features in `mask` (0: the portable C paths everywhere), or -1 to use all
+ * the CPU has again. Returns the mask now in use. Not to be called while kernels run. */
+int lantern_set_features(int mask) {
+    if (g_feat_have < 0) g_feat_have = detect_features();
+    g_feat = mask < 0 ? g_feat_have : (mask & g_feat_have);
+    return g_feat;
 }
 
 static void q6k_block(const uint8_t *b, float *out) {
@@ -243,38 +261,225 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
-/* ----- threading: split rows [0, N) over up to 16 threads ------------------------------------ */
+/* ----- thread pool ---------------------------------------------------------------------------
+ * Created lazily, grown to the largest thread count asked for (the caller is one of the threads:
+ * nthreads - 1 workers). A job is `ntasks` calls fn(args, task); the caller publishes it by
+ * bumping a generation counter, works on it itself, and waits until every task is done. Tasks
+ * are claimed one at a time from a shared ticket (generation << 32 | next task), so a thread that
+ * the OS has descheduled (a busy machine) holds up at most the task it claimed: the others take
+ * the rest. Idle workers spin on the generation for LANTERN_SPIN_US microseconds (default 100)
+ * after their last task, then sleep on a futex (Linux; elsewhere a short nanosleep loop).
+ * Calls from several threads at once are safe: one at a time uses the pool, the others run
+ * their tasks inline. After fork() the child starts a new pool on its first parallel call.
+ * Busy machines: a worker the OS preempts while it holds a task holds up the caller until it runs
+ * again (a scheduler time slice, milliseconds). When the caller has waited over STALL_NS for the
+ * workers, the next calls run on the caller alone, 2, 4, ... up to 4096 of them (backoff), before
+ * the workers are tried again; a call without such a wait resets the backoff. */
+
+typedef void (*task_fn)(void *args, int64_t task);
+
+typedef struct {
+    task_fn fn;
+    void *args;
+    int64_t ntasks;
+    int maxw; /* workers 0 .. maxw-1 take part */
+    _Atomic int64_t done;
+} pool_job;
+
+#define POOL_MAX 64
+
+static struct {
+    pthread_mutex_t lock;
+    int nworkers, atfork;
+    _Atomic uint32_t gen; /* futex word */
+    _Atomic uint64_t ticket;
+    _Atomic int sleepers;
+    int64_t spin_ns;
+    int64_t solo_left; /* calls left to run on the caller alone (backoff after a stall) */
+    int backoff;       /* log2 of the next backoff */
+    pool_job job[2]; /* generation g uses job[g & 1]: a late worker never sees a half-written job */
+} P = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, -1, 0, 0, {{0}}};
+
+#define STALL_NS 500000
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+#include <sched.h>
+#include <time.h>
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#ifdef LANTERN_X86
+    _mm_pause();
+#endif
+}
+
+static void gen_wait(uint32_t seen) {
+#ifdef __linux__
+    syscall(SYS_futex, (uint32_t *)&P.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+#else
+    struct timespec ts = {0, 50000};
+    (void)seen;
+    nanosleep(&ts, NULL);
+#endif
+}
+
+static void gen_wake(void) {
+#ifdef __linux__
+    syscall(SYS_futex, (uint32_t *)&P.gen, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+#endif
+}
+
+static void run_tasks(uint32_t g) {
+    pool_job *j = &P.job[g & 1];
+    uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(t >> 32) != g) return;             /* the job is over */
+        if ((int64_t)(uint32_t)t >= j->ntasks) return;     /* all claimed */
+        if (atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + 1, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            /* claimed while the ticket still had generation g: job[g & 1] is g's */
+            j->fn(j->args, (int64_t)(uint32_t)t);
+            atomic_fetch_add_explicit(&j->done, 1, memory_order_acq_rel);
+            t = atomic_load_explicit(&P.ticket, memory_order_acquire);
+        }
+    }
+}
+
+static void *pool_worker(void *p) {
+    const int id = (int)(intptr_t)p;
+    uint32_t seen = atomic_load(&P.gen);
+    for (;;) {
+        uint32_t g;
+        int64_t t0 = 0;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen) {
+            if (++spins < 64) { cpu_relax(); continue; }
+            spins = 0;
+            /* give the core to any other runnable thread (torch's OpenMP workers, other
+             * processes): a spinning worker must not hold up a thread that has work */
+            sched_yield();
+            const int64_t t = now_ns();
+            if (!t0) t0 = t;
+            else if (t - t0 > P.spin_ns) {
+                atomic_fetch_add(&P.sleepers, 1);
+                if (atomic_load(&P.gen) == seen) gen_wait(seen);
+                atomic_fetch_sub(&P.sleepers, 1);
+                t0 = 0;
+            }
+        }
+        seen = g;
+        if (id < P.job[g & 1].maxw) run_tasks(g);
+    }
+    return NULL;
+}
+
+static void pool_atfork_child(void) {
+    pthread_mutex_init(&P.lock, NULL);
+    P.nworkers = 0;
+    P.solo_left = 0;
+    P.backoff = 0;
+    atomic_store(&P.sleepers, 0);
+}
+
+static void pool_grow(int want) { /* called with the lock held */
+    if (want > POOL_MAX) want = POOL_MAX;
+    if (P.spin_ns < 0) {
+        const char *e = getenv("LANTERN_SPIN_US");
+        P.spin_ns = (e && *e ? atoll(e) : 100) * 1000;
+    }
+    if (!P.atfork) { pthread_atfork(NULL, NULL, pool_atfork_child); P.atfork = 1; }
+    while (P.nworkers < want) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&at, 1 << 20);
+        const int ok = pthread_create(&t, &at, pool_worker, (void *)(intptr_t)P.nworkers) == 0;
+        pthread_attr_destroy(&at);
+        if (!ok) break;
+        P.nworkers++;
+    }
+}
+
+/* fn(args, t) for t in [0, ntasks) on up to `nthreads` threads (the caller included). */
+static void pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads) {
+    if (ntasks <= 0) return;
+    if (nthreads > ntasks) nthreads = (int)ntasks;
+    if (nthreads <= 1 || ntasks > 0xffffffffLL || pthread_mutex_trylock(&P.lock) != 0) {
+        for (int64_t t = 0; t < ntasks; t++) fn(args, t);
+        return;
+    }
+    if (P.solo_left > 0) { /* backing off after a stall */
+        P.solo_left--;
+        pthread_mutex_unlock(&P.lock);
+        for (int64_t t = 0; t < ntasks; t++) fn(args, t);
+        return;
+    }
+    pool_grow(nthreads - 1);
+    const uint32_t g = atomic_load(&P.gen) + 1;
+    pool_job *j = &P.job[g & 1];
+    j->fn = fn;
+    j->args = args;
+    j->ntasks = ntasks;
+    j->maxw = nthreads - 1 < P.nworkers ? nthreads - 1 : P.nworkers;
+    atomic_store(&j->done, 0);
+    atomic_store_explicit(&P.ticket, (uint64_t)g << 32, memory_order_release);
+    atomic_store(&P.gen, g);
+    if (atomic_load(&P.sleepers) > 0) gen_wake();
+    run_tasks(g);
+    int64_t t0 = 0, waited = 0;
+    int spins = 0;
+    while (atomic_load_explicit(&j->done, memory_order_acquire) < ntasks) {
+        /* a worker is finishing a task; if it was descheduled, give it this core */
+        if (++spins < 64) { cpu_relax(); continue; }
+        spins = 0;
+        const int64_t t = now_ns();
+        if (!t0) t0 = t;
+        else if ((waited = t - t0) > 50000) sched_yield();
+    }
+    if (waited > STALL_NS) {
+        P.solo_left = (int64_t)1 << P.backoff;
+        if (P.backoff < 12) P.backoff++;
+    } else {
+        P.backoff = 0;
+    }
+    pthread_mutex_unlock(&P.lock);
+}
 
 typedef struct {
     void (*fn)(void *args, int64_t r0, int64_t r1);
     void *args;
-    int64_t r0, r1;
-} job_t;
+    int64_t r0, r1, per;
+} range_job;
 
-static void *run_job(void *p) {
-    job_t *j = (job_t *)p;
-    j->fn(j->args, j->r0, j->r1);
-    return NULL;
+static void range_task(void *p, int64_t t) {
+    const range_job *j = (const range_job *)p;
+    const int64_t a = j->r0 + t * j->per, b = a + j->per < j->r1 ? a + j->per : j->r1;
+    j->fn(j->args, a, b);
+}
+
+/* fn(args, a, b) over [r0, r1) in pieces of `align`-multiples, about 4 per thread. */
+static void parallel_range(void (*fn)(void *, int64_t, int64_t), void *args, int64_t r0, int64_t r1, int nthreads,
+                           int64_t align) {
+    if (r1 <= r0) return;
+    if (nthreads < 1) nthreads = 1;
+    int64_t per = (r1 - r0 + 4 * nthreads - 1) / (4 * nthreads);
+    if (nthreads == 1) per = r1 - r0;
+    per = (per + align - 1) / align * align;
+    range_job j = {fn, args, r0, r1, per};
+    pool_run(range_task, &j, (r1 - r0 + per - 1) / per, nthreads);
 }
 
 static void parallel_rows(void (*fn)(void *, int64_t, int64_t), void *args, int64_t N, int nthreads, int64_t align) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > 16) nthreads = 16;
-    int64_t per = (N + nthreads - 1) / nthreads;
-    per = (per + align - 1) / align * align;
-    job_t jobs[16];
-    pthread_t tids[16];
-    int started[16] = {0};
-    int n = 0;
-    for (int64_t r = 0; r < N && n < 16; r += per, n++) {
-        jobs[n].fn = fn; jobs[n].args = args; jobs[n].r0 = r; jobs[n].r1 = r + per < N ? r + per : N;
-    }
-    for (int i = 1; i < n; i++) started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
-    if (n > 0) run_job(&jobs[0]);
-    for (int i = 1; i < n; i++) {
-        if (started[i]) pthread_join(tids[i], NULL);
-        else run_job(&jobs[i]);
-    }
+    parallel_range(fn, args, 0, N, nthreads, align);
 }
 
 /* ----- Q6_K matmul: y[M, N] = x[M, K] @ W[N, K].T -------------------------------------------- */
@@ -408,22 +613,7 @@ void lantern_int4_to_bf16(const uint8_t *const *packed, const uint16_t *const *s
     lantern_cpu_features();
     i4_args a = {packed, sz, pieces, out - r0 * K, N, K};
     /* rows are relative to the whole weight; `out` holds rows r0..r1 */
-    int64_t span = r1 - r0;
-    if (nthreads < 1) nthreads = 1;
-    int64_t per = ((span / 64 + nthreads - 1) / nthreads) * 64;
-    if (per <= 0) per = 64;
-    job_t jobs[16];
-    pthread_t tids[16];
-    int started[16] = {0}, n = 0;
-    for (int64_t r = r0; r < r1 && n < 16; r += per, n++) {
-        jobs[n].fn = int4_bf16_rows; jobs[n].args = &a; jobs[n].r0 = r; jobs[n].r1 = r + per < r1 ? r + per : r1;
-    }
-    for (int i = 1; i < n; i++) started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
-    if (n > 0) run_job(&jobs[0]);
-    for (int i = 1; i < n; i++) {
-        if (started[i]) pthread_join(tids[i], NULL);
-        else run_job(&jobs[i]);
-    }
+    parallel_range(int4_bf16_rows, &a, r0, r1, nthreads, 64);
 }
 
 /* ----- GGUF blocks -> torch's CPU int4 layout (load-time conversion) --------------------------
@@ -634,24 +824,7 @@ int lantern_int4_pack(const uint8_t *raw, int qtype, uint8_t *const *packed, uin
     default: return -1;
     }
     if (K % a.elems || N % 64 || r0 % 64 || r1 % 64 || r1 > N) return -1;
-    /* threads split the 64-row blocks of [r0, r1) */
-    const int64_t nblk = (r1 - r0) / 64;
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > 16) nthreads = 16;
-    if (nthreads > nblk) nthreads = (int)(nblk > 0 ? nblk : 1);
-    const int64_t per = (nblk + nthreads - 1) / nthreads * 64;
-    job_t jobs[16];
-    pthread_t tids[16];
-    int started[16] = {0}, n = 0;
-    for (int64_t r = r0; r < r1 && n < 16; r += per, n++) {
-        jobs[n].fn = int4_pack_rows; jobs[n].args = &a; jobs[n].r0 = r; jobs[n].r1 = r + per < r1 ? r + per : r1;
-    }
-    for (int i = 1; i < n; i++) started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
-    if (n > 0) run_job(&jobs[0]);
-    for (int i = 1; i < n; i++) {
-        if (started[i]) pthread_join(tids[i], NULL);
-        else run_job(&jobs[i]);
-    }
+    parallel_range(int4_pack_rows, &a, r0, r1, nthreads, 64); /* 64-row blocks */
     return a.failed ? -1 : 0;
 }
 
@@ -727,6 +900,620 @@ int lantern_kquant_to_bf16(const uint8_t *w, int qtype, uint16_t *out, int64_t N
     kq_args a = {w, out, K, qtype};
     parallel_rows(kq_bf16_rows, &a, N, nthreads, 1);
     return 0;
+}
+
+/* ----- GGUF blocks multiplied in place: y[M, N] = x[M, K] @ W[N, K].T ------------------------
+ * For decode (M = 1) and small batches: W's blocks are read straight from the file's memory map.
+ * Every block is w = scale[s] * q + minv[s] over sub-blocks s (32 weights; 16 for Q6_K), q small
+ * integers, scale/minv float32 formed as llama.cpp forms them (d * sc, -(dmin * m), m):
+ *   y[m, n] = sum_s scale[s] * (sum_i q_i * bf16(x[m, i])) + minv[s] * (sum_i x[m, i])
+ * x is rounded to bfloat16 once per call (the products q * x are exact in float32), the sums of
+ * x per 32 (for the mins) stay float32; all accumulation is float32. Q8_0 multiplies float32 x.
+ * AVX-512 BF16 path: q becomes bf16 in registers by a table lookup (vpermw / vpermt2w on the
+ * nibble or 6-bit codes; the table bakes in Q4_0's -8, Q5_0's -16, Q6_K's -32), vdpbf16ps gives
+ * 16 partial dot products per 32 weights, one FMA by the sub-block's scale adds them to float32
+ * accumulators. Portable path: the same sums in C, one weight at a time.
+ * GGUF type ids: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14. */
+
+enum { LT_Q6_K = 14 };
+
+static int gguf_geometry(int qtype, int64_t *elems, int64_t *bytes) {
+    switch (qtype) {
+    case LT_Q4_0: *elems = 32; *bytes = 18; return 0;
+    case LT_Q4_1: *elems = 32; *bytes = 20; return 0;
+    case LT_Q5_0: *elems = 32; *bytes = 22; return 0;
+    case LT_Q5_1: *elems = 32; *bytes = 24; return 0;
+    case LT_Q8_0: *elems = 32; *bytes = 34; return 0;
+    case LT_Q4_K: *elems = 256; *bytes = 144; return 0;
+    case LT_Q5_K: *elems = 256; *bytes = 176; return 0;
+    case LT_Q6_K: *elems = 256; *bytes = 210; return 0;
+    default: return -1;
+    }
+}
+
+/* Q4_K/Q5_K: the 8 6-bit scales and mins (llama.cpp's get_scale_min_k4). */
+static void k4_scale_min(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) { sc[j] = q[j] & 63; mn[j] = q[j + 4] & 63; }
+        else { sc[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+    }
+}
+
+/* One block -> codes q[elems] and per-sub-block scale/minv (sub-blocks of 32, Q6_K 16). */
+static void decode_codes(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv) {
+    switch (qtype) {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: {
+        const float d = rd_f16(b);
+        const uint8_t *qs;
+        uint32_t qh = 0;
+        int off = 0;
+        minv[0] = 0.f;
+        if (qtype == LT_Q4_0) { qs = b + 2; off = -8; }
+        else if (qtype == LT_Q4_1) { qs = b + 4; minv[0] = rd_f16(b + 2); }
+        else if (qtype == LT_Q5_0) { qs = b + 6; memcpy(&qh, b + 2, 4); off = -16; }
+        else { qs = b + 8; memcpy(&qh, b + 4, 4); minv[0] = rd_f16(b + 2); }
+        for (int l = 0; l < 16; l++) {
+            q[l] = (int8_t)((qs[l] & 15) + 16 * ((qh >> l) & 1) + off);
+            q[l + 16] = (int8_t)((qs[l] >> 4) + 16 * ((qh >> (l + 16)) & 1) + off);
+        }
+        scale[0] = d;
+        break;
+    }
+    case LT_Q8_0:
+        memcpy(q, b + 2, 32);
+        scale[0] = rd_f16(b);
+        minv[0] = 0.f;
+        break;
+    case LT_Q4_K: case LT_Q5_K: {
+        const float d = rd_f16(b), dmin = rd_f16(b + 2);
+        uint8_t sc[8], mn[8];
+        k4_scale_min(b + 4, sc, mn);
+        for (int j = 0; j < 8; j++) { scale[j] = d * (float)sc[j]; minv[j] = -(dmin * (float)mn[j]); }
+        const uint8_t *qs = qtype == LT_Q4_K ? b + 16 : b + 48, *qh = b + 16;
+        for (int g = 0; g < 4; g++)
+            for (int l = 0; l < 32; l++) {
+                int lo = qs[32 * g + l] & 15, hi = qs[32 * g + l] >> 4;
+                if (qtype == LT_Q5_K) { lo += 16 * ((qh[l] >> (2 * g)) & 1); hi += 16 * ((qh[l] >> (2 * g + 1)) & 1); }
+                q[64 * g + l] = (int8_t)lo;
+                q[64 * g + 32 + l] = (int8_t)hi;
+            }
+        break;
+    }
+    default: { /* Q6_K */
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        const float d = rd_f16(b + 208);
+        for (int j = 0; j < 16; j++) { scale[j] = d * (float)sc[j]; minv[j] = 0.f; }
+        for (int h = 0; h < 2; h++)
+            for (int t = 0; t < 4; t++)
+                for (int l = 0; l < 32; l++)
+                    q[128 * h + 32 * t + l] = (int8_t)((((ql[64 * h + 32 * (t & 1) + l] >> (4 * (t >> 1))) & 15) |
+                                                       (((qh[32 * h + l] >> (2 * t)) & 3) << 4)) - 32);
+        break;
+    }
+    }
+}
+
+/* Portable: out[m] = row . x[m] for m < M. */
+static void gguf_row_portable(int qtype, const uint8_t *row, int64_t K, const uint16_t *xb, const float *xf,
+                              const float *xs, int64_t G, int64_t M, float *out) {
+    int64_t E = 32, B = 0;
+    gguf_geometry(qtype, &E, &B);
+    const int SB = qtype == LT_Q6_K ? 16 : 32;
+    int8_t q[256];
+    float scale[16], minv[16];
+    for (int64_t m = 0; m < M; m++) out[m] = 0.f;
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        decode_codes(qtype, row + ib * B, q, scale, minv);
+        for (int64_t m = 0; m < M; m++) {
+            float acc = 0.f;
+            for (int s = 0; s < E / SB; s++) {
+                const int64_t e0 = ib * E + s * SB;
+                float dot = 0.f;
+                if (qtype == LT_Q8_0)
+                    for (int i = 0; i < SB; i++) dot += (float)q[s * SB + i] * xf[m * K + e0 + i];
+                else
+                    for (int i = 0; i < SB; i++) dot += (float)q[s * SB + i] * bf16_to_f32(xb[m * K + e0 + i]);
+                acc += scale[s] * dot;
+                if (minv[s] != 0.f) acc += minv[s] * xs[m * G + e0 / 32];
+            }
+            out[m] += acc;
+        }
+    }
+}
+
+/* Portable: rows of blocks -> bf16 weights, the bytes of quants.py's dequantize rounded (RNE). */
+static void gguf_bf16_row_portable(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
+    int64_t E = 32, B = 0;
+    gguf_geometry(qtype, &E, &B);
+    const int SB = qtype == LT_Q6_K ? 16 : 32;
+    int8_t q[256];
+    float scale[16], minv[16];
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        decode_codes(qtype, row + ib * B, q, scale, minv);
+        for (int i = 0; i < E; i++) {
+            float w = scale[i / SB] * (float)q[i];
+            if (minv[i / SB] != 0.f) w = w + minv[i / SB];
+            out[ib * E + i] = f32_to_bf16_rne(w);
+        }
+    }
+}
+
+#ifdef LANTERN_X86
+#define TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma")))
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* bf16 tables indexed by code (vpermw: low 5 bits; vpermt2w: low 6 bits) */
+static uint16_t TAB_U4[32] __attribute__((aligned(64)));    /* i & 15 */
+static uint16_t TAB_U4P16[32] __attribute__((aligned(64))); /* (i & 15) + 16 */
+static uint16_t TAB_Q40[32] __attribute__((aligned(64)));   /* (i & 15) - 8 */
+static uint16_t TAB_Q50[32] __attribute__((aligned(64)));   /* (i & 15) - 16 */
+static uint16_t TAB_U5[32] __attribute__((aligned(64)));    /* i */
+static uint16_t TAB_Q6[64] __attribute__((aligned(64)));    /* i - 32 */
+/* Q6_K: vpermps indices putting scale k in lanes 0-7 and k + 1 in lanes 8-15, k = 2 * (4h + t) */
+static int32_t Q6_SIDX[8][16] __attribute__((aligned(64)));
+
+__attribute__((constructor)) static void gguf_tables_init(void) {
+    for (int i = 0; i < 32; i++) {
+        TAB_U4[i] = f32_to_bf16_rne((float)(i & 15));
+        TAB_U4P16[i] = f32_to_bf16_rne((float)((i & 15) + 16));
+        TAB_Q40[i] = f32_to_bf16_rne((float)((i & 15) - 8));
+        TAB_Q50[i] = f32_to_bf16_rne((float)((i & 15) - 16));
+        TAB_U5[i] = f32_to_bf16_rne((float)i);
+    }
+    for (int i = 0; i < 64; i++) TAB_Q6[i] = f32_to_bf16_rne((float)(i - 32));
+    for (int k = 0; k < 8; k++)
+        for (int l = 0; l < 16; l++) Q6_SIDX[k][l] = 2 * k + (l >= 8);
+}
+
+#define SEL_LO4 0xE4 /* ternlog: c ? a : b, with c = 0x000F per word: low nibble from a, rest from b */
+
+TGT_BF16 static ALWAYS_INLINE __m512 dpbf(__m512i w, const uint16_t *x) {
+    return _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w, (__m512bh)_mm512_loadu_si512(x));
+}
+
+TGT_BF16 static ALWAYS_INLINE __m512i zext32(const uint8_t *p) {
+    return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* words << s (s >= 0) or >> -s */
+TGT_BF16 static ALWAYS_INLINE __m512i shift16(__m512i v, int s) {
+    return s >= 0 ? _mm512_sll_epi16(v, _mm_cvtsi32_si128(s)) : _mm512_srl_epi16(v, _mm_cvtsi32_si128(-s));
+}
+
+TGT_BF16 static ALWAYS_INLINE float hsum2(__m512 a, __m512 b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+
+TGT_BF16 static ALWAYS_INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Q4_K/Q5_K: d * sc[j] (stored to `sc`) and dmin * m[j] (returned) for one block. */
+TGT_BF16 static ALWAYS_INLINE __m256 k4_scales(const uint8_t *blk, float *sc) {
+    uint32_t u[4];
+    memcpy(u, blk + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    const uint32_t ua = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = ua;
+    u[0] &= 0x3f3f3f3f;
+    const __m128i v = _mm_loadu_si128((const __m128i *)u);
+    uint16_t dh[2];
+    memcpy(dh, blk, 4);
+    const __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
+    _mm256_storeu_ps(sc, _mm256_mul_ps(s, _mm256_set1_ps(_cvtsh_ss(dh[0]))));
+    return _mm256_mul_ps(m, _mm256_set1_ps(_cvtsh_ss(dh[1])));
+}
+
+/* Row kernels: out[m] = row . x[m] for m < M (M a compile-time constant after inlining).
+ * xb: bf16 x rows K apart; xf: float32 x rows K apart; xs: sums of x per 32, rows G apart. */
+#define ROW_ARGS const uint8_t *row, int64_t K, const uint16_t *xb, const float *xf, const float *xs, int64_t G, float *out
+
+TGT_BF16 static ALWAYS_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
+    const __m512i T = _mm512_load_si512(five ? TAB_U5 : TAB_U4), m4 = _mm512_set1_epi16(0x000F);
+    const int64_t bytes = five ? 176 : 144, nb = K / 256;
+    __m512 acc[8][2];
+    __m256 macc[8];
+    for (int m = 0; m < M; m++) { acc[m][0] = acc[m][1] = _mm512_setzero_ps(); macc[m] = _mm256_setzero_ps(); }
+    (void)xf;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * bytes;
+        float sc[8] __attribute__((aligned(32)));
+        const __m256 mn = k4_scales(blk, sc);
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        __m512i qh = _mm512_setzero_si512();
+        if (five) qh = zext32(blk + 16);
+        for (int g = 0; g < 4; g++) {
+            const __m512i q = zext32(qs + 32 * g);
+            __m512i i0 = q, i1 = _mm512_srli_epi16(q, 4);
+            if (five) { /* bit 4 of the index: bit 2g (2g + 1) of qh */
+                i0 = _mm512_ternarylogic_epi32(i0, shift16(qh, 4 - 2 * g), m4, SEL_LO4);
+                i1 = _mm512_ternarylogic_epi32(i1, shift16(qh, 3 - 2 * g), m4, SEL_LO4);
+            }
+            const __m512i w0 = _mm512_permutexvar_epi16(i0, T), w1 = _mm512_permutexvar_epi16(i1, T);
+            const __m512 s0 = _mm512_set1_ps(sc[2 * g]), s1 = _mm512_set1_ps(sc[2 * g + 1]);
+            for (int m = 0; m < M; m++) {
+                const uint16_t *x = xb + m * K + b * 256 + 64 * g;
+                acc[m][0] = _mm512_fmadd_ps(dpbf(w0, x), s0, acc[m][0]);
+                acc[m][1] = _mm512_fmadd_ps(dpbf(w1, x + 32), s1, acc[m][1]);
+            }
+        }
+        for (int m = 0; m < M; m++) macc[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), macc[m]);
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]) - hsum256(macc[m]);
+}
+
+TGT_BF16 static ALWAYS_INLINE void q6k_impl(ROW_ARGS, const int M) {
+    const __m512i TL = _mm512_load_si512(TAB_Q6), TH = _mm512_load_si512(TAB_Q6 + 32), m4 = _mm512_set1_epi16(0x000F);
+    const int64_t nb = K / 256;
+    __m512 acc[8][2];
+    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    (void)xf; (void)xs; (void)G;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 210;
+        uint16_t dh;
+        memcpy(&dh, blk + 208, 2);
+        const __m512 S = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))),
+                                       _mm512_set1_ps(_cvtsh_ss(dh)));
+        for (int h = 0; h < 2; h++) {
+            const __m512i ql0 = zext32(blk + 64 * h), ql1 = zext32(blk + 64 * h + 32), qh = zext32(blk + 128 + 32 * h);
+            __m512i idx[4];
+            idx[0] = _mm512_ternarylogic_epi32(ql0, _mm512_slli_epi16(qh, 4), m4, SEL_LO4);
+            idx[1] = _mm512_ternarylogic_epi32(ql1, _mm512_slli_epi16(qh, 2), m4, SEL_LO4);
+            idx[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql0, 4), qh, m4, SEL_LO4);
+            idx[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2), m4, SEL_LO4);
+            for (int t = 0; t < 4; t++) {
+                const __m512i w = _mm512_permutex2var_epi16(TL, idx[t], TH);
+                const __m512 sv = _mm512_permutexvar_ps(_mm512_load_si512(Q6_SIDX[4 * h + t]), S);
+                for (int m = 0; m < M; m++)
+                    acc[m][t & 1] = _mm512_fmadd_ps(dpbf(w, xb + m * K + b * 256 + 128 * h + 32 * t), sv, acc[m][t & 1]);
+            }
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]);
+}
+
+/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1 (bf16 dot products), Q8_0 (float32). The f16 scales
+ * (and mins) of up to 64 blocks are converted together first. */
+TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
+    const int64_t bytes = qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+    /* Q4_0/Q4_1: q as bf16 128 + q (0x4300 | q: one ternlog, no table lookup); the 128 (Q4_0:
+     * 136, with its -8) times the block's sum of bf16(x) is taken off per 16 blocks. The
+     * products stay exact; the float32 sums lose ~4 bits to the offset (2^-20 of sum |x|,
+     * far below the 2^-9 of x's rounding). */
+    const int biased = qtype == LT_Q4_0 || qtype == LT_Q4_1;
+    const float bias = qtype == LT_Q4_0 ? 136.f : 128.f;
+    const float *xsb = xs + G / 2; /* sums of bf16(x): the second half of each row of xs */
+    const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
+    const __m512i T0 = _mm512_load_si512(qtype == LT_Q4_0 ? TAB_Q40 : qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4);
+    const __m512i T1 = _mm512_load_si512(qtype == LT_Q5_0 ? TAB_U4 : TAB_U4P16);
+    const __m512i k4300 = _mm512_set1_epi16(0x4300), m4 = _mm512_set1_epi16(0x000F);
+    const int64_t nb = K / 32;
+    __m512 acc[8][2], macc[8];
+    for (int m = 0; m < M; m++) { acc[m][0] = acc[m][1] = macc[m] = _mm512_setzero_ps(); }
+    for (int64_t c0 = 0; c0 < nb; c0 += 64) {
+        const int n = nb - c0 < 64 ? (int)(nb - c0) : 64;
+        float df[64] __attribute__((aligned(64))), mf[64] __attribute__((aligned(64)));
+        const uint8_t *base = row + c0 * bytes;
+        /* d (and m) of 16 blocks at a time: one gather of the blocks' first 4 bytes */
+        const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                _mm512_set1_epi32((int)bytes));
+        for (int i = 0; i < n; i += 16) {
+            const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vidx, base + i * bytes, 1);
+            _mm512_store_ps(df + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+            if (has_min) _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        }
+        for (int i = 0; i < n; i += 2) { /* two blocks per step: two accumulators per row of x */
+            for (int u = 0; u < 2; u++) {
+                if (u == 1 && i + 1 >= n) break;
+                const uint8_t *blk = base + (i + u) * bytes;
+                const int64_t e0 = (c0 + i + u) * 32;
+                const __m512 d = _mm512_set1_ps(df[i + u]);
+                if (qtype == LT_Q8_0) {
+                    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
+                    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+                    for (int m = 0; m < M; m++) {
+                        const float *x = xf + m * K + e0;
+                        const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
+                        acc[m][u] = _mm512_fmadd_ps(t, d, acc[m][u]);
+                    }
+                    continue;
+                }
+                __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + qs_off))));
+                v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4); /* words 0-15 low nibbles, 16-31 high */
+                __m512i w = biased ? _mm512_ternarylogic_epi32(v, k4300, m4, 0xEC) /* (v & 15) | 0x4300 */
+                                   : _mm512_permutexvar_epi16(v, T0);
+                if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
+                    uint32_t qh;
+                    memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
+                    w = _mm512_mask_permutexvar_epi16(w, (__mmask32)qh, v, T1);
+                }
+                for (int m = 0; m < M; m++) acc[m][u] = _mm512_fmadd_ps(dpbf(w, xb + m * K + e0), d, acc[m][u]);
+            }
+        }
+        if (has_min || biased) {
+            for (int i = 0; i < n; i += 16) {
+                const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+                const __m512 mv = _mm512_load_ps(mf + i);
+                const __m512 bv = _mm512_mul_ps(_mm512_load_ps(df + i), _mm512_set1_ps(-bias));
+                for (int m = 0; m < M; m++) {
+                    if (has_min) macc[m] = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(k, xs + m * G + c0 + i), macc[m]);
+                    if (biased) macc[m] = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(k, xsb + m * G + c0 + i), macc[m]);
+                }
+            }
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]) + (has_min || biased ? _mm512_reduce_add_ps(macc[m]) : 0.f);
+}
+
+typedef void (*row_fn)(ROW_ARGS);
+
+#define ROW_PASS row, K, xb, xf, xs, G, out
+#define INSTANCES(name, call)                                        \
+    TGT_BF16 static void name##_1(ROW_ARGS) { call(ROW_PASS, 1); }   \
+    TGT_BF16 static void name##_2(ROW_ARGS) { call(ROW_PASS, 2); }   \
+    TGT_BF16 static void name##_4(ROW_ARGS) { call(ROW_PASS, 4); }   \
+    TGT_BF16 static void name##_8(ROW_ARGS) { call(ROW_PASS, 8); }
+
+#define Q4K(args, M) q4k_impl(args, M, 0)
+#define Q5K(args, M) q4k_impl(args, M, 1)
+#define Q6K(args, M) q6k_impl(args, M)
+#define Q40(args, M) q32_impl(args, M, LT_Q4_0)
+#define Q41(args, M) q32_impl(args, M, LT_Q4_1)
+#define Q50(args, M) q32_impl(args, M, LT_Q5_0)
+#define Q51(args, M) q32_impl(args, M, LT_Q5_1)
+#define Q80(args, M) q32_impl(args, M, LT_Q8_0)
+INSTANCES(rq4k, Q4K)
+INSTANCES(rq5k, Q5K)
+INSTANCES(rq6k, Q6K)
+INSTANCES(rq40, Q40)
+INSTANCES(rq41, Q41)
+INSTANCES(rq50, Q50)
+INSTANCES(rq51, Q51)
+INSTANCES(rq80, Q80)
+
+static row_fn simd_row_fn(int qtype, int mc) { /* mc in 1, 2, 4, 8 */
+    const int i = mc == 1 ? 0 : mc == 2 ? 1 : mc == 4 ? 2 : 3;
+#define PICK(name) { static const row_fn f[4] = {name##_1, name##_2, name##_4, name##_8}; return f[i]; }
+    switch (qtype) {
+    case LT_Q4_K: PICK(rq4k)
+    case LT_Q5_K: PICK(rq5k)
+    case LT_Q6_K: PICK(rq6k)
+    case LT_Q4_0: PICK(rq40)
+    case LT_Q4_1: PICK(rq41)
+    case LT_Q5_0: PICK(rq50)
+    case LT_Q5_1: PICK(rq51)
+    case LT_Q8_0: PICK(rq80)
+    default: return NULL;
+    }
+#undef PICK
+}
+
+/* ---- expansion to bf16 (prompt chunks): w = scale * q + minv, rounded to nearest even ---- */
+
+/* 32 weights from bf16 codes W (32 words): lanes 0-15 scaled by s0 (+ m0), 16-31 by s1 (+ m1). */
+TGT_BF16 static ALWAYS_INLINE void emit32(uint16_t *dst, __m512i W, float s0, float s1, float m0, float m1, int has_min) {
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(W)), 16));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(W, 1)), 16));
+    __m512 a, b;
+    if (has_min) {
+        a = _mm512_fmadd_ps(lo, _mm512_set1_ps(s0), _mm512_set1_ps(m0));
+        b = _mm512_fmadd_ps(hi, _mm512_set1_ps(s1), _mm512_set1_ps(m1));
+    } else {
+        a = _mm512_mul_ps(lo, _mm512_set1_ps(s0));
+        b = _mm512_mul_ps(hi, _mm512_set1_ps(s1));
+    }
+    _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
+
+TGT_BF16 static void gguf_bf16_row_simd(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
+    if (qtype == LT_Q4_K || qtype == LT_Q5_K) {
+        const int five = qtype == LT_Q5_K;
+        const __m512i T = _mm512_load_si512(five ? TAB_U5 : TAB_U4), m4 = _mm512_set1_epi16(0x000F);
+        for (int64_t b = 0; b < K / 256; b++) {
+            const uint8_t *blk = row + b * (five ? 176 : 144);
+            float sc[8] __attribute__((aligned(32))), mn[8] __attribute__((aligned(32)));
+            _mm256_store_ps(mn, _mm256_sub_ps(_mm256_setzero_ps(), k4_scales(blk, sc)));
+            const uint8_t *qs = blk + (five ? 48 : 16);
+            const __m512i qh = five ? zext32(blk + 16) : _mm512_setzero_si512();
+            for (int g = 0; g < 4; g++) {
+                const __m512i q = zext32(qs + 32 * g);
+                __m512i i0 = q, i1 = _mm512_srli_epi16(q, 4);
+                if (five) {
+                    i0 = _mm512_ternarylogic_epi32(i0, shift16(qh, 4 - 2 * g), m4, SEL_LO4);
+                    i1 = _mm512_ternarylogic_epi32(i1, shift16(qh, 3 - 2 * g), m4, SEL_LO4);
+                }
+                const __m512i w0 = _mm512_permutexvar_epi16(i0, T), w1 = _mm512_permutexvar_epi16(i1, T);
+                emit32(out + b * 256 + 64 * g, w0, sc[2 * g], sc[2 * g], mn[2 * g], mn[2 * g], 1);
+                emit32(out + b * 256 + 64 * g + 32, w1, sc[2 * g + 1], sc[2 * g + 1], mn[2 * g + 1], mn[2 * g + 1], 1);
+            }
+        }
+        return;
+    }
+    if (qtype == LT_Q6_K) {
+        const __m512i TL = _mm512_load_si512(TAB_Q6), TH = _mm512_load_si512(TAB_Q6 + 32), m4 = _mm512_set1_epi16(0x000F);
+        for (int64_t b = 0; b < K / 256; b++) {
+            const uint8_t *blk = row + b * 210;
+            const float d = rd_f16(blk + 208);
+            float S[16];
+            for (int j = 0; j < 16; j++) S[j] = d * (float)(int8_t)blk[192 + j];
+            for (int h = 0; h < 2; h++) {
+                const __m512i ql0 = zext32(blk + 64 * h), ql1 = zext32(blk + 64 * h + 32), qh = zext32(blk + 128 + 32 * h);
+                __m512i idx[4];
+                idx[0] = _mm512_ternarylogic_epi32(ql0, _mm512_slli_epi16(qh, 4), m4, SEL_LO4);
+                idx[1] = _mm512_ternarylogic_epi32(ql1, _mm512_slli_epi16(qh, 2), m4, SEL_LO4);
+                idx[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql0, 4), qh, m4, SEL_LO4);
+                idx[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2), m4, SEL_LO4);
+                for (int t = 0; t < 4; t++) {
+                    const int k = 8 * h + 2 * t;
+                    emit32(out + b * 256 + 128 * h + 32 * t, _mm512_permutex2var_epi16(TL, idx[t], TH), S[k], S[k + 1], 0.f, 0.f, 0);
+                }
+            }
+        }
+        return;
+    }
+    /* 32-element blocks */
+    int64_t E = 32, bytes = 0;
+    gguf_geometry(qtype, &E, &bytes);
+    const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
+    const __m512i T0 = _mm512_load_si512(qtype == LT_Q4_0 ? TAB_Q40 : qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4);
+    const __m512i T1 = _mm512_load_si512(qtype == LT_Q5_0 ? TAB_U4 : TAB_U4P16);
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+    for (int64_t i = 0; i < K / 32; i++) {
+        const uint8_t *blk = row + i * bytes;
+        const float d = rd_f16(blk), mv = has_min ? rd_f16(blk + 2) : 0.f;
+        if (qtype == LT_Q8_0) {
+            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
+            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+            const __m512 dv = _mm512_set1_ps(d);
+            _mm512_storeu_si512(out + 32 * i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(q1, dv), _mm512_mul_ps(q0, dv)));
+            continue;
+        }
+        __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + qs_off))));
+        v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
+        __m512i w = _mm512_permutexvar_epi16(v, T0);
+        if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
+            uint32_t qh;
+            memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
+            w = _mm512_mask_permutexvar_epi16(w, (__mmask32)qh, v, T1);
+        }
+        emit32(out + 32 * i, w, d, d, mv, mv, has_min);
+    }
+}
+
+/* x -> bf16 (round to nearest even) */
+TGT_BF16 static void x_to_bf16_simd(const float *x, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+    for (; i < n; i++) dst[i] = f32_to_bf16_rne(x[i]);
+}
+#endif /* LANTERN_X86 */
+
+/* ---- the matmul ---- */
+
+typedef struct {
+    const uint8_t *w;
+    int qtype, simd;
+    int64_t N, K, M, G, rowbytes, rpt;
+    const float *x;
+    const uint16_t *xb;
+    const float *xs;
+    float *y;
+} gmm_args;
+
+static void gmm_task(void *p, int64_t t) {
+    const gmm_args *a = (const gmm_args *)p;
+    const int64_t r0 = t * a->rpt, r1 = r0 + a->rpt < a->N ? r0 + a->rpt : a->N;
+    const int64_t K = a->K, M = a->M, G = a->G;
+    float out[8];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = a->w + r * a->rowbytes;
+        for (int64_t m0 = 0; m0 < M;) {
+            const int64_t rem = M - m0;
+            const int mc = rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
+#ifdef LANTERN_X86
+            if (a->simd) simd_row_fn(a->qtype, mc)(row, K, a->xb + m0 * K, a->x + m0 * K, a->xs + m0 * G, G, out);
+            else
+#endif
+                gguf_row_portable(a->qtype, row, K, a->xb + m0 * K, a->x + m0 * K, a->xs + m0 * G, G, mc, out);
+            for (int m = 0; m < mc; m++) a->y[(m0 + m) * a->N + r] = out[m];
+            m0 += mc;
+        }
+    }
+}
+
+static _Thread_local void *g_scratch;
+static _Thread_local size_t g_scratch_cap;
+
+static void *scratch(size_t n) { /* per calling thread, grown as needed, 64-byte aligned */
+    if (n > g_scratch_cap) {
+        free(g_scratch);
+        g_scratch_cap = 0;
+        g_scratch = NULL;
+        if (posix_memalign(&g_scratch, 64, n + 4096) != 0) return NULL;
+        g_scratch_cap = n + 4096;
+    }
+    return g_scratch;
+}
+
+/* Returns 0, or -1 for an unknown type, K not a multiple of the block, or no memory. */
+int lantern_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t N, int64_t K, int64_t M,
+                        int nthreads) {
+    int64_t E = 32, B = 0;
+    if (gguf_geometry(qtype, &E, &B) || K % E || M <= 0 || N <= 0) return -1;
+    const int feat = lantern_cpu_features();
+    const int64_t G = K / 32, Gp = (G + 15) / 16 * 16, ld = 2 * Gp;
+    /* scratch: bf16 x [M, K], then per row of x the sums per 32 of x and of bf16(x) [M, 2, Gp]
+     * (+ padding for the masked loads) */
+    uint8_t *s = (uint8_t *)scratch((size_t)(M * K * 2 + (M * ld + 64) * 4));
+    if (!s) return -1;
+    uint16_t *xb = (uint16_t *)s;
+    float *xs = (float *)(s + M * K * 2);
+#ifdef LANTERN_X86
+    if (feat & FEAT_BF16) x_to_bf16_simd(x, xb, M * K);
+    else
+#endif
+        for (int64_t i = 0; i < M * K; i++) xb[i] = f32_to_bf16_rne(x[i]);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            const float *p = x + m * K + 32 * g;
+            const uint16_t *q = xb + m * K + 32 * g;
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
+            for (int i = 0; i < 32; i += 4) {
+                a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+                b0 += bf16_to_f32(q[i]); b1 += bf16_to_f32(q[i + 1]); b2 += bf16_to_f32(q[i + 2]); b3 += bf16_to_f32(q[i + 3]);
+            }
+            xs[m * ld + g] = (a0 + a1) + (a2 + a3);
+            xs[m * ld + Gp + g] = (b0 + b1) + (b2 + b3);
+        }
+    gmm_args a = {w, qtype, (feat & FEAT_BF16) != 0, N, K, M, ld, K / E * B, 1, x, xb, xs, y};
+    /* tasks of about 256K weights (a few microseconds), at least 2 per thread */
+    int64_t rpt = (1 << 18) / K;
+    if (rpt < 1) rpt = 1;
+    if (nthreads < 1) nthreads = 1;
+    const int64_t spread = (N + 2 * nthreads - 1) / (2 * nthreads);
+    if (rpt > spread) rpt = spread;
+    if (N * K < (1 << 15)) rpt = N; /* tiny: one task */
+    a.rpt = rpt;
+    pool_run(gmm_task, &a, (N + rpt - 1) / rpt, nthreads);
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *w;
+    uint16_t *out;
+    int qtype, simd;
+    int64_t K, rowbytes;
+} gbf_args;
+
+static void gbf_rows(void *p, int64_t r0, int64_t r1) {
+    const gbf_args *a = (const gbf_args *)p;
+    for (int64_t r = r0; r < r1; r++) {
+#ifdef LANTERN_X86
+        if (a->simd) { gguf_bf16_row_simd(a->qtype, a->w + r * a->rowbytes, a->K, a->out + r * a->K); continue; }
+#endif
+        gguf_bf16_row_portable(a->qtype, a->w + r * a->rowbytes, a->K, a->out + r * a->K);
+    }
+}
+
+/* Rows of GGUF blocks -> bf16 [N, K]: quants.py's float32 dequantize rounded to nearest even. */
+int lantern_gguf_to_bf16(const uint8_t *w, int qtype, uint16_t *out, int64_t N, int64_t K, int nthreads) {
+    int64_t E = 32, B = 0;
+    if (gguf_geometry(qtype, &E, &B) || K % E) return -1;
+    gbf_args a = {w, out, qtype, (lantern_cpu_features() & FEAT_BF16) != 0, K, K / E * B};
+    parallel_rows(gbf_rows, &a, N, nthreads, 1);
+    return 0;
+}
+
+/* Whether lantern_gguf_matmul takes this type (any CPU; fast where FEAT_BF16 is set). */
+int lantern_gguf_supported(int qtype) {
+    int64_t E = 32, B = 0;
+    return gguf_geometry(qtype, &E, &B) == 0;
 }
 
 /* ----- Python module: only so that setuptools builds and installs this file ------------------ */

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,11 @@ def library():
                 if hasattr(lib, "lantern_int4_pack"):  # absent from libraries built before it
                     lib.lantern_int4_pack.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int)
                     lib.lantern_int4_pack.restype = ctypes.c_int
+                if hasattr(lib, "lantern_gguf_matmul"):
+                    lib.lantern_gguf_matmul.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, ctypes.c_int)
+                    lib.lantern_gguf_matmul.restype = ctypes.c_int
+                    lib.lantern_gguf_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
+                    lib.lantern_gguf_to_bf16.restype = ctypes.c_int
                 if hasattr(lib, "lantern_kquant_to_bf16"):
                     lib.lantern_kquant_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
                     lib.lantern_kquant_to_bf16.restype = ctypes.c_int
@@ -56,7 +62,15 @@ def available() -> bool:
 def simd() -> bool:
     """Whether the library runs its AVX-512 paths on this CPU."""
     lib = library()
-    return bool(lib and lib.lantern_cpu_features())
+    return bool(lib and lib.lantern_cpu_features() & 1)
+
+
+def bf16_simd() -> bool:
+    """Whether the library has the in-place GGUF kernels and runs their AVX-512 BF16 path here
+    (LANTERN_GGUF_NATIVE=0 turns them off: the int4 / float32 Q6_K kernels, for comparisons)."""
+    lib = library()
+    return bool(lib and hasattr(lib, "lantern_gguf_matmul") and lib.lantern_cpu_features() & 2
+                and os.environ.get("LANTERN_GGUF_NATIVE", "1") != "0")
 
 
 def _threads() -> int:
@@ -164,3 +178,99 @@ class Q6KKernel:
 
     def dense(self, start: int, stop: int) -> torch.Tensor:
         return q6k_to_bf16(self.raw[start:stop].contiguous(), stop - start, self.cols)
+
+
+# ----- GGUF blocks multiplied in place (any CPU; fast with AVX-512 BF16) -------------------------
+
+# The types `lantern_gguf_matmul` reads: (elements, bytes) per block.
+GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1: (32, 24), QT.Q8_0: (32, 34),
+               QT.Q4_K: (256, 144), QT.Q5_K: (256, 176), QT.Q6_K: (256, 210)}
+
+
+def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: int, threads: int | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """x float32 [M, cols] @ W.T for the GGUF blocks `raw` ([rows, bytes per row], contiguous):
+    float32 [M, rows]. x is rounded to bfloat16 inside (Q8_0: used as float32)."""
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.float().contiguous()
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out
+    rc = library().lantern_gguf_matmul(raw.data_ptr(), int(qtype), x.data_ptr(), y.data_ptr(), rows, cols,
+                                       x.shape[0], threads or _threads())
+    if rc != 0:
+        raise ValueError(f"native GGUF matmul refused {qtype.name} {rows}x{cols}")
+    return y
+
+
+def gguf_to_bf16(raw: torch.Tensor, qtype: QT, rows: int, cols: int, out: torch.Tensor | None = None,
+                 threads: int | None = None) -> torch.Tensor:
+    """GGUF blocks (`rows` rows, contiguous) -> bfloat16 [rows, cols]: lantern's float32 dequantize
+    rounded to nearest even."""
+    out = torch.empty(rows, cols, dtype=torch.bfloat16) if out is None else out
+    if library().lantern_gguf_to_bf16(raw.data_ptr(), int(qtype), out.data_ptr(), rows, cols, threads or _threads()):
+        raise ValueError(f"native GGUF expansion refused {qtype.name} {rows}x{cols}")
+    return out
+
+
+# Batches up to this many rows run the in-place kernel; larger ones (prompt chunks) expand a slab
+# of rows at a time to bfloat16 and run torch's bf16 GEMM. (Measured on the 2-core Zen 4: see
+# docs/PERFORMANCE.md, "Kernels".)
+GGUF_MAX_M = 12
+GGUF_SLAB_WEIGHTS = 1 << 22
+
+_slab = threading.local()
+
+
+def _slab_buffer(n: int) -> torch.Tensor:
+    """A bfloat16 scratch buffer of at least n elements, reused across calls (per thread)."""
+    buf = getattr(_slab, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = _slab.buf = torch.empty(n, dtype=torch.bfloat16)
+    return buf
+
+
+class GGUFKernel:
+    """The weight stays in its file encoding, a view of the memory map (no conversion at load, no
+    copy: resident memory is the file pages read). Small batches: `lantern_gguf_matmul` on the
+    blocks; prompt chunks: slabs expanded to bfloat16 (C, multi-threaded) and torch's bf16 GEMM."""
+
+    name = "gguf-native"
+    in_place = True  # QuantizedLinear leaves the file's pages alone
+
+    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int):
+        elems, nbytes = GGUF_BLOCKS[qtype]
+        assert cols % elems == 0
+        self.qtype, self.rows, self.cols = qtype, rows, cols
+        raw = raw.reshape(rows, cols // elems * nbytes)
+        self.raw = raw if raw.is_contiguous() else raw.contiguous()
+        self._qt = int(qtype)
+        self._matmul = library().lantern_gguf_matmul
+        self._ptr = self.raw.data_ptr()  # the map outlives the kernel (self.raw holds it)
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x float32 [M, cols] -> float32 [M, rows]."""
+        m = x.shape[0]
+        if m <= GGUF_MAX_M:  # the per-token path: kept lean (one ctypes call, one allocation)
+            if x.dtype != torch.float32 or not x.is_contiguous():
+                x = x.float().contiguous()
+            y = torch.empty(m, self.rows, dtype=torch.float32)
+            if self._matmul(self._ptr, self._qt, x.data_ptr(), y.data_ptr(), self.rows, self.cols, m,
+                            torch.get_num_threads()):
+                raise ValueError(f"native GGUF matmul refused {self.qtype.name} {self.rows}x{self.cols}")
+            return y
+        xb = x.to(torch.bfloat16)
+        out = torch.empty(m, self.rows, dtype=torch.float32)
+        step = max(16, GGUF_SLAB_WEIGHTS // self.cols)
+        buf = _slab_buffer(min(step, self.rows) * self.cols)
+        for start in range(0, self.rows, step):
+            stop = min(start + step, self.rows)
+            w = buf[: (stop - start) * self.cols].view(stop - start, self.cols)
+            gguf_to_bf16(self.raw[start:stop], self.qtype, stop - start, self.cols, out=w)
+            out[:, start:stop] = F.linear(xb, w)
+        return out
+
+    def dense(self, start: int, stop: int) -> torch.Tensor:
+        return gguf_to_bf16(self.raw[start:stop], self.qtype, stop - start, self.cols)
