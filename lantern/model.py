@@ -89,6 +89,8 @@ class Model:
         """Feed `token_ids` after the cache's contents; float32 logits for every new token, or
         only the last one (what generation needs: skips most of the output head)."""
         ids = self._as_ids(token_ids)
+        if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
+            return self.transformer(ids, cache, outputs="last" if last_only else "all")
         chunks = ids.split(PREFILL_CHUNK)
         logits = []
         for i, chunk in enumerate(chunks):
@@ -106,11 +108,17 @@ class Model:
         return self.forward(ids, self.new_cache(max(len(ids), 1))).cpu()
 
     def _as_ids(self, token_ids) -> torch.Tensor:
-        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
-        if ids.numel() == 0:
-            raise LanternError("no tokens to run; the prompt is empty")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
-            raise LanternError(f"token ids must be in [0, {self.vocab_size}); got {int(ids.min())}..{int(ids.max())}")
+        if isinstance(token_ids, (list, tuple)) and token_ids and all(type(t) is int for t in token_ids):
+            # Python ints (every decode step): checked in Python, no tensor ops for the check.
+            low, high = min(token_ids), max(token_ids)
+        else:
+            token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+            if token_ids.numel() == 0:
+                raise LanternError("no tokens to run; the prompt is empty")
+            low, high = int(token_ids.min()), int(token_ids.max())
+        if low < 0 or high >= self.vocab_size:
+            raise LanternError(f"token ids must be in [0, {self.vocab_size}); got {low}..{high}")
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
         if ids.numel() > self.context_length:
             raise ContextOverflowError(
                 f"{ids.numel()} tokens do not fit the context of {self.context_length}; shorten the prompt"

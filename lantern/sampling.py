@@ -109,6 +109,23 @@ def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(~keep, NEG_INF)
 
 
+def top_k_ids(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Ids of the tokens `top_k(logits, k)` keeps (0 < k < vocab), ascending: the same set, found
+    with one `torch.topk` pass instead of `top_k`'s several over the vocabulary (sampling's
+    largest cost per token). The (k+1)-th value tells whether a tie crosses the k-th place;
+    only then does `top_k` settle it (lowest ids first)."""
+    values, ids = torch.topk(logits, k + 1)
+    if values[k] == values[k - 1]:
+        return torch.nonzero(top_k(logits, k) != NEG_INF).flatten()
+    return ids[:k].sort().values
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """The arg-max of a 1-D CPU logits vector, lowest id on ties. numpy's arg-max (first
+    occurrence, documented) takes ~4 us for 50k logits, torch.argmax on the CPU ~45 us."""
+    return int(logits.numpy().argmax())
+
+
 def _sorted_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities sorted descending (stable: lower id first among equal logits), and the order."""
     order = torch.sort(logits, descending=True, stable=True).indices
@@ -298,7 +315,7 @@ class Sampler:
             return x, None
         ids = None
         if 0 < s.top_k < x.shape[-1]:
-            ids = torch.nonzero(top_k(x, s.top_k) != NEG_INF).flatten()
+            ids = top_k_ids(x, s.top_k)
             x = x[ids]
         x = top_p(x, s.top_p)
         x = min_p(x, s.min_p)
@@ -318,6 +335,6 @@ class Sampler:
         """The next token id for `logits` ([vocab] or [1, vocab]). Does not `accept` it."""
         x, ids = self._candidates(logits)
         if self.settings.greedy:
-            return int(torch.argmax(x))
+            return greedy(x)
         j = sample(softmax(apply_temperature(x, self.settings.temperature)), self.generator)
         return j if ids is None else int(ids[j])

@@ -12,10 +12,12 @@ from lantern.sampling import (
     apply_frequency_presence,
     apply_repeat_penalty,
     apply_temperature,
+    greedy,
     min_p,
     sample,
     softmax,
     top_k,
+    top_k_ids,
     top_p,
 )
 
@@ -83,6 +85,23 @@ def test_top_k_ties_keep_exactly_k_lowest_ids_first():
     logits = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])
     kept = top_k(logits, 2)
     assert torch.isfinite(kept).tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_ids_are_the_ids_top_k_keeps(seed):
+    """The sampler's fast top-k (one topk pass) keeps exactly top_k's set, ties included."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5000, generator=g)
+    if seed % 2:  # ties across the k-th place, and at the top
+        logits = torch.randint(0, 6, (5000,), generator=g).float()
+    for k in (1, 2, 40, 4999):
+        expected = torch.nonzero(top_k(logits, k) != -INF).flatten()
+        assert torch.equal(top_k_ids(logits, k), expected)
+
+
+def test_greedy_is_the_lowest_id_among_the_largest():
+    assert greedy(torch.tensor([1.0, 5.0, 2.0, 5.0])) == 1
+    assert greedy(torch.tensor([-INF, -3.0, -INF])) == 1
 
 
 def test_top_p_keeps_smallest_set_reaching_p():

@@ -105,7 +105,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # x * rsqrt(mean(x^2) + eps) * weight. On the CPU F.rms_norm runs those same ops (the
+        # result is bit-identical) about as fast as written out; on CUDA/MPS it is one fused kernel.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class Rotary:
@@ -116,6 +118,12 @@ class Rotary:
     `freq_factors` divide each frequency (Llama 3.1's rope_freqs, Phi-3's LongRoPE factors).
     Angles are computed in float64 and tables kept in float32: low-precision tables corrupt
     long prompts.
+
+    Both layouts are one formula: view the rotated features as pairs (a, b) along a size-2 axis
+    (`[2, dims/2]` for NEOX, `[dims/2, 2]` for adjacent pairs); then
+    `out = x * (cos, cos) + swap(x) * (-sin, sin)`, three tensor ops however many heads.
+    Tables are computed once for positions [0, n) and grown by doubling, so a decode step only
+    slices them.
     """
 
     def __init__(self, dims: int, base: float, *, neox: bool, position_scale: float = 1.0,
@@ -127,31 +135,44 @@ class Rotary:
         inv_freq = base ** (-torch.arange(0, dims, 2, dtype=torch.float64) / dims)
         if freq_factors is not None:
             inv_freq = inv_freq / freq_factors.to(torch.float64).cpu()
-        self.inv_freq = inv_freq.to(device)
+        self.inv_freq = inv_freq  # float64 on the CPU (MPS has no float64); tables move to `device`
+        self.device = torch.device(device)
+        self.pair_shape = (2, dims // 2) if neox else (dims // 2, 2)
+        self.swap_dim = -2 if neox else -1  # the size-2 axis of a pair
+        self._cos = self._sin = torch.empty(0, 1, *self.pair_shape)
 
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = (positions.to(torch.float64) * self.position_scale)[:, None] * self.inv_freq[None, :]
+    def tables(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for positions [start, start + n), [n, 1, *pair_shape], broadcast over heads."""
+        if start + n > self._cos.shape[0]:
+            self._grow(max(start + n, 2 * self._cos.shape[0], 256))
+        return self._cos[start : start + n], self._sin[start : start + n]
+
+    def _grow(self, length: int) -> None:
+        positions = torch.arange(length, dtype=torch.float64)
+        angles = (positions * self.position_scale)[:, None] * self.inv_freq[None, :]
         cos = (torch.cos(angles) * self.attn_factor).to(torch.float32)
         sin = (torch.sin(angles) * self.attn_factor).to(torch.float32)
-        return cos[:, None, :], sin[:, None, :]  # [T, 1, dims/2], broadcast over heads
+        pair_axis = 1 if self.neox else 2  # where (a, b) sits in [T, 2, dims/2] / [T, dims/2, 2]
+        self._cos = torch.stack((cos, cos), dim=pair_axis).unsqueeze(1).to(self.device)
+        self._sin = torch.stack((-sin, sin), dim=pair_axis).unsqueeze(1).to(self.device)
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [T, heads, head_dim]; the first `dims` features are rotated, the rest pass through."""
-        rot, rest = x[..., : self.dims], x[..., self.dims :]
-        if self.neox:
-            a, b = rot.chunk(2, dim=-1)
-            rotated = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
-        else:
-            a, b = rot[..., 0::2], rot[..., 1::2]
-            rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-        return torch.cat((rotated, rest), dim=-1) if rest.numel() else rotated
+    def apply_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate x [T, heads, head_dim] in place (x may be a view); the first `dims` features are
+        rotated, the rest pass through. Returns x."""
+        pairs = x[..., : self.dims].unflatten(-1, self.pair_shape)
+        torch.addcmul(pairs * cos, pairs.flip(self.swap_dim), sin, out=pairs)
+        return x
 
 
 # ----- KV cache -------------------------------------------------------------------------------
 
 
 class KVCache:
-    """Keys and values of every layer for one sequence; grows by doubling up to `max_length`."""
+    """Keys and values of every layer for one sequence; grows by doubling up to `max_length`.
+
+    Stored per layer as [kv_heads, capacity, head_dim]: each head's keys are one contiguous
+    [tokens, head_dim] matrix, what attention multiplies by without copying.
+    """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_length: int,
                  device="cpu", dtype=torch.float32, initial: int = 256):
@@ -165,11 +186,11 @@ class KVCache:
 
     def _empty(self, capacity: int) -> torch.Tensor:
         heads, dim = self._shape
-        return torch.empty(capacity, heads, dim, device=self._device, dtype=self._dtype)
+        return torch.empty(heads, capacity, dim, device=self._device, dtype=self._dtype)
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[0]
+        return self.keys[0].shape[1]
 
     def reserve(self, new_tokens: int) -> None:
         needed = self.length + new_tokens
@@ -184,33 +205,64 @@ class KVCache:
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
                 grown = self._empty(capacity)
-                grown[: self.length] = old[: self.length]
+                grown[:, : self.length] = old[:, : self.length]
                 store[i] = grown
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v [T, kv_heads, head_dim] after the current length; return all keys/values so far."""
+        """Store k/v [T, kv_heads, head_dim] after the current length; return all keys/values so
+        far, [kv_heads, length + T, head_dim]."""
         end = self.length + k.shape[0]
-        self.keys[layer][self.length : end] = k
-        self.values[layer][self.length : end] = v
-        return self.keys[layer][:end], self.values[layer][:end]
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, self.length : end] = k.transpose(0, 1)
+        values[:, self.length : end] = v.transpose(0, 1)
+        return keys[:, :end], values[:, :end]
 
     def truncate(self, length: int) -> None:
         """Forget every token from `length` on (reuse a shared prefix, roll back a draft)."""
         self.length = max(0, min(length, self.length))
 
 
-def attention_mask(start: int, n_new: int, window: int, device) -> torch.Tensor | None:
-    """Boolean [n_new, start + n_new] mask: query at position q sees key k when k <= q and,
-    with a sliding window, q - k < window (HF Phi-3's rule). None when nothing is masked."""
+def attention_bias(start: int, n_new: int, window: int, device) -> torch.Tensor | None:
+    """Additive float32 [n_new, start + n_new] mask, 0 where the query at position q sees the key
+    at k (k <= q and, with a sliding window, q - k < window: HF Phi-3's rule) and -inf elsewhere.
+    None when nothing is masked (one query inside the window)."""
     total = start + n_new
     if n_new == 1 and (not window or total <= window):
         return None
     q = torch.arange(start, total, device=device)[:, None]
     k = torch.arange(total, device=device)[None, :]
-    mask = k <= q
+    visible = k <= q
     if window:
-        mask &= (q - k) < window
-    return mask
+        visible &= (q - k) < window
+    return torch.zeros(visible.shape, device=device).masked_fill_(~visible, float("-inf"))
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+           scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for q [T, heads, head_dim] against keys/values
+    [kv_heads, S, head_dim] (grouped-query: each KV head serves heads / kv_heads query heads).
+    Returns [T, heads * head_dim].
+
+    The query heads of one KV head are the rows of one matrix, [kv_heads, group * T, head_dim]
+    (a view for one query), so attention is two batched matrix products against the cache as it
+    is stored: no K/V repeated per query head. On the CPU, SDPA runs grouped-query attention on
+    its math path with `repeat_interleave`: 2-4x slower for a decode step, no faster on prompts.
+    SDPA's fused kernel (reachable with expanded K/V views) is 1.2-2.6x faster on long prompts
+    but rounds differently from this path, and one path for every chunk size keeps a prompt run
+    in pieces (a chat turn after a cached prefix) as close as possible to the same prompt run
+    whole: the bf16 weight kernels amplify 1e-7 differences into logit changes that flip near
+    ties (SmolLM2 answering a repeated question, tests/test_cli_chat.py). Like SDPA's math path,
+    this materializes the [heads, T, S] scores (T is at most one prefill chunk).
+    """
+    n, heads, dim = q.shape
+    kv_heads, seen = keys.shape[0], keys.shape[1]
+    group = heads // kv_heads
+    rows = q.transpose(0, 1).reshape(kv_heads, group * n, dim)
+    scores = torch.bmm(rows, keys.transpose(1, 2)).mul_(scale)
+    if bias is not None:
+        scores.view(kv_heads, group, n, seen).add_(bias)
+    out = torch.bmm(torch.softmax(scores, dim=-1), values)  # [kv_heads, group * T, head_dim]
+    return out.view(heads, n, dim).transpose(0, 1).reshape(n, heads * dim)
 
 
 # ----- blocks ---------------------------------------------------------------------------------
@@ -233,6 +285,13 @@ class Projection(nn.Module):
             return tuple(self.linears[0](x).split(self.sizes, dim=-1))
         return tuple(linear(x) for linear in self.linears)
 
+    def joined(self, x: torch.Tensor) -> torch.Tensor:
+        """Every output side by side, [..., sum of sizes]: the fused weight's output as it is, or
+        the separate outputs concatenated. A fresh tensor the caller may modify in place."""
+        if self.sizes is not None:
+            return self.linears[0](x)
+        return torch.cat([linear(x) for linear in self.linears], dim=-1)
+
 
 class Attention(nn.Module):
     def __init__(self, qkv: Projection, wo: QuantizedLinear, p: ModelParams, layer: int):
@@ -242,17 +301,15 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.n_kv_heads, p.head_dim
         self.scale = 1.0 / math.sqrt(p.head_dim)
 
-    def forward(self, x, rotary: Rotary, cos, sin, cache: KVCache, mask) -> torch.Tensor:
-        n = x.shape[0]
-        q, k, v = self.qkv(x)
-        q = rotary.apply(q.view(n, self.n_heads, self.head_dim), cos, sin)
-        k = rotary.apply(k.view(n, self.n_kv_heads, self.head_dim), cos, sin)
-        keys, values = cache.write(self.layer, k, v.view(n, self.n_kv_heads, self.head_dim))
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-            attn_mask=mask, scale=self.scale, enable_gqa=self.n_heads != self.n_kv_heads,
-        )
-        return self.wo(out.transpose(0, 1).reshape(n, self.n_heads * self.head_dim))
+    def forward(self, x, rotary: Rotary, cos, sin, cache: KVCache, bias) -> torch.Tensor:
+        n, heads, kv_heads = x.shape[0], self.n_heads, self.n_kv_heads
+        # q, k and v heads side by side, [T, heads + 2 kv_heads, head_dim]: q and k are adjacent,
+        # so one in-place rotary call turns both.
+        qkv = self.qkv.joined(x).unflatten(-1, (heads + 2 * kv_heads, self.head_dim))
+        rotary.apply_(qkv[:, : heads + kv_heads], cos, sin)
+        q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
+        keys, values = cache.write(self.layer, k, v)
+        return self.wo(attend(q, keys, values, bias, self.scale))
 
 
 class GatedMLP(nn.Module):
@@ -263,8 +320,8 @@ class GatedMLP(nn.Module):
         self.gate_up, self.down = gate_up, down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x)
-        return self.down(F.silu(gate) * up)
+        gate, up = self.gate_up(x)  # fresh outputs (or views of one): safe to modify in place
+        return self.down(F.silu(gate, inplace=True).mul_(up))
 
 
 class Block(nn.Module):
@@ -272,9 +329,10 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
 
-    def forward(self, x, rotary, cos, sin, cache, mask):
-        h = x + self.attn(self.attn_norm(x), rotary, cos, sin, cache, mask)
-        return h + self.mlp(self.ffn_norm(h))
+    def forward(self, x, rotary, cos, sin, cache, bias):
+        # Residual adds in place on the fresh sub-block outputs (a + x is x + a exactly).
+        h = self.attn(self.attn_norm(x), rotary, cos, sin, cache, bias).add_(x)
+        return self.mlp(self.ffn_norm(h)).add_(h)
 
 
 class Transformer(nn.Module):
@@ -301,12 +359,11 @@ class Transformer(nn.Module):
         n = tokens.shape[0]
         cache.reserve(n)
         start = cache.length
-        positions = torch.arange(start, start + n, device=tokens.device)
-        cos, sin = self.rotary.tables(positions)
-        mask = attention_mask(start, n, self.params.sliding_window, tokens.device)
+        cos, sin = self.rotary.tables(start, n)
+        bias = attention_bias(start, n, self.params.sliding_window, tokens.device)
         x = self.embedding(tokens)
         for block in self.blocks:
-            x = block(x, self.rotary, cos, sin, cache, mask)
+            x = block(x, self.rotary, cos, sin, cache, bias)
         cache.length = start + n
         if outputs == "none":
             return None
