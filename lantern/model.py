@@ -15,6 +15,7 @@ from .errors import ContextOverflowError, LanternError
 from .models import architecture
 from .models.layers import KVCache, TensorSource
 from .weights.gguf_file import GGUFFile
+from .weights.kernels import runs_on_pool, step_threads
 
 # Prompt tokens per forward pass: bounds the transient activations ([chunk, ffn_dim] float32).
 PREFILL_CHUNK = 512
@@ -58,6 +59,7 @@ class Model:
             overrides["context_length"] = context_length
         self.params = module.Params.from_gguf(file, **overrides)
         self.transformer = module.build(TensorSource(file, self.params, device, kernels))
+        self._kernels_on_pool = runs_on_pool(self.transformer.modules())
 
     @classmethod
     def load(cls, spec: str | os.PathLike, device="cpu", context_length: int | None = None,
@@ -90,7 +92,8 @@ class Model:
         only the last one (what generation needs: skips most of the output head)."""
         ids = self._as_ids(token_ids)
         if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
-            return self.transformer(ids, cache, outputs="last" if last_only else "all")
+            with step_threads(len(ids), self._kernels_on_pool):
+                return self.transformer(ids, cache, outputs="last" if last_only else "all")
         chunks = ids.split(PREFILL_CHUNK)
         logits = []
         for i, chunk in enumerate(chunks):

@@ -353,3 +353,24 @@ def test_gguf_kernel_reads_the_file_in_place():
         assert layer.kernel_name == "gguf-native"
         assert layer.kernel.raw.data_ptr() == t.raw.data_ptr()
         assert layer.kernel.nbytes == t.raw.numel()
+
+
+@pytest.mark.skipif(not native.bf16_simd(), reason="the in-place GGUF kernels need AVX-512 BF16 and the C library")
+def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
+    """During a small-batch step torch's own ops run on one thread while the weight kernels use
+    the threads torch had; prompt chunks leave torch's threads alone; both are restored after."""
+    model = lantern.load(cached_model(Spec(arch="llama", n_heads=4, n_kv_heads=2, vocab_size=1024), "Q4_K_M"))
+    seen = []
+    model.transformer.blocks[0].register_forward_hook(
+        lambda *_: seen.append((torch.get_num_threads(), native._threads())))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cache = model.new_cache()
+        model.forward(list(range(3, 3 + native.GGUF_MAX_M + 1)), cache)  # a prompt chunk
+        model.forward([5], cache)  # a decode step
+        model.forward([5, 6, 7], cache)  # a speculative verify
+        assert seen == [(2, 2), (1, 2), (1, 2)]
+        assert torch.get_num_threads() == 2 and native._threads() == 2
+    finally:
+        torch.set_num_threads(before)

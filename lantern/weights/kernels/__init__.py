@@ -34,6 +34,7 @@ use the reference path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -77,6 +78,24 @@ def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device) -> "object
     if qtype in dense.DENSE_TYPES:
         return dense.DenseKernel(raw, qtype, rows, cols)
     return None
+
+
+def runs_on_pool(modules) -> bool:
+    """Whether any of `modules` (layers) multiplies with a kernel on lantern's own thread pool."""
+    from . import native
+
+    return any(isinstance(getattr(m, "kernel", None), native.GGUFKernel) for m in modules)
+
+
+def step_threads(n_tokens: int, on_pool: bool) -> "contextlib.AbstractContextManager":
+    """The thread arrangement for a forward pass of `n_tokens`: when the weight kernels run on
+    lantern's own pool (`on_pool`) at this batch size, torch's ops run single-threaded meanwhile
+    (`native.torch_ops_single_threaded`); otherwise nothing changes."""
+    from . import native
+
+    if on_pool and n_tokens <= native.GGUF_MAX_M:
+        return native.torch_ops_single_threaded()
+    return contextlib.nullcontext()
 
 
 def describe() -> str:

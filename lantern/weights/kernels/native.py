@@ -7,6 +7,7 @@ back to pure PyTorch. ctypes releases the GIL for the duration of each call.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -73,8 +74,35 @@ def bf16_simd() -> bool:
                 and os.environ.get("LANTERN_GGUF_NATIVE", "1") != "0")
 
 
+_pool_threads = 0  # set while torch's own ops run single-threaded (decode steps)
+
+
 def _threads() -> int:
-    return max(1, torch.get_num_threads())
+    """Threads for lantern's pool: torch's count, or what it was before a decode step lowered it."""
+    return _pool_threads or max(1, torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_ops_single_threaded():
+    """Within: torch's own ops run on one thread, lantern's kernels on the threads torch had.
+
+    A decode step's torch ops (norms, rotary, attention over one query) are too small to split,
+    but each one that enters an OpenMP region leaves torch's workers spinning afterwards, on the
+    cores lantern's pool needs for the next weight kernel a few microseconds later: the pool then
+    waits for a core, backs off and runs alone. SmolLM2-135M Q4_1 decode, 2 cores: 18.5 ms/token
+    with torch on 2 threads, 14-15.7 with torch on 1 (docs/PERFORMANCE.md)."""
+    global _pool_threads
+    n = torch.get_num_threads()
+    if n == 1 or _pool_threads:
+        yield
+        return
+    _pool_threads = n
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+        _pool_threads = 0
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -258,7 +286,7 @@ class GGUFKernel:
                 x = x.float().contiguous()
             y = torch.empty(m, self.rows, dtype=torch.float32)
             if self._matmul(self._ptr, self._qt, x.data_ptr(), y.data_ptr(), self.rows, self.cols, m,
-                            torch.get_num_threads()):
+                            _threads()):
                 raise ValueError(f"native GGUF matmul refused {self.qtype.name} {self.rows}x{self.cols}")
             return y
         xb = x.to(torch.bfloat16)
