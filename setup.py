@@ -4,6 +4,8 @@ Everything else is configured in pyproject.toml. If the compiler is missing or t
 fails, lantern still installs and runs on its pure-PyTorch kernels.
 """
 
+import sys
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -29,6 +31,7 @@ setup(
             sources=["lantern/weights/kernels/_native.c"],
             extra_compile_args=["-O3", "-std=c11", "-pthread"],
             extra_link_args=["-pthread"],
+            libraries=[] if sys.platform == "win32" else ["m"],  # expf
             optional=True,
         )
     ],

@@ -13,6 +13,7 @@ import torch
 import lantern
 from lantern.models.layers import Rotary, attend, attention_bias
 from lantern.testing.synthetic import Spec, cached_model
+from lantern.weights.kernels import native
 
 
 def reference_attention(q, keys, values, start, window):
@@ -85,3 +86,26 @@ def test_decoding_in_steps_and_drafts_matches_batched():
         cache.truncate(cache.length - 2)
         pos += len(draft)
     assert cache.length == len(ids)
+
+
+@pytest.mark.skipif(not native.has_attention(), reason="the native attention kernel needs the C library and AVX-512")
+@pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 32), (4, 4, 96), (2, 1, 20)])
+@pytest.mark.parametrize("start,n,window", [(0, 1, 0), (40, 1, 0), (40, 1, 16), (40, 5, 0), (40, 5, 16),
+                                            (3000, 2, 0), (3000, 2, 2047)])
+@pytest.mark.parametrize("simd", [True, False])
+def test_native_f16_attention_matches_reference(heads, kv_heads, d, start, n, window, simd):
+    """The native kernel over a float16 cache (strided view of a larger buffer, long and windowed
+    contexts, head sizes that are not a multiple of 16) equals float64 attention over the same
+    float16 values to float32 rounding, on the vector and the portable path."""
+    g = torch.Generator().manual_seed(start + n + d)
+    total = start + n
+    q = torch.randn(n, heads, d, generator=g)
+    keys = torch.randn(kv_heads, total + 7, d, generator=g).half()[:, :total]
+    values = torch.randn(kv_heads, total + 7, d, generator=g).half()[:, :total]
+    native.library().lantern_set_features(-1 if simd else 0)
+    try:
+        out = native.attention_f16(q, keys, values, start, window, 1 / math.sqrt(d))
+    finally:
+        native.library().lantern_set_features(-1)
+    expected = reference_attention(q, keys.float(), values.float(), start, window)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)

@@ -17,7 +17,13 @@ from torch import nn
 
 from ..errors import ContextOverflowError, ModelFileError, UnsupportedModelError
 from ..weights.gguf_file import GGUFFile
+from ..weights.kernels import f16_attention
 from ..weights.linear import QuantizedEmbedding, QuantizedLinear, dense_vector
+
+# A pass of at most this many tokens over a float16 cache runs the native attention kernel
+# (float32 math on the stored halves); longer ones convert the keys/values they read to float32
+# for `attend`'s batched matrix products, which are faster there.
+NATIVE_ATTENTION_MAX_TOKENS = 16
 
 
 # ----- hyper-parameters ---------------------------------------------------------------------
@@ -300,6 +306,7 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.n_kv_heads, p.head_dim
         self.scale = 1.0 / math.sqrt(p.head_dim)
+        self.window = p.sliding_window
 
     def forward(self, x, rotary: Rotary, cos, sin, cache: KVCache, bias) -> torch.Tensor:
         n, heads, kv_heads = x.shape[0], self.n_heads, self.n_kv_heads
@@ -308,7 +315,12 @@ class Attention(nn.Module):
         qkv = self.qkv.joined(x).unflatten(-1, (heads + 2 * kv_heads, self.head_dim))
         rotary.apply_(qkv[:, : heads + kv_heads], cos, sin)
         q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
+        start = cache.length
         keys, values = cache.write(self.layer, k, v)
+        if keys.dtype == torch.float16:  # a half-size cache: see Transformer.new_cache
+            if n <= NATIVE_ATTENTION_MAX_TOKENS:
+                return self.wo(f16_attention()(q, keys, values, start, self.window, self.scale))
+            keys, values = keys.float(), values.float()
         return self.wo(attend(q, keys, values, bias, self.scale))
 
 
@@ -348,9 +360,14 @@ class Transformer(nn.Module):
         self.output = output
         self.rotary = rotary
 
-    def new_cache(self, max_length: int, device="cpu") -> KVCache:
+    def new_cache(self, max_length: int, device="cpu", half: bool = False) -> KVCache:
+        """`half`: keys and values in float16, as llama.cpp keeps them, where the native attention
+        kernel reads them (`f16_attention`): a decode step reads the whole cache, so half the
+        bytes is up to twice the speed on long contexts and half the memory (Phi-3-mini: 0.4 MB
+        instead of 0.8 MB per token). Rounding to float16 keeps 11 significant bits."""
         p = self.params
-        return KVCache(p.n_layers, p.n_kv_heads, p.head_dim, max_length, device=device)
+        dtype = torch.float16 if half and f16_attention() is not None else torch.float32
+        return KVCache(p.n_layers, p.n_kv_heads, p.head_dim, max_length, device=device, dtype=dtype)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, outputs: str = "all") -> torch.Tensor | None:

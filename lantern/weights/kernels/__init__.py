@@ -98,6 +98,14 @@ def step_threads(n_tokens: int, on_pool: bool) -> "contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
+def f16_attention():
+    """The native attention over a float16 KV cache (`native.attention_f16`), or None where the
+    C library or its vector path is missing (then the cache stays float32)."""
+    from . import native
+
+    return native.attention_f16 if native.has_attention() else None
+
+
 def describe() -> str:
     """One line on what the fast kernels use on this machine (for --verbose)."""
     from . import int4

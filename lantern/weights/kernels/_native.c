@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -1514,6 +1515,97 @@ int lantern_gguf_to_bf16(const uint8_t *w, int qtype, uint16_t *out, int64_t N, 
 int lantern_gguf_supported(int qtype) {
     int64_t E = 32, B = 0;
     return gguf_geometry(qtype, &E, &B) == 0;
+}
+
+/* ----- attention of a few queries over a float16 KV cache ------------------------------------
+ * out[i, h] = softmax_t(scale * q[i, h] . k[h / group, t]) v[h / group, t] over the keys that
+ * query i (at position start + i) sees: t <= start + i and, with a window, start + i - t < window.
+ * K and V are float16 [kv_heads, stride, D] (the cache as stored, half the bytes of float32: a
+ * decode step reads all of them); q, out float32 [n, heads, D]; the math is float32. One task per
+ * (query, head). */
+typedef struct {
+    const float *q;
+    const uint16_t *k, *v;
+    float *out;
+    int64_t H, KVH, D, start, stride, window;
+    float scale;
+    int simd;
+} attn_args;
+
+static float dot_f16(const float *q, const uint16_t *k, int64_t D) {
+    float s = 0.f;
+    for (int64_t d = 0; d < D; d++) s += q[d] * f16_to_f32(k[d]);
+    return s;
+}
+
+static void axpy_f16(float a, const uint16_t *v, float *o, int64_t D) {
+    for (int64_t d = 0; d < D; d++) o[d] += a * f16_to_f32(v[d]);
+}
+
+#ifdef LANTERN_X86
+__attribute__((target("avx512f,f16c,fma")))
+static float dot_f16_simd(const float *q, const uint16_t *k, int64_t D) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), acc);
+    return _mm512_reduce_add_ps(acc) + dot_f16(q + d, k + d, D - d);
+}
+
+__attribute__((target("avx512f,f16c,fma")))
+static void axpy_f16_simd(float a, const uint16_t *v, float *o, int64_t D) {
+    const __m512 av = _mm512_set1_ps(a);
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16)
+        _mm512_storeu_ps(o + d, _mm512_fmadd_ps(av, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + d))),
+                                                _mm512_loadu_ps(o + d)));
+    axpy_f16(a, v + d, o + d, D - d);
+}
+#endif
+
+static void attn_task(void *p, int64_t task) {
+    const attn_args *a = (const attn_args *)p;
+    const int64_t i = task / a->H, h = task % a->H, kvh = h / (a->H / a->KVH), pos = a->start + i, D = a->D;
+    const int64_t lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0, T = pos + 1 - lo;
+    const float *q = a->q + (i * a->H + h) * D;
+    const uint16_t *k = a->k + (kvh * a->stride + lo) * D, *v = a->v + (kvh * a->stride + lo) * D;
+    float *o = a->out + (i * a->H + h) * D;
+    float buf[2048];
+    float *s = T <= 2048 ? buf : (float *)malloc((size_t)T * sizeof(float));
+    if (!s) { /* out of memory: NaN, not a silently wrong number */
+        for (int64_t d = 0; d < D; d++) o[d] = NAN;
+        return;
+    }
+    float mx = -INFINITY, sum = 0.f;
+    for (int64_t t = 0; t < T; t++) {
+#ifdef LANTERN_X86
+        s[t] = a->scale * (a->simd ? dot_f16_simd(q, k + t * D, D) : dot_f16(q, k + t * D, D));
+#else
+        s[t] = a->scale * dot_f16(q, k + t * D, D);
+#endif
+        if (s[t] > mx) mx = s[t];
+    }
+    for (int64_t t = 0; t < T; t++) sum += (s[t] = expf(s[t] - mx));
+    memset(o, 0, (size_t)D * sizeof(float));
+    for (int64_t t = 0; t < T; t++) {
+#ifdef LANTERN_X86
+        if (a->simd) { axpy_f16_simd(s[t], v + t * D, o, D); continue; }
+#endif
+        axpy_f16(s[t], v + t * D, o, D);
+    }
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < D; d++) o[d] *= inv;
+    if (s != buf) free(s);
+}
+
+/* Returns 0, or -1 when the heads do not group evenly over the KV heads. */
+int lantern_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, float *out, int64_t n, int64_t H,
+                          int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
+                          int nthreads) {
+    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
+    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, scale, (lantern_cpu_features() & FEAT_AVX512) != 0};
+    pool_run(attn_task, &a, n * H, nthreads);
+    return 0;
 }
 
 /* ----- Python module: only so that setuptools builds and installs this file ------------------ */

@@ -42,6 +42,10 @@ def library():
                 if hasattr(lib, "lantern_int4_pack"):  # absent from libraries built before it
                     lib.lantern_int4_pack.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int)
                     lib.lantern_int4_pack.restype = ctypes.c_int
+                if hasattr(lib, "lantern_attention_f16"):
+                    lib.lantern_attention_f16.argtypes = (ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64,
+                                                          ctypes.c_float, ctypes.c_int)
+                    lib.lantern_attention_f16.restype = ctypes.c_int
                 if hasattr(lib, "lantern_gguf_matmul"):
                     lib.lantern_gguf_matmul.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, ctypes.c_int)
                     lib.lantern_gguf_matmul.restype = ctypes.c_int
@@ -254,6 +258,29 @@ def _slab_buffer(n: int) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         buf = _slab.buf = torch.empty(n, dtype=torch.bfloat16)
     return buf
+
+
+def has_attention() -> bool:
+    """Whether `attention_f16` (few queries over a float16 KV cache) is there and vectorized."""
+    return bool(simd() and hasattr(library(), "lantern_attention_f16"))
+
+
+def attention_f16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, window: int,
+                  scale: float) -> torch.Tensor:
+    """Causal attention of q float32 [n, heads, head_dim] (positions start, start + 1, ...) over a
+    float16 cache `keys`/`values` [kv_heads, length, head_dim] (a view of the stored cache: rows
+    may be strided), float32 math; `window` > 0 limits each query to its last `window` keys.
+    Returns float32 [n, heads * head_dim]."""
+    n, heads, dim = q.shape
+    q = q.contiguous()
+    assert keys.dtype == values.dtype == torch.float16 and keys.stride() == values.stride()
+    assert keys.stride(2) == 1 and keys.stride(1) == dim and keys.shape[1] >= start + n
+    out = torch.empty(n, heads * dim, dtype=torch.float32)
+    if library().lantern_attention_f16(q.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(), n, heads,
+                                       keys.shape[0], dim, start, keys.stride(0) // dim, window, scale,
+                                       _threads()):
+        raise ValueError(f"{heads} heads do not group over {keys.shape[0]} KV heads")
+    return out
 
 
 class GGUFKernel:
