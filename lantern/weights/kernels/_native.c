@@ -1077,6 +1077,15 @@ TGT_BF16 static ALWAYS_INLINE __m512i zext32(const uint8_t *p) {
     return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
 }
 
+/* The 6-bit codes of half a Q6_K block (128 weights, h = 0 or 1) as four vectors of 32 words. */
+TGT_BF16 static ALWAYS_INLINE void q6k_half_codes(const uint8_t *blk, int h, __m512i m4, __m512i idx[4]) {
+    const __m512i ql0 = zext32(blk + 64 * h), ql1 = zext32(blk + 64 * h + 32), qh = zext32(blk + 128 + 32 * h);
+    idx[0] = _mm512_ternarylogic_epi32(ql0, _mm512_slli_epi16(qh, 4), m4, SEL_LO4);
+    idx[1] = _mm512_ternarylogic_epi32(ql1, _mm512_slli_epi16(qh, 2), m4, SEL_LO4);
+    idx[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql0, 4), qh, m4, SEL_LO4);
+    idx[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2), m4, SEL_LO4);
+}
+
 /* words << s (s >= 0) or >> -s */
 TGT_BF16 static ALWAYS_INLINE __m512i shift16(__m512i v, int s) {
     return s >= 0 ? _mm512_sll_epi16(v, _mm_cvtsi32_si128(s)) : _mm512_srl_epi16(v, _mm_cvtsi32_si128(-s));
@@ -1160,12 +1169,8 @@ TGT_BF16 static ALWAYS_INLINE void q6k_impl(ROW_ARGS, const int M) {
         const __m512 S = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))),
                                        _mm512_set1_ps(_cvtsh_ss(dh)));
         for (int h = 0; h < 2; h++) {
-            const __m512i ql0 = zext32(blk + 64 * h), ql1 = zext32(blk + 64 * h + 32), qh = zext32(blk + 128 + 32 * h);
             __m512i idx[4];
-            idx[0] = _mm512_ternarylogic_epi32(ql0, _mm512_slli_epi16(qh, 4), m4, SEL_LO4);
-            idx[1] = _mm512_ternarylogic_epi32(ql1, _mm512_slli_epi16(qh, 2), m4, SEL_LO4);
-            idx[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql0, 4), qh, m4, SEL_LO4);
-            idx[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2), m4, SEL_LO4);
+            q6k_half_codes(blk, h, m4, idx);
             for (int t = 0; t < 4; t++) {
                 const __m512i w = _mm512_permutex2var_epi16(TL, idx[t], TH);
                 const __m512 sv = _mm512_permutexvar_ps(_mm512_load_si512(Q6_SIDX[4 * h + t]), S);
@@ -1344,12 +1349,8 @@ TGT_BF16 static void gguf_bf16_row_simd(int qtype, const uint8_t *row, int64_t K
             float S[16];
             for (int j = 0; j < 16; j++) S[j] = d * (float)(int8_t)blk[192 + j];
             for (int h = 0; h < 2; h++) {
-                const __m512i ql0 = zext32(blk + 64 * h), ql1 = zext32(blk + 64 * h + 32), qh = zext32(blk + 128 + 32 * h);
                 __m512i idx[4];
-                idx[0] = _mm512_ternarylogic_epi32(ql0, _mm512_slli_epi16(qh, 4), m4, SEL_LO4);
-                idx[1] = _mm512_ternarylogic_epi32(ql1, _mm512_slli_epi16(qh, 2), m4, SEL_LO4);
-                idx[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql0, 4), qh, m4, SEL_LO4);
-                idx[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2), m4, SEL_LO4);
+                q6k_half_codes(blk, h, m4, idx);
                 for (int t = 0; t < 4; t++) {
                     const int k = 8 * h + 2 * t;
                     emit32(out + b * 256 + 128 * h + 32 * t, _mm512_permutex2var_epi16(TL, idx[t], TH), S[k], S[k + 1], 0.f, 0.f, 0);
