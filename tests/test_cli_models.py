@@ -388,3 +388,12 @@ def test_info_on_smollm2(smollm2_cache, monkeypatch, capsys):
     assert cli.main(["ls"]) == 0
     out = capsys.readouterr().out
     assert any(ln.split()[:3] == ["smollm2", "98.4", "MB"] for ln in out.splitlines()), out
+
+
+def test_help_and_version_do_not_import_torch():
+    """`lantern --version` and `--help` answer without loading torch (about 1.5 s)."""
+    code = ("import sys; from lantern.cli import main; main(['--version']); main(['--help']); "
+            "main(['run', '--help']); sys.exit(3 if 'torch' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "lantern" in result.stdout and "--temperature" in result.stdout

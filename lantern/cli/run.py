@@ -15,7 +15,7 @@ import time
 import warnings
 
 from ..errors import LanternError
-from ..sampling import SamplerSettings
+from ..sampling_settings import SamplerSettings
 from . import add_device_argument, add_model_argument
 from .options import non_negative_float, non_negative_int, positive_float, probability
 
