@@ -109,3 +109,28 @@ def test_native_f16_attention_matches_reference(heads, kv_heads, d, start, n, wi
         native.library().lantern_set_features(-1)
     expected = reference_attention(q, keys.float(), values.float(), start, window)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["smollm2", "qwen2-q8_0"])
+def test_joined_projections_equal_the_separate_weights(model_name, smollm2_path):
+    """q|k|v and gate|up stored apart are joined into one weight (one kernel call per step); each
+    output equals the file's own tensor (and bias) multiplied alone, bit for bit."""
+    from lantern.weights.linear import QuantizedLinear, dense_vector
+
+    path = smollm2_path if model_name == "smollm2" else cached_model(
+        Spec(arch="qwen2", n_heads=4, n_kv_heads=2, vocab_size=1024, rope_base=1e6), "Q8_0")
+    model = lantern.load(path)
+    block, f = model.transformer.blocks[1], model.file
+    x = torch.randn(3, model.params.dim, generator=torch.Generator().manual_seed(0))
+    for projection, names in ((block.attn.qkv, ["attn_q", "attn_k", "attn_v"]),
+                              (block.mlp.gate_up, ["ffn_gate", "ffn_up"])):
+        assert len(projection.linears) == 1  # joined
+        for m in (1, 3):
+            parts = projection(x[:m])
+            for name, part in zip(names, parts):
+                w = f.tensors[f"blk.1.{name}.weight"]
+                bias = f"blk.1.{name}.bias"
+                rows = part.shape[-1]
+                alone = QuantizedLinear(f.tensor(w.name, (rows, model.params.dim)),
+                                        dense_vector(f.tensor(bias, (rows,))) if f.has(bias) else None)
+                assert torch.equal(part, alone(x[:m])), (model_name, name, m)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextOverflowError, ModelFileError, UnsupportedModelError
-from ..weights.gguf_file import GGUFFile
-from ..weights.kernels import f16_attention
+from ..weights.gguf_file import GGUFFile, TensorData
+from ..weights.kernels import f16_attention, kernel_policy
+from ..weights.kernels.memory import release_pages
 from ..weights.linear import QuantizedEmbedding, QuantizedLinear, dense_vector
 
 # A pass of at most this many tokens over a float16 cache runs the native attention kernel
@@ -405,6 +406,25 @@ class TensorSource:
         weight = self.file.tensor(name, (out_features, in_features))
         b = self.vector(bias, out_features) if bias else None
         return QuantizedLinear(weight, b, device=self.device, kernels=self.kernels)
+
+    def projection(self, parts: Sequence[tuple[str, int, str | None]], in_features: int) -> Projection:
+        """Linear maps of one input whose outputs are used apart (q|k|v, gate|up), from tensors the
+        file stores apart: `parts` are (weight name, rows, bias name or None). For the fast CPU
+        kernels, weights of one type are joined into one (a copy of their rows; the file's pages
+        are given back), so each step makes one kernel call instead of several: SmolLM2 decode
+        makes 121 weight calls per token instead of 211."""
+        tensors = [self.file.tensor(name, (rows, in_features)) for name, rows, _ in parts]
+        sizes = [rows for _, rows, _ in parts]
+        if (len(tensors) > 1 and len({t.type for t in tensors}) == 1 and torch.device(self.device).type == "cpu"
+                and kernel_policy(self.kernels) == "fast"):
+            joined = TensorData("|".join(t.name for t in tensors), tensors[0].type, (sum(sizes), in_features),
+                                torch.cat([t.raw for t in tensors]))
+            for t in tensors:
+                release_pages(t.raw)
+            biases = [self.vector(b, rows) for _, rows, b in parts if b]
+            bias = torch.cat(biases) if biases else None
+            return Projection([QuantizedLinear(joined, bias, device=self.device, kernels=self.kernels)], sizes)
+        return Projection([self.linear(name, rows, in_features, bias=b) for name, rows, b in parts])
 
     def vector(self, name: str, size: int) -> torch.Tensor:
         return dense_vector(self.file.tensor(name, (size,)), self.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..weights.gguf_file import GGUFFile
-from .layers import (Attention, Block, GatedMLP, ModelParams, Projection, Rotary, TensorSource,
+from .layers import (Attention, Block, GatedMLP, ModelParams, Rotary, TensorSource,
                      Transformer)
 
 
@@ -25,20 +25,14 @@ def attention(src: TensorSource, i: int, bias: bool = False) -> Attention:
     p = src.params
     q_dim, kv_dim = p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim
     prefix = f"blk.{i}.attn_"
-    qkv = Projection([
-        src.linear(prefix + "q.weight", q_dim, p.dim, bias=prefix + "q.bias" if bias else None),
-        src.linear(prefix + "k.weight", kv_dim, p.dim, bias=prefix + "k.bias" if bias else None),
-        src.linear(prefix + "v.weight", kv_dim, p.dim, bias=prefix + "v.bias" if bias else None),
-    ])
+    qkv = src.projection([(prefix + f"{x}.weight", rows, prefix + f"{x}.bias" if bias else None)
+                          for x, rows in (("q", q_dim), ("k", kv_dim), ("v", kv_dim))], p.dim)
     return Attention(qkv, src.linear(prefix + "output.weight", p.dim, q_dim), p, i)
 
 
 def mlp(src: TensorSource, i: int) -> GatedMLP:
     p = src.params
-    gate_up = Projection([
-        src.linear(f"blk.{i}.ffn_gate.weight", p.ffn_dim, p.dim),
-        src.linear(f"blk.{i}.ffn_up.weight", p.ffn_dim, p.dim),
-    ])
+    gate_up = src.projection([(f"blk.{i}.ffn_{x}.weight", p.ffn_dim, None) for x in ("gate", "up")], p.dim)
     return GatedMLP(gate_up, src.linear(f"blk.{i}.ffn_down.weight", p.dim, p.ffn_dim))
 
 
