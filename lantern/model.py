@@ -84,9 +84,9 @@ class Model:
         return self.params.vocab_size
 
     def new_cache(self, max_length: int | None = None) -> KVCache:
-        # The half-size cache goes with the fast weight kernels: the reference path stays exact.
+        # The half-size cache goes with the fast CPU weight kernels: the reference path stays exact.
         return self.transformer.new_cache(max_length or self.context_length, self.device,
-                                          half=self._kernels_on_pool and self.device.type == "cpu")
+                                          half=self._kernels_on_pool)
 
     def forward(self, token_ids: Sequence[int] | torch.Tensor, cache: KVCache,
                 last_only: bool = False) -> torch.Tensor:

@@ -308,6 +308,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.n_kv_heads, p.head_dim
         self.scale = 1.0 / math.sqrt(p.head_dim)
         self.window = p.sliding_window
+        self.f16_attention = f16_attention()  # resolved once: used when the cache is float16
 
     def forward(self, x, rotary: Rotary, cos, sin, cache: KVCache, bias) -> torch.Tensor:
         n, heads, kv_heads = x.shape[0], self.n_heads, self.n_kv_heads
@@ -320,7 +321,7 @@ class Attention(nn.Module):
         keys, values = cache.write(self.layer, k, v)
         if keys.dtype == torch.float16:  # a half-size cache: see Transformer.new_cache
             if n <= NATIVE_ATTENTION_MAX_TOKENS:
-                return self.wo(f16_attention()(q, keys, values, start, self.window, self.scale))
+                return self.wo(self.f16_attention(q, keys, values, start, self.window, self.scale))
             keys, values = keys.float(), values.float()
         return self.wo(attend(q, keys, values, bias, self.scale))
 

@@ -297,9 +297,6 @@ class GGUFKernel:
         self.qtype, self.rows, self.cols = qtype, rows, cols
         raw = raw.reshape(rows, cols // elems * nbytes)
         self.raw = raw if raw.is_contiguous() else raw.contiguous()
-        self._qt = int(qtype)
-        self._matmul = library().lantern_gguf_matmul
-        self._ptr = self.raw.data_ptr()  # the map outlives the kernel (self.raw holds it)
 
     @property
     def nbytes(self) -> int:
@@ -308,14 +305,8 @@ class GGUFKernel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [M, cols] -> float32 [M, rows]."""
         m = x.shape[0]
-        if m <= GGUF_MAX_M:  # the per-token path: kept lean (one ctypes call, one allocation)
-            if x.dtype != torch.float32 or not x.is_contiguous():
-                x = x.float().contiguous()
-            y = torch.empty(m, self.rows, dtype=torch.float32)
-            if self._matmul(self._ptr, self._qt, x.data_ptr(), y.data_ptr(), self.rows, self.cols, m,
-                            _threads()):
-                raise ValueError(f"native GGUF matmul refused {self.qtype.name} {self.rows}x{self.cols}")
-            return y
+        if m <= GGUF_MAX_M:  # decode steps and drafts: the fused kernel on the blocks
+            return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols)
         xb = x.to(torch.bfloat16)
         out = torch.empty(m, self.rows, dtype=torch.float32)
         step = max(16, GGUF_SLAB_WEIGHTS // self.cols)
