@@ -28,7 +28,8 @@ setup(
     ext_modules=[
         Extension(
             "lantern.weights.kernels._native",
-            sources=["lantern/weights/kernels/_native.c"],
+            sources=["lantern/weights/kernels/_native.c", "lantern/weights/kernels/_step.c"],
+            depends=["lantern/weights/kernels/_native.h"],
             extra_compile_args=["-O3", "-std=c11", "-pthread"],
             extra_link_args=["-pthread"],
             libraries=[] if sys.platform == "win32" else ["m"],  # expf

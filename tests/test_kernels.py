@@ -204,10 +204,17 @@ def test_policy_switch_and_environment(monkeypatch):
 # ----- fidelity of whole models on the fast path, decode included -----------------------------
 
 
-@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_K_M"), ("qwen2", "Q8_0"), ("phi3", "Q6_K")])
+# Every type the in-place kernels take (and so the native decode step), per architecture.
+DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K"]
+
+
+@pytest.mark.parametrize("qtype", DECODE_TYPES)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
-    """Prompt (M > 128: dense bf16 GEMM), small batches and one-token decode steps (int4 and
-    fused Q6_K kernels) all stay at least as close to the exact math as llama.cpp is."""
+    """A prompt chunk (expanded bf16 weights, torch's GEMM), a small batch and one-token decode
+    steps (the native step on the in-place kernels where the CPU has AVX-512 BF16, else the
+    PyTorch blocks on the int4 / Q6_K kernels) all stay at least as close to the exact math as
+    llama.cpp is."""
     from lantern.testing.oracle import fidelity, llama_cpp_logits
     from lantern.testing.synthetic import cached_reference
 
@@ -361,8 +368,8 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
     the threads torch had; prompt chunks leave torch's threads alone; both are restored after."""
     model = lantern.load(cached_model(Spec(arch="llama", n_heads=4, n_kv_heads=2, vocab_size=1024), "Q4_K_M"))
     seen = []
-    model.transformer.blocks[0].register_forward_hook(
-        lambda *_: seen.append((torch.get_num_threads(), native._threads())))
+    model.transformer.embedding.register_forward_hook(  # runs on both the PyTorch and the native step
+        lambda *_: seen.append((torch.get_num_threads(), native.pool_threads())))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -371,6 +378,6 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
         model.forward([5], cache)  # a decode step
         model.forward([5, 6, 7], cache)  # a speculative verify
         assert seen == [(2, 2), (1, 2), (1, 2)]
-        assert torch.get_num_threads() == 2 and native._threads() == 2
+        assert torch.get_num_threads() == 2 and native.pool_threads() == 2
     finally:
         torch.set_num_threads(before)

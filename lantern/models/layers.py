@@ -178,7 +178,8 @@ class KVCache:
     """Keys and values of every layer for one sequence; grows by doubling up to `max_length`.
 
     Stored per layer as [kv_heads, capacity, head_dim]: each head's keys are one contiguous
-    [tokens, head_dim] matrix, what attention multiplies by without copying.
+    [tokens, head_dim] matrix, what attention multiplies by without copying. `native_view` is
+    where the native step keeps its pointers to that storage (it checks them after growth).
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_length: int,
@@ -190,6 +191,7 @@ class KVCache:
         capacity = min(initial, max_length)
         self.keys = [self._empty(capacity) for _ in range(n_layers)]
         self.values = [self._empty(capacity) for _ in range(n_layers)]
+        self.native_view = None
 
     def _empty(self, capacity: int) -> torch.Tensor:
         heads, dim = self._shape
@@ -361,6 +363,10 @@ class Transformer(nn.Module):
         self.norm = norm
         self.output = output
         self.rotary = rotary
+        from .native_step import NativeStep  # imports this module
+
+        # Short passes (decode steps, drafts) as one native call where every weight allows it.
+        self.native_step = NativeStep.build(self)
 
     def new_cache(self, max_length: int, device="cpu", half: bool = False) -> KVCache:
         """`half`: keys and values in float16, as llama.cpp keeps them, where the native attention
@@ -379,8 +385,13 @@ class Transformer(nn.Module):
         cache.reserve(n)
         start = cache.length
         cos, sin = self.rotary.tables(start, n)
-        bias = attention_bias(start, n, self.params.sliding_window, tokens.device)
         x = self.embedding(tokens)
+        step = self.native_step
+        if step is not None and n <= step.max_tokens and cache.keys[0].dtype == torch.float16:
+            logits = step(x, cache, start, {"all": n, "last": 1, "none": 0}[outputs])
+            cache.length = start + n
+            return logits
+        bias = attention_bias(start, n, self.params.sliding_window, tokens.device)
         for block in self.blocks:
             x = block(x, self.rotary, cos, sin, cache, bias)
         cache.length = start + n

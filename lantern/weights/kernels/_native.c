@@ -17,6 +17,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_native.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -66,6 +68,28 @@ static uint16_t f32_to_bf16(float f) { /* round to nearest even (finite values) 
     if ((bits & 0x7f800000) == 0x7f800000) return (uint16_t)((bits >> 16) | ((bits & 0xffff) ? 0x40 : 0));
     bits += 0x7fff + ((bits >> 16) & 1);
     return (uint16_t)(bits >> 16);
+}
+
+static uint16_t f32_to_f16(float f) { /* round to nearest even; overflow to inf, NaN kept */
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    x &= 0x7fffffff;
+    if (x >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 : 0));
+    if (x >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to above 65504 */
+    if (x < 0x38800000) { /* subnormal or zero in half precision */
+        if (x < 0x33000000) return (uint16_t)sign;   /* below half the smallest subnormal */
+        const uint32_t e = x >> 23, man = (x & 0x7fffff) | 0x800000;
+        const int shift = 126 - (int)e; /* 14..24 */
+        uint32_t h = man >> shift;
+        const uint32_t rem = man & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((x - 0x38000000) >> 13);
+    const uint32_t rem = x & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
 }
 
 /* ----- Q6_K: one block -> 256 float32 weights ------------------------------------------------ */
@@ -277,8 +301,6 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
  * workers, the next calls run on the caller alone, 2, 4, ... up to 4096 of them (backoff), before
  * the workers are tried again; a call without such a wait resets the backoff. */
 
-typedef void (*task_fn)(void *args, int64_t task);
-
 typedef struct {
     task_fn fn;
     void *args;
@@ -454,6 +476,8 @@ static void pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads) {
     }
     pthread_mutex_unlock(&P.lock);
 }
+
+void lt_pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads) { pool_run(fn, args, ntasks, nthreads); }
 
 typedef struct {
     void (*fn)(void *args, int64_t r0, int64_t r1);
@@ -1406,6 +1430,7 @@ typedef struct {
     const uint16_t *xb;
     const float *xs;
     float *y;
+    int64_t ldy; /* floats between rows of y */
 } gmm_args;
 
 static void gmm_task(void *p, int64_t t) {
@@ -1423,7 +1448,7 @@ static void gmm_task(void *p, int64_t t) {
             else
 #endif
                 gguf_row_portable(a->qtype, row, K, a->xb + m0 * K, a->x + m0 * K, a->xs + m0 * G, G, mc, out);
-            for (int m = 0; m < mc; m++) a->y[(m0 + m) * a->N + r] = out[m];
+            for (int m = 0; m < mc; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
             m0 += mc;
         }
     }
@@ -1443,9 +1468,10 @@ static void *scratch(size_t n) { /* per calling thread, grown as needed, 64-byte
     return g_scratch;
 }
 
-/* Returns 0, or -1 for an unknown type, K not a multiple of the block, or no memory. */
-int lantern_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t N, int64_t K, int64_t M,
-                        int nthreads) {
+/* y[m, r] (rows of y `ldy` floats apart) = x[m] . W[r] for m < M, r < N. Returns 0, or -1 for an
+ * unknown type, K not a multiple of the block, or no memory. */
+int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy, int64_t N, int64_t K,
+                   int64_t M, int nthreads) {
     int64_t E = 32, B = 0;
     if (gguf_geometry(qtype, &E, &B) || K % E || M <= 0 || N <= 0) return -1;
     const int feat = lantern_cpu_features();
@@ -1473,7 +1499,7 @@ int lantern_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, i
             xs[m * ld + g] = (a0 + a1) + (a2 + a3);
             xs[m * ld + Gp + g] = (b0 + b1) + (b2 + b3);
         }
-    gmm_args a = {w, qtype, (feat & FEAT_BF16) != 0, N, K, M, ld, K / E * B, 1, x, xb, xs, y};
+    gmm_args a = {w, qtype, (feat & FEAT_BF16) != 0, N, K, M, ld, K / E * B, 1, x, xb, xs, y, ldy};
     /* tasks of about 256K weights (a few microseconds), at least 2 per thread */
     int64_t rpt = (1 << 18) / K;
     if (rpt < 1) rpt = 1;
@@ -1484,6 +1510,12 @@ int lantern_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, i
     a.rpt = rpt;
     pool_run(gmm_task, &a, (N + rpt - 1) / rpt, nthreads);
     return 0;
+}
+
+/* y[M, N] = x[M, K] @ W[N, K].T. Returns 0, or -1 as lt_gguf_matmul. */
+int lantern_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t N, int64_t K, int64_t M,
+                        int nthreads) {
+    return lt_gguf_matmul(w, qtype, x, y, N, N, K, M, nthreads);
 }
 
 typedef struct {
@@ -1518,17 +1550,106 @@ int lantern_gguf_supported(int qtype) {
     return gguf_geometry(qtype, &E, &B) == 0;
 }
 
+/* ----- exp over float32 arrays ----------------------------------------------------------------
+ * Cephes' expf: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by a degree-7
+ * polynomial, times 2^n; relative error about 1 ulp (expf's own). Inputs below -103.9 give 0. */
+
+#ifdef LANTERN_X86
+__attribute__((target("avx512f,fma")))
+static inline __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.9720840454f)), _mm512_set1_ps(88.7228317261f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* s[t] = exp(s[t] - mx) for t < T; returns the sum. */
+__attribute__((target("avx512f,fma")))
+static float exp_sum_avx512(float *s, int64_t T, float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t t = 0;
+    for (; t + 16 <= T; t += 16) {
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + t), m));
+        _mm512_storeu_ps(s + t, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (t < T) {
+        const __mmask16 k = (__mmask16)((1u << (T - t)) - 1);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), m));
+        _mm512_mask_storeu_ps(s + t, k, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* out[i] = g[i] / (1 + exp(-g[i])) * u[i] for i < n: SiLU(gate) times up */
+__attribute__((target("avx512f,fma")))
+static void silu_mul_avx512(const float *g, const float *u, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
+                                                _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+#endif
+
+static float exp_sum(float *s, int64_t T, float mx) {
+#ifdef LANTERN_X86
+    if (g_avx512) return exp_sum_avx512(s, T, mx);
+#endif
+    float sum = 0.f;
+    for (int64_t t = 0; t < T; t++) sum += (s[t] = expf(s[t] - mx));
+    return sum;
+}
+
+void lt_silu_mul(const float *g, const float *u, float *out, int64_t n) {
+#ifdef LANTERN_X86
+    if (g_avx512) { silu_mul_avx512(g, u, out, n); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
+#ifdef LANTERN_X86
+__attribute__((target("avx512f,f16c")))
+static void to_f16_avx512(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = f32_to_f16(src[i]);
+}
+#endif
+
+void lt_to_f16(const float *src, uint16_t *dst, int64_t n) {
+#ifdef LANTERN_X86
+    if (g_avx512) { to_f16_avx512(src, dst, n); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i] = f32_to_f16(src[i]);
+}
+
 /* ----- attention of a few queries over a float16 KV cache ------------------------------------
  * out[i, h] = softmax_t(scale * q[i, h] . k[h / group, t]) v[h / group, t] over the keys that
  * query i (at position start + i) sees: t <= start + i and, with a window, start + i - t < window.
  * K and V are float16 [kv_heads, stride, D] (the cache as stored, half the bytes of float32: a
- * decode step reads all of them); q, out float32 [n, heads, D]; the math is float32. One task per
- * (query, head). */
+ * decode step reads all of them); q float32 [n, heads, D] with rows `ldq` floats apart, out
+ * float32 [n, heads * D]; the math is float32. One task per (query, head). */
 typedef struct {
     const float *q;
     const uint16_t *k, *v;
     float *out;
-    int64_t H, KVH, D, start, stride, window;
+    int64_t H, KVH, D, start, stride, window, ldq;
     float scale;
     int simd;
 } attn_args;
@@ -1568,7 +1689,7 @@ static void attn_task(void *p, int64_t task) {
     const attn_args *a = (const attn_args *)p;
     const int64_t i = task / a->H, h = task % a->H, kvh = h / (a->H / a->KVH), pos = a->start + i, D = a->D;
     const int64_t lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0, T = pos + 1 - lo;
-    const float *q = a->q + (i * a->H + h) * D;
+    const float *q = a->q + i * a->ldq + h * D;
     const uint16_t *k = a->k + (kvh * a->stride + lo) * D, *v = a->v + (kvh * a->stride + lo) * D;
     float *o = a->out + (i * a->H + h) * D;
     float buf[2048];
@@ -1577,7 +1698,7 @@ static void attn_task(void *p, int64_t task) {
         for (int64_t d = 0; d < D; d++) o[d] = NAN;
         return;
     }
-    float mx = -INFINITY, sum = 0.f;
+    float mx = -INFINITY;
     for (int64_t t = 0; t < T; t++) {
 #ifdef LANTERN_X86
         s[t] = a->scale * (a->simd ? dot_f16_simd(q, k + t * D, D) : dot_f16(q, k + t * D, D));
@@ -1586,7 +1707,7 @@ static void attn_task(void *p, int64_t task) {
 #endif
         if (s[t] > mx) mx = s[t];
     }
-    for (int64_t t = 0; t < T; t++) sum += (s[t] = expf(s[t] - mx));
+    const float sum = exp_sum(s, T, mx);
     memset(o, 0, (size_t)D * sizeof(float));
     for (int64_t t = 0; t < T; t++) {
 #ifdef LANTERN_X86
@@ -1599,14 +1720,22 @@ static void attn_task(void *p, int64_t task) {
     if (s != buf) free(s);
 }
 
+/* As lantern_attention_f16, with query rows `ldq` floats apart. */
+int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                     int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
+                     int nthreads) {
+    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
+    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale,
+                   (lantern_cpu_features() & FEAT_AVX512) != 0};
+    pool_run(attn_task, &a, n * H, nthreads);
+    return 0;
+}
+
 /* Returns 0, or -1 when the heads do not group evenly over the KV heads. */
 int lantern_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, float *out, int64_t n, int64_t H,
                           int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
                           int nthreads) {
-    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
-    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, scale, (lantern_cpu_features() & FEAT_AVX512) != 0};
-    pool_run(attn_task, &a, n * H, nthreads);
-    return 0;
+    return lt_attention_f16(q, H * D, k, v, out, n, H, KVH, D, start, stride, window, scale, nthreads);
 }
 
 /* ----- Python module: only so that setuptools builds and installs this file ------------------ */

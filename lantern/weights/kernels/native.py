@@ -51,6 +51,9 @@ def library():
                     lib.lantern_gguf_matmul.restype = ctypes.c_int
                     lib.lantern_gguf_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
                     lib.lantern_gguf_to_bf16.restype = ctypes.c_int
+                if hasattr(lib, "lantern_step"):
+                    lib.lantern_step.argtypes = (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, ctypes.c_int)
+                    lib.lantern_step.restype = ctypes.c_int
                 if hasattr(lib, "lantern_kquant_to_bf16"):
                     lib.lantern_kquant_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
                     lib.lantern_kquant_to_bf16.restype = ctypes.c_int
@@ -81,7 +84,7 @@ def bf16_simd() -> bool:
 _pool_threads = 0  # set while torch's own ops run single-threaded (decode steps)
 
 
-def _threads() -> int:
+def pool_threads() -> int:
     """Threads for lantern's pool: torch's count, or what it was before a decode step lowered it."""
     return _pool_threads or max(1, torch.get_num_threads())
 
@@ -117,13 +120,13 @@ def q6k_matmul(raw: torch.Tensor, x: torch.Tensor, rows: int, cols: int) -> torc
     """x float32 [M, cols] @ W.T for Q6_K blocks `raw` (rows x cols): float32 [M, rows]."""
     x = x.contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32)
-    library().lantern_q6k_matmul(_ptr(raw), _ptr(x), _ptr(y), rows, cols, x.shape[0], _threads())
+    library().lantern_q6k_matmul(_ptr(raw), _ptr(x), _ptr(y), rows, cols, x.shape[0], pool_threads())
     return y
 
 
 def q6k_to_bf16(raw: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     out = torch.empty(rows, cols, dtype=torch.bfloat16)
-    library().lantern_q6k_to_bf16(_ptr(raw), _ptr(out), rows, cols, _threads())
+    library().lantern_q6k_to_bf16(_ptr(raw), _ptr(out), rows, cols, pool_threads())
     return out
 
 
@@ -133,7 +136,7 @@ def int4_to_bf16(packed: list, sz: list, rows: int, cols: int, start: int, stop:
     pp = (ctypes.c_void_p * n)(*[p.data_ptr() for p in packed])
     sp = (ctypes.c_void_p * n)(*[s.data_ptr() for s in sz])
     out = torch.empty(stop - start, cols, dtype=torch.bfloat16)
-    library().lantern_int4_to_bf16(pp, sp, n, _ptr(out), rows, cols, start, stop, _threads())
+    library().lantern_int4_to_bf16(pp, sp, n, _ptr(out), rows, cols, start, stop, pool_threads())
     return out
 
 
@@ -152,7 +155,7 @@ def int4_pack(raw: torch.Tensor, qtype: QT, packed: list, sz: list, rows: int, c
     pp = (ctypes.c_void_p * n)(*[p.data_ptr() for p in packed])
     sp = (ctypes.c_void_p * n)(*[s.data_ptr() for s in sz])
     rc = library().lantern_int4_pack(_ptr(raw), int(qtype), pp, sp, rows, packed[0].shape[0], cols, start, stop,
-                                     _threads())
+                                     pool_threads())
     if rc != 0:
         raise ValueError(f"native int4 packing refused {qtype.name} {rows}x{cols} rows {start}:{stop}")
 
@@ -167,7 +170,7 @@ def kquant_to_bf16(raw: torch.Tensor, qtype: QT, out: torch.Tensor) -> None:
     """Q2_K/Q3_K blocks `raw` (contiguous, rows of `out`) -> `out` [rows, cols] bf16: the bytes
     of lantern's float32 dequantize rounded to bfloat16."""
     rows, cols = out.shape
-    if library().lantern_kquant_to_bf16(_ptr(raw), int(qtype), _ptr(out), rows, cols, _threads()) != 0:
+    if library().lantern_kquant_to_bf16(_ptr(raw), int(qtype), _ptr(out), rows, cols, pool_threads()) != 0:
         raise ValueError(f"native dequantize refused {qtype.name} {rows}x{cols}")
 
 
@@ -227,7 +230,7 @@ def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: 
         x = x.float().contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out
     rc = library().lantern_gguf_matmul(raw.data_ptr(), int(qtype), x.data_ptr(), y.data_ptr(), rows, cols,
-                                       x.shape[0], threads or _threads())
+                                       x.shape[0], threads or pool_threads())
     if rc != 0:
         raise ValueError(f"native GGUF matmul refused {qtype.name} {rows}x{cols}")
     return y
@@ -238,7 +241,7 @@ def gguf_to_bf16(raw: torch.Tensor, qtype: QT, rows: int, cols: int, out: torch.
     """GGUF blocks (`rows` rows, contiguous) -> bfloat16 [rows, cols]: lantern's float32 dequantize
     rounded to nearest even."""
     out = torch.empty(rows, cols, dtype=torch.bfloat16) if out is None else out
-    if library().lantern_gguf_to_bf16(raw.data_ptr(), int(qtype), out.data_ptr(), rows, cols, threads or _threads()):
+    if library().lantern_gguf_to_bf16(raw.data_ptr(), int(qtype), out.data_ptr(), rows, cols, threads or pool_threads()):
         raise ValueError(f"native GGUF expansion refused {qtype.name} {rows}x{cols}")
     return out
 
@@ -278,7 +281,7 @@ def attention_f16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sta
     out = torch.empty(n, heads * dim, dtype=torch.float32)
     if library().lantern_attention_f16(q.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(), n, heads,
                                        keys.shape[0], dim, start, keys.stride(0) // dim, window, scale,
-                                       _threads()):
+                                       pool_threads()):
         raise ValueError(f"{heads} heads do not group over {keys.shape[0]} KV heads")
     return out
 

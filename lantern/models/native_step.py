@@ -1,0 +1,134 @@
+"""A `Transformer`'s forward pass over a few tokens as one native call (`_step.c`).
+
+Decode steps and speculative verify passes run the same blocks as `layers.py`, but in PyTorch
+each layer is ~40 small ops whose dispatch costs more than their work: about half of SmolLM2's
+decode step and ~15 ms of Phi-3-mini's (docs/PERFORMANCE.md). `NativeStep` describes the model
+once to the C library (pointers to the weights' GGUF blocks, norms, biases) and then runs a
+whole pass per call: norms, the weight kernels, rotary, the float16 KV cache write, attention,
+SiLU and residuals, then the output head. It applies only where every weight runs on the
+in-place GGUF kernels (`native.GGUFKernel`) and the cache is float16; everything else (longer
+prompt chunks, the reference kernels, other devices) takes the PyTorch blocks.
+
+LANTERN_NATIVE_STEP=0 turns it off (the PyTorch blocks on the same kernels, for comparisons).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from ..weights.kernels import native
+
+i64, ptr = ctypes.c_int64, ctypes.c_void_p
+MAX_PARTS = 3
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("w", ptr), ("bias", ptr), ("rows", i64), ("cols", i64), ("qtype", i64)]
+
+
+class _Projection(ctypes.Structure):
+    _fields_ = [("part", _Linear * MAX_PARTS), ("nparts", i64)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", ptr), ("ffn_norm", ptr), ("qkv", _Projection), ("gate_up", _Projection),
+                ("wo", _Linear), ("down", _Linear)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, i64) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                                         "rope_dims", "window", "vocab", "neox")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ptr), ("out_norm", ptr), ("output", _Linear)]
+
+
+class Unsupported(Exception):
+    """The model has a part the native step does not run."""
+
+
+def _vector(t: torch.Tensor | None, size: int) -> int | None:
+    if t is None:
+        return None
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() or t.numel() != size:
+        raise Unsupported(f"a {tuple(t.shape)} {t.dtype} vector")
+    return t.data_ptr()
+
+
+def _linear(layer) -> _Linear:
+    kernel = getattr(layer, "kernel", None)
+    if not isinstance(kernel, native.GGUFKernel):
+        raise Unsupported(f"{layer.name} runs on {getattr(layer, 'kernel_name', type(layer).__name__)}")
+    return _Linear(kernel.raw.data_ptr(), _vector(layer.bias, layer.out_features), kernel.rows, kernel.cols,
+                   int(kernel.qtype))
+
+
+def _projection(proj, sizes: list[int]) -> _Projection:
+    parts = [_linear(linear) for linear in proj.linears]
+    if len(parts) > MAX_PARTS or sum(p.rows for p in parts) != sum(sizes):
+        raise Unsupported("a projection the native step does not lay out")
+    out = _Projection(nparts=len(parts))
+    for i, part in enumerate(parts):
+        out.part[i] = part
+    return out
+
+
+class NativeStep:
+    """Runs `Transformer.forward` for passes of up to `max_tokens` tokens in one native call."""
+
+    max_tokens = native.GGUF_MAX_M  # the fused weight kernels' batch limit
+
+    def __init__(self, transformer):
+        p = transformer.params
+        rotary = transformer.rotary
+        layers = (_Layer * p.n_layers)()
+        for i, block in enumerate(transformer.blocks):
+            attn, mlp = block.attn, block.mlp
+            layers[i] = _Layer(
+                _vector(block.attn_norm.weight, p.dim), _vector(block.ffn_norm.weight, p.dim),
+                _projection(attn.qkv, [p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim, p.n_kv_heads * p.head_dim]),
+                _projection(mlp.gate_up, [p.ffn_dim, p.ffn_dim]), _linear(attn.wo), _linear(mlp.down))
+        self._layers = layers  # the description points into it: keep it alive
+        self.desc = _Model(p.dim, p.n_layers, p.n_heads, p.n_kv_heads, p.head_dim, p.ffn_dim, rotary.dims,
+                           p.sliding_window, p.vocab_size, int(rotary.neox), p.norm_eps, 1.0 / p.head_dim ** 0.5,
+                           ctypes.addressof(layers), _vector(transformer.norm.weight, p.dim),
+                           _linear(transformer.output))
+        self.vocab_size = p.vocab_size
+        self.rotary = rotary
+        self._lib = native.library()
+
+    @classmethod
+    def build(cls, transformer) -> "NativeStep | None":
+        """The native step for `transformer`, or None where it does not apply."""
+        lib = native.library()
+        if (os.environ.get("LANTERN_NATIVE_STEP", "1") == "0" or lib is None or not hasattr(lib, "lantern_step")
+                or not native.has_attention()):
+            return None
+        try:
+            return cls(transformer)
+        except Unsupported:
+            return None
+
+    def _cache_pointers(self, cache):
+        """Per-layer pointer arrays to the cache's keys and values, rebuilt when it has grown."""
+        held = cache.native_view
+        if held is None or held[0] != cache.keys[0].data_ptr():
+            keys = (ptr * len(cache.keys))(*[k.data_ptr() for k in cache.keys])
+            values = (ptr * len(cache.values))(*[v.data_ptr() for v in cache.values])
+            held = cache.native_view = (cache.keys[0].data_ptr(), keys, values)
+        return held[1], held[2]
+
+    def __call__(self, x: torch.Tensor, cache, start: int, n_logits: int) -> torch.Tensor | None:
+        """Run the embedded tokens x (float32 [n, dim], overwritten) at positions start.. on
+        `cache` (float16, reserved); the logits of the last `n_logits` tokens, or None for 0."""
+        n = x.shape[0]
+        cos, sin = self.rotary.tables(start, n)
+        keys, values = self._cache_pointers(cache)
+        logits = torch.empty(n_logits, self.vocab_size) if n_logits else None
+        rc = self._lib.lantern_step(ctypes.addressof(self.desc), x.data_ptr(), n, start, keys, values,
+                                    cache.capacity, cos.data_ptr(), sin.data_ptr(),
+                                    logits.data_ptr() if n_logits else None, n_logits, native.pool_threads())
+        if rc != 0:
+            raise RuntimeError("the native forward step failed (out of memory?)")
+        return logits

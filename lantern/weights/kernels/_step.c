@@ -1,0 +1,153 @@
+/* A whole forward pass of a few tokens (a decode step, a speculative verify pass) in one call.
+ *
+ * The same math as lantern/models/layers.py's Transformer, block by block, on the same kernels:
+ *   x = embedding rows (given)
+ *   per layer: h = x + wo(attention(rotary(qkv(rmsnorm(x)))))
+ *              x = h + down(silu(gate) * up), gate|up = gate_up(rmsnorm(h))
+ *   logits = output(rmsnorm(x)) for the last `n_logits` tokens
+ * with the weights multiplied in place from the GGUF file's blocks (lt_gguf_matmul), keys and
+ * values appended to the float16 cache and attention by lt_attention_f16. Why: a decode step in
+ * PyTorch is ~40 small ops per layer (SmolLM2: ~1,000 per token, about half its time; Phi-3-mini:
+ * ~15 ms of 115), each a few microseconds of dispatch around a few hundred nanoseconds of work.
+ * Here the work between weight calls runs on the calling thread while the pool's workers spin,
+ * ready for the next weight.
+ *
+ * The model is described once (lt_model, built by lantern/models/native_step.py from the
+ * Transformer's modules); every pointer in it stays owned by those modules. */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_native.h"
+
+typedef struct {
+    const uint8_t *w;  /* GGUF blocks: rows x (cols / elements per block) */
+    const float *bias; /* [rows] or NULL */
+    int64_t rows, cols, qtype;
+} lt_linear;
+
+#define LT_MAX_PARTS 3
+
+typedef struct { /* linear maps of one input, outputs side by side (q|k|v, gate|up) */
+    lt_linear part[LT_MAX_PARTS];
+    int64_t nparts;
+} lt_proj;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    lt_proj qkv, gate_up;
+    lt_linear wo, down;
+} lt_layer;
+
+typedef struct {
+    int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, rope_dims, window, vocab, neox;
+    float eps, scale; /* RMSNorm epsilon; attention's 1 / sqrt(head_dim) */
+    const lt_layer *layers;
+    const float *out_norm;
+    lt_linear output;
+} lt_model;
+
+/* y = x * (1 / sqrt(mean(x^2) + eps)) * w, as F.rms_norm (float32). */
+static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += x[i + j] * x[i + j];
+    float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) ss += x[i] * x[i];
+    const float r = 1.f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+/* Rotate the first `dims` features of one head in place: out[i] = x[i] cos[i] + x[p(i)] sin[i],
+ * p(i) the partner of i (NEOX: i +- dims/2; adjacent pairs: i ^ 1); cos/sin hold one position's
+ * tables in that layout, the sign of sin folded in (layers.Rotary). */
+static void rotate(float *x, const float *cos, const float *sin, int64_t dims, int neox) {
+    if (neox) {
+        const int64_t half = dims / 2;
+        for (int64_t i = 0; i < half; i++) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos[i] + b * sin[i];
+            x[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    } else {
+        for (int64_t i = 0; i < dims; i += 2) {
+            const float a = x[i], b = x[i + 1];
+            x[i] = a * cos[i] + b * sin[i];
+            x[i + 1] = b * cos[i + 1] + a * sin[i + 1];
+        }
+    }
+}
+
+static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
+    if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, nthreads)) return -1;
+    if (l->bias)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t r = 0; r < l->rows; r++) y[m * ldy + r] += l->bias[r];
+    return 0;
+}
+
+static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
+    int64_t off = 0;
+    for (int64_t i = 0; i < p->nparts; i++) {
+        if (linear(&p->part[i], x, y + off, ldy, M, nthreads)) return -1;
+        off += p->part[i].rows;
+    }
+    return 0;
+}
+
+static _Thread_local float *g_act;
+static _Thread_local size_t g_act_cap;
+
+/* Run tokens start .. start + M - 1 (embedding rows x [M, dim], overwritten: the residual
+ * stream). keys/values: per layer the float16 cache [kv_heads, capacity, head_dim]; cos/sin the
+ * rotary tables from position `start` on ([M, rope_dims] each). Writes the logits of the last
+ * `n_logits` tokens (0, 1 or M) to `logits` [n_logits, vocab]. Returns 0, -1 on a bad
+ * description (a weight type the kernels do not take) or no memory. */
+int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
+                 uint16_t *const *values, int64_t capacity, const float *cos, const float *sin, float *logits,
+                 int64_t n_logits, int nthreads) {
+    const int64_t dim = m->dim, H = m->n_heads, KVH = m->n_kv_heads, D = m->head_dim, F = m->ffn_dim;
+    const int64_t width = (H + 2 * KVH) * D; /* q|k|v of one token */
+    if (M <= 0 || n_logits < 0 || n_logits > M || start + M > capacity) return -1;
+    const size_t need = (size_t)M * (dim + width + H * D + dim + 3 * F);
+    if (need > g_act_cap) {
+        free(g_act);
+        g_act_cap = 0;
+        if (!(g_act = (float *)malloc(need * sizeof(float)))) return -1;
+        g_act_cap = need;
+    }
+    float *xn = g_act, *qkv = xn + M * dim, *att = qkv + M * width, *sub = att + M * H * D;
+    float *gu = sub + M * dim, *act = gu + M * 2 * F;
+
+    for (int64_t l = 0; l < m->n_layers; l++) {
+        const lt_layer *L = &m->layers[l];
+        for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->attn_norm, xn + i * dim, dim, m->eps);
+        if (project(&L->qkv, xn, qkv, width, M, nthreads)) return -1;
+        for (int64_t i = 0; i < M; i++) {
+            float *row = qkv + i * width;
+            for (int64_t h = 0; h < H + KVH; h++) /* q and k heads */
+                rotate(row + h * D, cos + i * m->rope_dims, sin + i * m->rope_dims, m->rope_dims, (int)m->neox);
+            for (int64_t h = 0; h < KVH; h++) {
+                const int64_t at = (h * capacity + start + i) * D;
+                lt_to_f16(row + (H + h) * D, keys[l] + at, D);
+                lt_to_f16(row + (H + KVH + h) * D, values[l] + at, D);
+            }
+        }
+        if (lt_attention_f16(qkv, width, keys[l], values[l], att, M, H, KVH, D, start, capacity, m->window, m->scale,
+                             nthreads))
+            return -1;
+        if (linear(&L->wo, att, sub, dim, M, nthreads)) return -1;
+        for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
+        for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->ffn_norm, xn + i * dim, dim, m->eps);
+        if (project(&L->gate_up, xn, gu, 2 * F, M, nthreads)) return -1;
+        for (int64_t i = 0; i < M; i++) lt_silu_mul(gu + i * 2 * F, gu + i * 2 * F + F, act + i * F, F);
+        if (linear(&L->down, act, sub, dim, M, nthreads)) return -1;
+        for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
+    }
+    if (n_logits == 0) return 0;
+    const float *last = x + (M - n_logits) * dim;
+    for (int64_t i = 0; i < n_logits; i++) rmsnorm(last + i * dim, m->out_norm, xn + i * dim, dim, m->eps);
+    return linear(&m->output, xn, logits, m->vocab, n_logits, nthreads);
+}
