@@ -1157,6 +1157,10 @@ TGT_BF16 static ALWAYS_INLINE void q4k_impl(ROW_ARGS, const int M, const int fiv
         const uint8_t *blk = row + b * bytes;
         float sc[8] __attribute__((aligned(32)));
         const __m256 mn = k4_scales(blk, sc);
+        /* Make the compiler read the scales back from memory: broadcasting a float from memory
+         * is a load, from a register a shuffle, and shuffles are what this loop is short of
+         * (Phi-3-mini's Q4_K shapes on Zen 4: 10-17% faster). */
+        __asm__ volatile("" : : "r"(sc) : "memory");
         const uint8_t *qs = blk + (five ? 48 : 16);
         __m512i qh = _mm512_setzero_si512();
         if (five) qh = zext32(blk + 16);
