@@ -1724,6 +1724,183 @@ static void attn_task(void *p, int64_t task) {
     if (s != buf) free(s);
 }
 
+#ifdef LANTERN_X86
+/* The vector path: one task per (query, KV head, chunk of up to 4 of its query heads, span of up
+ * to ATTN_SPAN positions). Each key and value row is converted from float16 once for all the
+ * query heads of the chunk (grouped-query attention shares them), scores are reduced four
+ * positions at a time, and the outputs stay in registers (SmolLM2-135M, 9 heads over 3 KV
+ * heads: 1.9x faster than one task per head at 300 and 1,000 positions). A query's positions are split into
+ * spans by their count alone, so a query's result does not depend on the thread count or on
+ * the other queries of the pass; spans are merged like flash-decoding's partial softmaxes. */
+#define ATTN_SPAN 1024 /* positions: long enough to stream (MHA at 1000 positions is memory-bound) */
+#define ATTN_HEADS 4
+
+typedef struct {
+    const attn_args *a;
+    int64_t nchunks, nspans; /* per (query, KV head); spans for the longest query */
+    float *part;             /* per task: HEADS x (max, sum, D outputs) */
+} attn_job;
+
+/* sum over lanes of v0..v3 -> (s0, s1, s2, s3) */
+TGT_BF16 static ALWAYS_INLINE __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    const __m512 a = _mm512_add_ps(_mm512_unpacklo_ps(v0, v1), _mm512_unpackhi_ps(v0, v1)); /* v0 v1 v0 v1 per 128 */
+    const __m512 b = _mm512_add_ps(_mm512_unpacklo_ps(v2, v3), _mm512_unpackhi_ps(v2, v3));
+    const __m512 c = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xEE)); /* v0 v1 v2 v3 */
+    const __m256 d = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps(d, 1));
+}
+
+TGT_BF16 static ALWAYS_INLINE __m512 ldh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* Scores, softmax and weighted values of HN query heads over positions [t0, t1) of one KV head;
+ * writes (max, sum of exp, unnormalised outputs) per head to part. DV = D / 16. */
+TGT_BF16 static ALWAYS_INLINE void attn_span(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T,
+                                             float scale, float *s, float *part, const int DV, const int HN) {
+    const int64_t D = 16 * DV;
+    __m512 qv[ATTN_HEADS][8];
+    for (int j = 0; j < HN; j++)
+        for (int d = 0; d < DV; d++) qv[j][d] = _mm512_mul_ps(_mm512_loadu_ps(q[j] + 16 * d), _mm512_set1_ps(scale));
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) {
+        __m512 acc[ATTN_HEADS][4];
+        for (int u = 0; u < 4; u++) {
+            const uint16_t *kr = k + (t + u) * D;
+            for (int j = 0; j < HN; j++) acc[j][u] = _mm512_mul_ps(qv[j][0], ldh(kr));
+            for (int d = 1; d < DV; d++) {
+                const __m512 kd = ldh(kr + 16 * d);
+                for (int j = 0; j < HN; j++) acc[j][u] = _mm512_fmadd_ps(qv[j][d], kd, acc[j][u]);
+            }
+        }
+        for (int j = 0; j < HN; j++) _mm_storeu_ps(s + j * T + t, hsum4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
+    }
+    for (; t < T; t++) {
+        const uint16_t *kr = k + t * D;
+        for (int j = 0; j < HN; j++) {
+            __m512 acc = _mm512_mul_ps(qv[j][0], ldh(kr));
+            for (int d = 1; d < DV; d++) acc = _mm512_fmadd_ps(qv[j][d], ldh(kr + 16 * d), acc);
+            s[j * T + t] = _mm512_reduce_add_ps(acc);
+        }
+    }
+    for (int j = 0; j < HN; j++) {
+        float mx = -INFINITY;
+        for (int64_t u = 0; u < T; u++) mx = s[j * T + u] > mx ? s[j * T + u] : mx;
+        part[j * (D + 2)] = mx;
+        part[j * (D + 2) + 1] = exp_sum_avx512(s + j * T, T, mx);
+    }
+    __m512 o[ATTN_HEADS][8];
+    for (int j = 0; j < HN; j++)
+        for (int d = 0; d < DV; d++) o[j][d] = _mm512_setzero_ps();
+    for (t = 0; t < T; t++) {
+        const uint16_t *vr = v + t * D;
+        for (int d = 0; d < DV; d++) {
+            const __m512 vd = ldh(vr + 16 * d);
+            for (int j = 0; j < HN; j++) o[j][d] = _mm512_fmadd_ps(_mm512_set1_ps(s[j * T + t]), vd, o[j][d]);
+        }
+    }
+    for (int j = 0; j < HN; j++)
+        for (int d = 0; d < DV; d++) _mm512_storeu_ps(part + j * (D + 2) + 2 + 16 * d, o[j][d]);
+}
+
+typedef void (*span_fn)(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale, float *s,
+                        float *part);
+#define SPAN(DV, HN)                                                                                                 \
+    TGT_BF16 static void attn_span_##DV##_##HN(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, \
+                                               float scale, float *s, float *part) {                                  \
+        attn_span(q, k, v, T, scale, s, part, DV, HN);                                                                \
+    }
+SPAN(4, 1) SPAN(4, 2) SPAN(4, 3) SPAN(4, 4)
+SPAN(6, 1) SPAN(6, 2) SPAN(6, 3) SPAN(6, 4)
+SPAN(8, 1) SPAN(8, 2) SPAN(8, 3) SPAN(8, 4)
+
+static span_fn attn_span_fn(int64_t D, int64_t hn) {
+    static const span_fn f[3][4] = {{attn_span_4_1, attn_span_4_2, attn_span_4_3, attn_span_4_4},
+                                    {attn_span_6_1, attn_span_6_2, attn_span_6_3, attn_span_6_4},
+                                    {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4}};
+    const int i = D == 64 ? 0 : D == 96 ? 1 : D == 128 ? 2 : -1;
+    return i < 0 || hn < 1 || hn > ATTN_HEADS ? NULL : f[i][hn - 1];
+}
+
+/* The positions query i sees: [lo, pos] */
+static void attn_range(const attn_args *a, int64_t i, int64_t *lo, int64_t *T) {
+    const int64_t pos = a->start + i;
+    *lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
+    *T = pos + 1 - *lo;
+}
+
+static void attn_span_task(void *p, int64_t task) {
+    const attn_job *job = (const attn_job *)p;
+    const attn_args *a = job->a;
+    const int64_t D = a->D, group = a->H / a->KVH;
+    const int64_t sp = task % job->nspans, c = task / job->nspans % job->nchunks;
+    const int64_t kvh = task / (job->nspans * job->nchunks) % a->KVH, i = task / (job->nspans * job->nchunks * a->KVH);
+    int64_t lo, T;
+    attn_range(a, i, &lo, &T);
+    const int64_t spans = (T + ATTN_SPAN - 1) / ATTN_SPAN;
+    float *part = job->part + task * ATTN_HEADS * (D + 2);
+    const int64_t h0 = kvh * group + c * ATTN_HEADS, hn = group - c * ATTN_HEADS < ATTN_HEADS ? group - c * ATTN_HEADS : ATTN_HEADS;
+    if (sp >= spans) { /* this query has fewer spans than the longest: nothing to add */
+        for (int64_t j = 0; j < hn; j++) { part[j * (D + 2)] = -INFINITY; part[j * (D + 2) + 1] = 0.f; }
+        return;
+    }
+    const int64_t t0 = lo + sp * ATTN_SPAN, n = t0 + ATTN_SPAN < lo + T ? ATTN_SPAN : lo + T - t0;
+    const float *q[ATTN_HEADS];
+    for (int64_t j = 0; j < hn; j++) q[j] = a->q + i * a->ldq + (h0 + j) * D;
+    float s[ATTN_HEADS * ATTN_SPAN];
+    attn_span_fn(D, hn)(q, a->k + (kvh * a->stride + t0) * D, a->v + (kvh * a->stride + t0) * D, n, a->scale, s, part);
+}
+
+/* Merge the spans of every (query, head): out = sum_s e^(m_s - m) o_s / sum_s e^(m_s - m) l_s. */
+static void attn_merge(const attn_job *job, int64_t n) {
+    const attn_args *a = job->a;
+    const int64_t D = a->D, group = a->H / a->KVH, W = ATTN_HEADS * (D + 2);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = 0; h < a->H; h++) {
+            const int64_t kvh = h / group, c = h % group / ATTN_HEADS, j = h % group % ATTN_HEADS;
+            const float *first = job->part + ((i * a->KVH + kvh) * job->nchunks + c) * job->nspans * W + j * (D + 2);
+            float m = -INFINITY;
+            for (int64_t sp = 0; sp < job->nspans; sp++) m = first[sp * W] > m ? first[sp * W] : m;
+            float *o = a->out + (i * a->H + h) * D;
+            float l = 0.f;
+            for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+            for (int64_t sp = 0; sp < job->nspans; sp++) {
+                const float *ps = first + sp * W;
+                if (ps[1] == 0.f) continue;
+                const float e = job->nspans == 1 ? 1.f : expf(ps[0] - m);
+                l += e * ps[1];
+                for (int64_t d = 0; d < D; d++) o[d] += e * ps[2 + d];
+            }
+            const float inv = 1.f / l;
+            for (int64_t d = 0; d < D; d++) o[d] *= inv;
+        }
+}
+
+static _Thread_local float *g_attn;
+static _Thread_local size_t g_attn_cap;
+
+/* 0 when done, 1 when the shapes are not the vector path's, -1 without memory. */
+static int attention_spans(const attn_args *a, int64_t n, int nthreads) {
+    const int64_t group = a->H / a->KVH;
+    if (!a->simd || !attn_span_fn(a->D, 1)) return 1;
+    int64_t lo, T;
+    attn_range(a, n - 1, &lo, &T); /* the last query sees the most positions (or, windowed, as many) */
+    int64_t Tmax = T;
+    for (int64_t i = 0; i < n; i++) { attn_range(a, i, &lo, &T); if (T > Tmax) Tmax = T; }
+    attn_job job = {a, (group + ATTN_HEADS - 1) / ATTN_HEADS, (Tmax + ATTN_SPAN - 1) / ATTN_SPAN, NULL};
+    const int64_t tasks = n * a->KVH * job.nchunks * job.nspans;
+    const size_t need = (size_t)tasks * ATTN_HEADS * (a->D + 2);
+    if (need > g_attn_cap) {
+        free(g_attn);
+        g_attn_cap = 0;
+        if (!(g_attn = (float *)malloc(need * sizeof(float)))) return -1;
+        g_attn_cap = need;
+    }
+    job.part = g_attn;
+    pool_run(attn_span_task, &job, tasks, nthreads);
+    attn_merge(&job, n);
+    return 0;
+}
+#endif
+
 /* As lantern_attention_f16, with query rows `ldq` floats apart. */
 int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
                      int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
@@ -1731,6 +1908,10 @@ int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint1
     if (n <= 0 || KVH <= 0 || H % KVH) return -1;
     attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale,
                    (lantern_cpu_features() & FEAT_AVX512) != 0};
+#ifdef LANTERN_X86
+    const int rc = attention_spans(&a, n, nthreads);
+    if (rc <= 0) return rc;
+#endif
     pool_run(attn_task, &a, n * H, nthreads);
     return 0;
 }
