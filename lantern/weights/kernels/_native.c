@@ -1124,6 +1124,15 @@ TGT_BF16 static ALWAYS_INLINE float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* x is read again for every row of W, and with K in the thousands it does not stay in L1 beside
+ * the stream of weights; the hardware does not fetch it back in time. Fetching the x of the
+ * block XAHEAD elements on (K = 8192, Q4_K: 40 -> 53 G weights/s with 2 threads). */
+#define XAHEAD 512
+
+TGT_BF16 static ALWAYS_INLINE void prefetch_x(const uint16_t *x, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)x + 2 * XAHEAD + o, _MM_HINT_T0);
+}
+
 /* Q4_K/Q5_K: d * sc[j] (stored to `sc`) and dmin * m[j] (returned) for one block. */
 TGT_BF16 static ALWAYS_INLINE __m256 k4_scales(const uint8_t *blk, float *sc) {
     uint32_t u[4];
@@ -1162,6 +1171,7 @@ TGT_BF16 static ALWAYS_INLINE void q4k_impl(ROW_ARGS, const int M, const int fiv
          * (Phi-3-mini's Q4_K shapes on Zen 4: 10-17% faster). */
         __asm__ volatile("" : : "r"(sc) : "memory");
         const uint8_t *qs = blk + (five ? 48 : 16);
+        for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
         __m512i qh = _mm512_setzero_si512();
         if (five) qh = zext32(blk + 16);
         for (int g = 0; g < 4; g++) {
@@ -1192,6 +1202,7 @@ TGT_BF16 static ALWAYS_INLINE void q6k_impl(ROW_ARGS, const int M) {
     (void)xf; (void)xs; (void)G;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = row + b * 210;
+        for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
         uint16_t dh;
         memcpy(&dh, blk + 208, 2);
         const __m512 S = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))),
@@ -1243,6 +1254,10 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
             if (has_min) _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
         }
         for (int i = 0; i < n; i += 2) { /* two blocks per step: two accumulators per row of x */
+            for (int m = 0; m < M; m++) {
+                if (qtype == LT_Q8_0) prefetch_x((const uint16_t *)(xf + m * K + (c0 + i) * 32), 256);
+                else prefetch_x(xb + m * K + (c0 + i) * 32, 128);
+            }
             for (int u = 0; u < 2; u++) {
                 if (u == 1 && i + 1 >= n) break;
                 const uint8_t *blk = base + (i + u) * bytes;
@@ -1504,8 +1519,9 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
             xs[m * ld + Gp + g] = (b0 + b1) + (b2 + b3);
         }
     gmm_args a = {w, qtype, (feat & FEAT_BF16) != 0, N, K, M, ld, K / E * B, 1, x, xb, xs, y, ldy};
-    /* tasks of about 256K weights (a few microseconds), at least 2 per thread */
-    int64_t rpt = (1 << 18) / K;
+    /* tasks of about 1M weights (0.5-0.8 MB of blocks: long sequential streams for the hardware
+     * prefetcher; Phi-3-mini shapes 1-5% faster than 256K), at least 2 per thread */
+    int64_t rpt = (1 << 20) / K;
     if (rpt < 1) rpt = 1;
     if (nthreads < 1) nthreads = 1;
     const int64_t spread = (N + 2 * nthreads - 1) / (2 * nthreads);
