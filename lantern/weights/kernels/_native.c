@@ -1221,6 +1221,12 @@ TGT_BF16 static ALWAYS_INLINE void q6k_impl(ROW_ARGS, const int M) {
     for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]);
 }
 
+TGT_BF16 static ALWAYS_INLINE float rd_f16_vec(const uint8_t *p) { /* F16C: one instruction */
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
 /* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1 (bf16 dot products), Q8_0 (float32). The f16 scales
  * (and mins) of up to 64 blocks are converted together first. */
 TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
@@ -1244,14 +1250,19 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
         const int n = nb - c0 < 64 ? (int)(nb - c0) : 64;
         float df[64] __attribute__((aligned(64))), mf[64] __attribute__((aligned(64)));
         const uint8_t *base = row + c0 * bytes;
-        /* d (and m) of 16 blocks at a time: one gather of the blocks' first 4 bytes */
         const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                 _mm512_set1_epi32((int)bytes));
-        for (int i = 0; i < n; i += 16) {
-            const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-            const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vidx, base + i * bytes, 1);
-            _mm512_store_ps(df + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
-            if (has_min) _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        if (!has_min) { /* d alone: converted one by one (the gather waits for all 16; Q8_0 8-10% faster) */
+            for (int i = 0; i < n; i++) df[i] = rd_f16_vec(base + i * bytes);
+            for (int i = n; i < (n + 15) / 16 * 16; i++) df[i] = 0.f; /* read by Q4_0's bias pass */
+        } else {
+            /* d and m of 16 blocks at a time: one gather of the blocks' first 4 bytes */
+            for (int i = 0; i < n; i += 16) {
+                const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+                const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vidx, base + i * bytes, 1);
+                _mm512_store_ps(df + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+                _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+            }
         }
         for (int i = 0; i < n; i += 2) { /* two blocks per step: two accumulators per row of x */
             for (int m = 0; m < M; m++) {
