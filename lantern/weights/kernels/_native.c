@@ -1128,6 +1128,7 @@ TGT_BF16 static ALWAYS_INLINE float hsum256(__m256 v) {
  * the stream of weights; the hardware does not fetch it back in time. Fetching the x of the
  * block XAHEAD elements on (K = 8192, Q4_K: 40 -> 53 G weights/s with 2 threads). */
 #define XAHEAD 512
+#define XAHEAD_MIN 4096 /* bf16 elements of x (all rows): fewer stay in L1 without help */
 
 TGT_BF16 static ALWAYS_INLINE void prefetch_x(const uint16_t *x, int64_t bytes) {
     for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)x + 2 * XAHEAD + o, _MM_HINT_T0);
@@ -1171,7 +1172,7 @@ TGT_BF16 static ALWAYS_INLINE void q4k_impl(ROW_ARGS, const int M, const int fiv
          * (Phi-3-mini's Q4_K shapes on Zen 4: 10-17% faster). */
         __asm__ volatile("" : : "r"(sc) : "memory");
         const uint8_t *qs = blk + (five ? 48 : 16);
-        for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
+        if (M * K > XAHEAD_MIN) for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
         __m512i qh = _mm512_setzero_si512();
         if (five) qh = zext32(blk + 16);
         for (int g = 0; g < 4; g++) {
@@ -1202,7 +1203,7 @@ TGT_BF16 static ALWAYS_INLINE void q6k_impl(ROW_ARGS, const int M) {
     (void)xf; (void)xs; (void)G;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = row + b * 210;
-        for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
+        if (M * K > XAHEAD_MIN) for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
         uint16_t dh;
         memcpy(&dh, blk + 208, 2);
         const __m512 S = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))),
@@ -1265,10 +1266,11 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
             }
         }
         for (int i = 0; i < n; i += 2) { /* two blocks per step: two accumulators per row of x */
-            for (int m = 0; m < M; m++) {
-                if (qtype == LT_Q8_0) prefetch_x((const uint16_t *)(xf + m * K + (c0 + i) * 32), 256);
-                else prefetch_x(xb + m * K + (c0 + i) * 32, 128);
-            }
+            if (M * K * (qtype == LT_Q8_0 ? 2 : 1) > XAHEAD_MIN)
+                for (int m = 0; m < M; m++) {
+                    if (qtype == LT_Q8_0) prefetch_x((const uint16_t *)(xf + m * K + (c0 + i) * 32), 256);
+                    else prefetch_x(xb + m * K + (c0 + i) * 32, 128);
+                }
             for (int u = 0; u < 2; u++) {
                 if (u == 1 && i + 1 >= n) break;
                 const uint8_t *blk = base + (i + u) * bytes;
