@@ -364,6 +364,7 @@ def kernel_report(model) -> dict:
         "parallel": parallel,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "weight_kernels": {k: sorted(v) for k, v in sorted(kernels.items())},
+        "decode": getattr(model.transformer, "step_description", None),
     }
 
 
@@ -534,6 +535,8 @@ def format_report(report: dict, verbose: bool = False) -> str:
     if k.get("weight_kernels"):
         mix = "; ".join(f"{q} {', '.join(c)}" for q, c in k["weight_kernels"].items())
         lines.append(f"lantern kernels ({k.get('policy') or 'default'} policy): {mix}")
+    if k.get("decode"):
+        lines.append(f"lantern decode steps: {k['decode']}")
     if verbose:
         lines += describe_kernels(report)
     compare = "ratio" in report

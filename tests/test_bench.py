@@ -68,6 +68,7 @@ def test_compare_prints_both_engines_and_ratios(small_model):
         assert ratio > 0, line
     assert "higher is better" in out and "ru_maxrss" in out
     assert "CPU capability" in out and "lantern kernels (" in out and "Q4_K " in out  # --verbose
+    assert "lantern decode steps: " in out
     assert "llama.cpp, run 1/1" in proc.stderr
 
 

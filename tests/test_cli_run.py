@@ -54,6 +54,8 @@ def test_run_reads_the_prompt_from_stdin_and_stops_at_max_tokens(smollm2_path):
     q4_1_kernel = "gguf-native" if native.bf16_simd() else "int4"  # in place where the CPU has AVX-512 BF16
     # 30 layers x (q|k|v joined, output, gate|up joined, down): the file's 7 tensors in 4 layers
     assert f"Q4_1: {q4_1_kernel} x 120" in result.stderr
+    step = "native step (passes of up to 12 tokens" if native.bf16_simd() else "PyTorch blocks ("
+    assert f"lantern: decode steps: {step}" in result.stderr
 
 
 def test_run_stop_string_and_raw_mode(smollm2_path):

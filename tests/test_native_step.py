@@ -99,10 +99,14 @@ def test_short_passes_take_the_native_step_and_long_ones_the_blocks():
 
 
 def test_reference_kernels_and_the_environment_switch_keep_the_blocks(monkeypatch):
+    """...and say so (run --verbose and bench print the description)."""
     path = cached_model(CASES["qwen2-biases-neox"], "Q8_0")
-    assert lantern.load(path, kernels="reference").transformer.native_step is None
+    assert lantern.load(path).transformer.step_description.startswith("native step (passes of up to 12 tokens")
+    reference = lantern.load(path, kernels="reference").transformer
+    assert reference.native_step is None and "runs on reference" in reference.step_description
     monkeypatch.setenv("LANTERN_NATIVE_STEP", "0")
-    assert lantern.load(path).transformer.native_step is None
+    switched = lantern.load(path).transformer
+    assert switched.native_step is None and switched.step_description == "PyTorch blocks (LANTERN_NATIVE_STEP=0)"
 
 
 def test_native_step_cache_pointers_follow_growth():

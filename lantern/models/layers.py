@@ -366,7 +366,7 @@ class Transformer(nn.Module):
         from .native_step import NativeStep  # imports this module
 
         # Short passes (decode steps, drafts) as one native call where every weight allows it.
-        self.native_step = NativeStep.build(self)
+        self.native_step, self.step_description = NativeStep.build(self)
 
     def new_cache(self, max_length: int, device="cpu", half: bool = False) -> KVCache:
         """`half`: keys and values in float16, as llama.cpp keeps them, where the native attention

@@ -99,16 +99,18 @@ class NativeStep:
         self._lib = native.library()
 
     @classmethod
-    def build(cls, transformer) -> "NativeStep | None":
-        """The native step for `transformer`, or None where it does not apply."""
+    def build(cls, transformer) -> "tuple[NativeStep | None, str]":
+        """(the native step for `transformer`, or None where it does not apply; why, in words)."""
         lib = native.library()
-        if (os.environ.get("LANTERN_NATIVE_STEP", "1") == "0" or lib is None or not hasattr(lib, "lantern_step")
-                or not native.has_attention()):
-            return None
+        if os.environ.get("LANTERN_NATIVE_STEP", "1") == "0":
+            return None, "PyTorch blocks (LANTERN_NATIVE_STEP=0)"
+        if lib is None or not hasattr(lib, "lantern_step") or not native.has_attention():
+            return None, "PyTorch blocks (the native step needs the C library and AVX-512)"
         try:
-            return cls(transformer)
-        except Unsupported:
-            return None
+            step = cls(transformer)
+        except Unsupported as exc:
+            return None, f"PyTorch blocks ({exc})"
+        return step, f"native step (passes of up to {cls.max_tokens} tokens in one C call)"
 
     def _cache_pointers(self, cache):
         """Per-layer pointer arrays to the cache's keys and values, rebuilt when it has grown."""
