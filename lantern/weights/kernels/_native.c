@@ -1228,8 +1228,39 @@ TGT_BF16 static ALWAYS_INLINE float rd_f16_vec(const uint8_t *p) { /* F16C: one 
     return _cvtsh_ss(h);
 }
 
-/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1 (bf16 dot products), Q8_0 (float32). The f16 scales
- * (and mins) of up to 64 blocks are converted together first. */
+/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1 (bf16 dot products), Q8_0 (float32). */
+
+/* One block into acc[m] for the M rows of x. */
+TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, float dscale, __m512 *acc, int64_t K,
+                                             const uint16_t *xb, const float *xf, const int M, const int qtype) {
+    const int biased = qtype == LT_Q4_0 || qtype == LT_Q4_1;
+    const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
+    const __m512 d = _mm512_set1_ps(dscale);
+    if (qtype == LT_Q8_0) {
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+        for (int m = 0; m < M; m++) {
+            const float *x = xf + m * K + e0;
+            const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
+            acc[m] = _mm512_fmadd_ps(t, d, acc[m]);
+        }
+        return;
+    }
+    __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + qs_off))));
+    v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4); /* words 0-15 low nibbles, 16-31 high */
+    __m512i w;
+    if (biased) w = _mm512_ternarylogic_epi32(v, _mm512_set1_epi16(0x4300), _mm512_set1_epi16(0x000F), 0xEC); /* (v & 15) | 0x4300 */
+    else w = _mm512_permutexvar_epi16(v, _mm512_load_si512(qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4));
+    if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
+        uint32_t qh;
+        memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
+        w = _mm512_mask_permutexvar_epi16(w, (__mmask32)qh, v, _mm512_load_si512(qtype == LT_Q5_0 ? TAB_U4 : TAB_U4P16));
+    }
+    for (int m = 0; m < M; m++) acc[m] = _mm512_fmadd_ps(dpbf(w, xb + m * K + e0), d, acc[m]);
+}
+
+/* The f16 scales (and mins) of up to 64 blocks are converted together first; blocks go two at a
+ * time into two accumulators per row of x (kept in registers: no loop over the pair). */
 TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
     const int64_t bytes = qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
@@ -1240,24 +1271,19 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
     const int biased = qtype == LT_Q4_0 || qtype == LT_Q4_1;
     const float bias = qtype == LT_Q4_0 ? 136.f : 128.f;
     const float *xsb = xs + G / 2; /* sums of bf16(x): the second half of each row of xs */
-    const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
-    const __m512i T0 = _mm512_load_si512(qtype == LT_Q4_0 ? TAB_Q40 : qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4);
-    const __m512i T1 = _mm512_load_si512(qtype == LT_Q5_0 ? TAB_U4 : TAB_U4P16);
-    const __m512i k4300 = _mm512_set1_epi16(0x4300), m4 = _mm512_set1_epi16(0x000F);
     const int64_t nb = K / 32;
-    __m512 acc[8][2], macc[8];
-    for (int m = 0; m < M; m++) { acc[m][0] = acc[m][1] = macc[m] = _mm512_setzero_ps(); }
+    __m512 acc0[8], acc1[8], macc[8];
+    for (int m = 0; m < M; m++) acc0[m] = acc1[m] = macc[m] = _mm512_setzero_ps();
     for (int64_t c0 = 0; c0 < nb; c0 += 64) {
         const int n = nb - c0 < 64 ? (int)(nb - c0) : 64;
         float df[64] __attribute__((aligned(64))), mf[64] __attribute__((aligned(64)));
         const uint8_t *base = row + c0 * bytes;
-        const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                _mm512_set1_epi32((int)bytes));
         if (!has_min) { /* d alone: converted one by one (the gather waits for all 16; Q8_0 8-10% faster) */
             for (int i = 0; i < n; i++) df[i] = rd_f16_vec(base + i * bytes);
             for (int i = n; i < (n + 15) / 16 * 16; i++) df[i] = 0.f; /* read by Q4_0's bias pass */
-        } else {
-            /* d and m of 16 blocks at a time: one gather of the blocks' first 4 bytes */
+        } else { /* d and m of 16 blocks at a time: one gather of the blocks' first 4 bytes */
+            const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                    _mm512_set1_epi32((int)bytes));
             for (int i = 0; i < n; i += 16) {
                 const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
                 const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vidx, base + i * bytes, 1);
@@ -1265,52 +1291,29 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
                 _mm512_store_ps(mf + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
             }
         }
-        for (int i = 0; i < n; i += 2) { /* two blocks per step: two accumulators per row of x */
+        int i = 0;
+        for (; i + 2 <= n; i += 2) {
             if (M * K * (qtype == LT_Q8_0 ? 2 : 1) > XAHEAD_MIN)
                 for (int m = 0; m < M; m++) {
                     if (qtype == LT_Q8_0) prefetch_x((const uint16_t *)(xf + m * K + (c0 + i) * 32), 256);
                     else prefetch_x(xb + m * K + (c0 + i) * 32, 128);
                 }
-            for (int u = 0; u < 2; u++) {
-                if (u == 1 && i + 1 >= n) break;
-                const uint8_t *blk = base + (i + u) * bytes;
-                const int64_t e0 = (c0 + i + u) * 32;
-                const __m512 d = _mm512_set1_ps(df[i + u]);
-                if (qtype == LT_Q8_0) {
-                    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
-                    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
-                    for (int m = 0; m < M; m++) {
-                        const float *x = xf + m * K + e0;
-                        const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
-                        acc[m][u] = _mm512_fmadd_ps(t, d, acc[m][u]);
-                    }
-                    continue;
-                }
-                __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + qs_off))));
-                v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4); /* words 0-15 low nibbles, 16-31 high */
-                __m512i w = biased ? _mm512_ternarylogic_epi32(v, k4300, m4, 0xEC) /* (v & 15) | 0x4300 */
-                                   : _mm512_permutexvar_epi16(v, T0);
-                if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
-                    uint32_t qh;
-                    memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
-                    w = _mm512_mask_permutexvar_epi16(w, (__mmask32)qh, v, T1);
-                }
-                for (int m = 0; m < M; m++) acc[m][u] = _mm512_fmadd_ps(dpbf(w, xb + m * K + e0), d, acc[m][u]);
-            }
+            q32_block(base + i * bytes, (c0 + i) * 32, df[i], acc0, K, xb, xf, M, qtype);
+            q32_block(base + (i + 1) * bytes, (c0 + i + 1) * 32, df[i + 1], acc1, K, xb, xf, M, qtype);
         }
+        if (i < n) q32_block(base + i * bytes, (c0 + i) * 32, df[i], acc0, K, xb, xf, M, qtype);
         if (has_min || biased) {
-            for (int i = 0; i < n; i += 16) {
-                const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-                const __m512 mv = _mm512_load_ps(mf + i);
-                const __m512 bv = _mm512_mul_ps(_mm512_load_ps(df + i), _mm512_set1_ps(-bias));
+            for (int j = 0; j < n; j += 16) {
+                const __mmask16 k = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+                const __m512 bv = _mm512_mul_ps(_mm512_load_ps(df + j), _mm512_set1_ps(-bias));
                 for (int m = 0; m < M; m++) {
-                    if (has_min) macc[m] = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(k, xs + m * G + c0 + i), macc[m]);
-                    if (biased) macc[m] = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(k, xsb + m * G + c0 + i), macc[m]);
+                    if (has_min) macc[m] = _mm512_fmadd_ps(_mm512_load_ps(mf + j), _mm512_maskz_loadu_ps(k, xs + m * G + c0 + j), macc[m]);
+                    if (biased) macc[m] = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(k, xsb + m * G + c0 + j), macc[m]);
                 }
             }
         }
     }
-    for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]) + (has_min || biased ? _mm512_reduce_add_ps(macc[m]) : 0.f);
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc0[m], acc1[m]) + (has_min || biased ? _mm512_reduce_add_ps(macc[m]) : 0.f);
 }
 
 typedef void (*row_fn)(ROW_ARGS);
