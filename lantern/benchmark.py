@@ -213,8 +213,8 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
 
         t0 = time.perf_counter()
         for i in range(cfg.decode_tokens):
-            logits = model.forward([token], cache, last_only=True)
-            token = int(logits[-1].argmax())
+            with model.decode_threads():  # as generation runs a step and its sampling
+                token = int(model.forward([token], cache, last_only=True)[-1].argmax())
             progress.tick(f"decode {i + 1}/{cfg.decode_tokens}")
         result["decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
         result["last_token"] = token

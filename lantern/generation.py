@@ -23,6 +23,7 @@ Finish reasons: "stop" (end-of-generation token or stop string), "length" (max_t
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -122,14 +123,18 @@ def generate_tokens(
         return
 
     length = len(prompt_ids)
-    while True:
+    threads = getattr(model, "decode_threads", contextlib.nullcontext)
+    with threads():
         token = sampler(logits)
+    while True:
         sampler.accept(token)
         length += 1
         yield token
         if length >= limit:
             return
-        logits = model.forward([token], cache, last_only=True)
+        with threads():  # the step and its sampling
+            logits = model.forward([token], cache, last_only=True)
+            token = sampler(logits)
 
 
 # ----- text, stopping, timings -----------------------------------------------------------------

@@ -107,6 +107,13 @@ class Model:
                 self.transformer(chunk, cache, outputs="none")
         return torch.cat(logits)
 
+    def decode_threads(self):
+        """Context for a decode step together with the sampling of its logits: torch's own ops
+        single-threaded while lantern's pool runs the weights (`step_threads`). Sampling or an
+        arg-max over the vocabulary on torch's threads leaves its OpenMP workers spinning on the
+        cores the next step's pool needs (SmolLM2 verify passes of 2 tokens: 30% of the time)."""
+        return step_threads(1, self._kernels_on_pool)
+
     def logits(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """float32 [len(token_ids), vocab] next-token logits for a fresh sequence."""
         ids = self._as_ids(token_ids)

@@ -13,7 +13,7 @@ import pytest
 
 import lantern
 from lantern.generation import SpeculationWarning
-from lantern.speculative import DraftModel, PromptLookup
+from lantern.speculative import DraftLength, DraftModel, PromptLookup
 from lantern.testing.synthetic import cached_reference
 
 MAX_TOKENS = 48
@@ -53,6 +53,26 @@ def assert_same_greedy_output(model, prompt_ids, plain, speculative):
         f"outputs differ at token {i} where the top-2 margin {float(top2[0] - top2[1]):.4f} is not a near-tie "
         f"(one-token vs batched logits differ by {noise:.4f})"
     )
+
+
+def test_draft_length_pays_for_itself_or_drafts_nothing():
+    policy = DraftLength(max_draft=8)
+    assert policy.choose(8) == 0  # nothing measured yet: a plain step first
+    policy.time(1, 1.0)
+    assert policy.choose(8) >= 1  # then drafts get tried (optimistic about unmeasured lengths)
+    for n, seconds in {2: 1.3, 3: 1.7, 5: 2.6, 9: 4.6}.items():
+        policy.time(n, seconds)
+    assert policy.cost(4) == pytest.approx(2.15) and policy.cost(9) == pytest.approx(4.6)
+    for _ in range(30):
+        policy.observe(4, 4)  # drafts keep being right: long ones pay
+    assert policy.choose(8) >= 4 and policy.choose(2) == 2
+    for _ in range(30):
+        policy.observe(1, 0)  # they stop being right: a verify pass costs more than it yields
+    assert policy.choose(8) == 0
+    policy.time(2, 1.05)  # unless passes of two cost hardly more than one
+    for _ in range(30):
+        policy.observe(2, 1)
+    assert policy.choose(8) >= 1
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():

@@ -1322,6 +1322,7 @@ typedef void (*row_fn)(ROW_ARGS);
 #define INSTANCES(name, call)                                        \
     TGT_BF16 static void name##_1(ROW_ARGS) { call(ROW_PASS, 1); }   \
     TGT_BF16 static void name##_2(ROW_ARGS) { call(ROW_PASS, 2); }   \
+    TGT_BF16 static void name##_3(ROW_ARGS) { call(ROW_PASS, 3); }   \
     TGT_BF16 static void name##_4(ROW_ARGS) { call(ROW_PASS, 4); }   \
     TGT_BF16 static void name##_8(ROW_ARGS) { call(ROW_PASS, 8); }
 
@@ -1342,9 +1343,9 @@ INSTANCES(rq50, Q50)
 INSTANCES(rq51, Q51)
 INSTANCES(rq80, Q80)
 
-static row_fn simd_row_fn(int qtype, int mc) { /* mc in 1, 2, 4, 8 */
-    const int i = mc == 1 ? 0 : mc == 2 ? 1 : mc == 4 ? 2 : 3;
-#define PICK(name) { static const row_fn f[4] = {name##_1, name##_2, name##_4, name##_8}; return f[i]; }
+static row_fn simd_row_fn(int qtype, int mc) { /* mc in 1, 2, 3, 4, 8 */
+    const int i = mc == 1 ? 0 : mc == 2 ? 1 : mc == 3 ? 2 : mc == 4 ? 3 : 4;
+#define PICK(name) { static const row_fn f[5] = {name##_1, name##_2, name##_3, name##_4, name##_8}; return f[i]; }
     switch (qtype) {
     case LT_Q4_K: PICK(rq4k)
     case LT_Q5_K: PICK(rq5k)
@@ -1498,7 +1499,7 @@ static void gmm_task(void *p, int64_t t) {
             for (int64_t o = 0; o < a->rowbytes; o += 64) __builtin_prefetch(row + WAHEAD + o);
         for (int64_t m0 = 0; m0 < M;) {
             const int64_t rem = M - m0;
-            const int mc = rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
+            const int mc = rem >= 8 ? 8 : rem >= 4 ? 4 : rem == 3 ? 3 : rem >= 2 ? 2 : 1;
 #ifdef LANTERN_X86
             if (a->simd) simd_row_fn(a->qtype, mc)(row, K, a->xb + m0 * K, a->x + m0 * K, a->xs + m0 * G, G, out);
             else
