@@ -70,8 +70,10 @@ class BenchConfig:
 
 
 # An input-grounded task for --speculate: rewriting a given text (from the Python language
-# reference, PSF license). About 500 tokens with the chat template.
-GROUNDED_TEXT = """Objects are Python's abstraction for data. All data in a Python program is represented by
+# reference, PSF license). About 400 tokens with the chat template. One paragraph, as a user
+# pastes it: the line breaks below are this file's, not the text's (with them, every draft
+# across a line end proposed a newline the model did not write).
+GROUNDED_TEXT = " ".join("""Objects are Python's abstraction for data. All data in a Python program is represented by
 objects or by relations between objects. Every object has an identity, a type and a value. An
 object's identity never changes once it has been created; you may think of it as the object's
 address in memory. The is operator compares the identity of two objects; the id() function returns
@@ -89,7 +91,7 @@ Some objects contain references to other objects; these are called containers. E
 containers are tuples, lists and dictionaries. The references are part of a container's value. In
 most cases, when we talk about the value of a container, we imply the values, not the identities of
 the contained objects; however, when we talk about the mutability of a container, only the
-identities of the immediately contained objects are implied."""
+identities of the immediately contained objects are implied.""".split())
 
 
 def grounded_task_ids(path: str | os.PathLike) -> list[int]:
