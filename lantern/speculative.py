@@ -50,53 +50,59 @@ class SpeculationStats:
 
 class PromptLookup:
     """Propose the tokens that followed the latest earlier occurrence of the sequence's last n
-    tokens (n from `max_ngram` down to `min_ngram`).
+    tokens (n from `max_ngram` down to `min_ngram`), up to `max_draft` of them.
 
-    The draft length adapts, as HF's assistant-token schedule does: it grows by 2 after a pass
-    that accepted every draft and shrinks by 1 after one that did not, between 1 and `max_draft`.
-    A verify pass over k+1 tokens costs more than one decode step, so a model that paraphrases
-    rather than copies gets short drafts and one that copies gets long ones. Unigram matches are
-    off by default: measured on SmolLM2 rewriting, they mostly propose wrong tokens.
+    Proposals cost nothing (an index of every n-gram's latest position, updated as tokens are
+    appended), so the caller asks for as many as it could use and `DraftLength` decides how
+    many are worth verifying. Unigram matches are off by default: measured on SmolLM2
+    rewriting, they mostly propose wrong tokens.
     """
 
-    def __init__(self, num_draft: int = 3, max_ngram: int = 3, min_ngram: int = 2, max_draft: int = 16):
-        if num_draft < 1 or min_ngram < 1 or max_ngram < min_ngram or max_draft < num_draft:
-            raise LanternError("prompt lookup needs 1 <= num_draft <= max_draft and 1 <= min_ngram <= max_ngram")
-        self.num_draft, self.max_ngram, self.min_ngram, self.max_draft = num_draft, max_ngram, min_ngram, max_draft
+    free = True  # proposing costs no model steps: unverified proposals are evidence too
 
-    def feedback(self, drafted: int, accepted: int) -> None:
-        if drafted and accepted == drafted:
-            self.num_draft = min(self.max_draft, self.num_draft + 2)
-        elif drafted:
-            self.num_draft = max(1, self.num_draft - 1)
-
-    def propose(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
-        k = min(self.num_draft, limit if limit is not None else self.num_draft)
-        if k <= 0:
-            return []
-        seq = np.asarray(tokens, dtype=np.int64)
-        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
-            suffix = seq[-n:]
-            windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], n)
-            hits = np.flatnonzero((windows == suffix).all(axis=1))
-            for start in hits[::-1]:  # the most recent occurrence first
-                follow = seq[start + n : start + n + k]
-                if len(follow):
-                    return follow.tolist()
-        return []
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, max_draft: int = 16):
+        if min_ngram < 1 or max_ngram < min_ngram or max_draft < 1:
+            raise LanternError("prompt lookup needs 1 <= min_ngram <= max_ngram and max_draft >= 1")
+        self.max_ngram, self.min_ngram, self.max_draft = max_ngram, min_ngram, max_draft
+        self.reset()
 
     def reset(self) -> None:
-        pass
+        self._tokens: list[int] = []
+        # n -> n-gram -> latest start i with a continuation (i + n < len(tokens))
+        self._latest: dict[int, dict[tuple, int]] = {n: {} for n in range(self.min_ngram, self.max_ngram + 1)}
+
+    def _index(self, tokens: Sequence[int]) -> None:
+        seen = self._tokens
+        if len(tokens) < len(seen) or (seen and tokens[len(seen) - 1] != seen[-1]):
+            self.reset()  # another sequence
+            seen = self._tokens
+        for end in range(len(seen), len(tokens)):  # each new token completes n-grams ending before it
+            seen.append(int(tokens[end]))
+            for n, latest in self._latest.items():
+                if end >= n:
+                    latest[tuple(seen[end - n:end])] = end - n
+
+    def propose(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        k = min(self.max_draft, limit if limit is not None else self.max_draft)
+        if k <= 0:
+            return []
+        self._index(tokens)
+        seq = self._tokens
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            start = self._latest[n].get(tuple(seq[len(seq) - n:]))
+            if start is not None:
+                return seq[start + n : start + n + k]
+        return []
 
 
 class DraftModel:
     """Greedy drafts from a smaller model of the same vocabulary, on its own KV cache."""
 
-    def __init__(self, draft, num_draft: int = 4):
-        if num_draft < 1:
-            raise LanternError("a draft model needs num_draft >= 1")
+    def __init__(self, draft, max_draft: int = 4):
+        if max_draft < 1:
+            raise LanternError("a draft model needs max_draft >= 1")
         self.draft = draft
-        self.num_draft = num_draft
+        self.max_draft = max_draft
         self.cache = draft.new_cache()
         self.cached: list[int] = []  # the tokens whose keys/values self.cache holds
 
@@ -108,7 +114,7 @@ class DraftModel:
             )
 
     def propose(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
-        k = min(self.num_draft, limit if limit is not None else self.num_draft)
+        k = min(self.max_draft, limit if limit is not None else self.max_draft)
         room = self.draft.context_length - len(tokens)
         k = min(k, room)
         if k <= 0:
@@ -239,15 +245,20 @@ def speculative_greedy_tokens(
     yielded = 0
     threads = getattr(model, "decode_threads", contextlib.nullcontext)
     length = DraftLength(getattr(proposer, "max_draft", 16))
-    free_proposals = isinstance(proposer, PromptLookup)
+    free_proposals = getattr(proposer, "free", False)
     try:
         while len(tokens) < limit:
             room = limit - len(tokens) - 1
             with threads():  # drafting, the verify pass and its arg-max
                 started = time.perf_counter()
-                proposal = proposer.propose(tokens, limit=room) if room > 0 else []
-                drafts = proposal[: length.choose(len(proposal))]
-                predicted = model.forward([tokens[-1]] + drafts, cache).argmax(dim=-1).tolist()
+                if free_proposals:
+                    proposal = proposer.propose(tokens, limit=room) if room > 0 else []
+                    drafts = proposal[: length.choose(len(proposal))]
+                else:  # a draft model's proposals cost steps: ask only for what will be verified
+                    k = length.choose(room)
+                    proposal = drafts = proposer.propose(tokens, limit=k) if k > 0 else []
+                logits = model.forward([tokens[-1]] + drafts, cache)
+                predicted = logits.cpu().numpy().argmax(axis=-1).tolist()  # numpy: ~20x torch's CPU arg-max
                 length.time(len(drafts) + 1, time.perf_counter() - started)
             accepted = 0
             while accepted < len(drafts) and drafts[accepted] == predicted[accepted]:
@@ -260,8 +271,6 @@ def speculative_greedy_tokens(
             cache.truncate(cache.length - (len(drafts) - accepted))
             stats.drafted += len(drafts)
             stats.accepted += accepted
-            if hasattr(proposer, "feedback"):
-                proposer.feedback(len(drafts), accepted)
             stats.verify_passes += 1
             for token in new:
                 tokens.append(token)

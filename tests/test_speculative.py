@@ -76,21 +76,29 @@ def test_draft_length_pays_for_itself_or_drafts_nothing():
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
-    lookup = PromptLookup(num_draft=3, max_ngram=2, min_ngram=1)
+    lookup = PromptLookup(max_draft=3, max_ngram=2, min_ngram=1)
     assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7]) == [8, 9, 1]
     assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7], limit=1) == [8]
-    assert lookup.propose([1, 2, 3]) == []
+    assert lookup.propose([1, 2, 3]) == []  # another sequence: the index starts over
     assert PromptLookup(min_ngram=2).propose([5, 6, 7, 1, 7]) == []  # a lone repeated token is no match
 
 
-def test_prompt_lookup_draft_length_adapts():
-    lookup = PromptLookup(num_draft=3, max_draft=6)
-    lookup.feedback(3, 3)
-    assert lookup.num_draft == 5
-    lookup.feedback(5, 5)
-    assert lookup.num_draft == 6
-    lookup.feedback(6, 2)
-    assert lookup.num_draft == 5
+def test_prompt_lookup_index_follows_a_growing_sequence():
+    """The incremental n-gram index proposes exactly what a search of the whole sequence finds
+    (the latest earlier occurrence of the longest matching suffix), token by token."""
+    import numpy as np
+
+    def search(seq, k, max_ngram=3, min_ngram=2):
+        for n in range(min(max_ngram, len(seq) - 1), min_ngram - 1, -1):
+            hits = [i for i in range(len(seq) - n) if seq[i:i + n] == seq[len(seq) - n:]]
+            if hits:
+                return seq[hits[-1] + n:hits[-1] + n + k]
+        return []
+
+    seq = [int(t) for t in np.random.default_rng(1).integers(0, 6, 400)]
+    lookup = PromptLookup(max_draft=5)
+    for end in range(1, len(seq) + 1):
+        assert lookup.propose(seq[:end]) == search(seq[:end], 5), end
 
 
 def test_prompt_lookup_matches_plain_greedy_with_fewer_passes(model, rewrite_prompt):
