@@ -62,7 +62,9 @@ def test_draft_length_pays_for_itself_or_drafts_nothing():
     assert policy.choose(8) >= 1  # then drafts get tried (optimistic about unmeasured lengths)
     for n, seconds in {2: 1.3, 3: 1.7, 5: 2.6, 9: 4.6}.items():
         policy.time(n, seconds)
-    assert policy.cost(4) == pytest.approx(2.15) and policy.cost(9) == pytest.approx(4.6)
+    assert policy.cost(9) == pytest.approx(4.6) and policy.cost(4) == pytest.approx(2.15)  # interpolated
+    assert policy.cost(10) == pytest.approx(4.6 * (1 + 0.3 / 9))  # one past the longest: optimistic
+    assert policy.cost(12) == pytest.approx(4.6 * 12 / 9)  # further out: proportional
     for _ in range(30):
         policy.observe(4, 4)  # drafts keep being right: long ones pay
     assert policy.choose(8) >= 4 and policy.choose(2) == 2
@@ -73,6 +75,17 @@ def test_draft_length_pays_for_itself_or_drafts_nothing():
     for _ in range(30):
         policy.observe(2, 1)
     assert policy.choose(8) >= 1
+    for _ in range(30):  # each kind of proposal (prompt lookup's match length) has its own rates
+        policy.observe(4, 4, kind=3)
+        policy.observe(1, 0, kind=2)
+    assert policy.choose(8, kind=3) >= 4 and policy.choose(8, kind=2) == 0
+
+
+def test_prompt_lookup_says_which_match_it_proposes_from():
+    lookup = PromptLookup(max_ngram=3, min_ngram=2)
+    assert lookup.propose([1, 2, 3, 4, 9, 2, 3]) == [4, 9, 2, 3] and lookup.match == 2
+    assert lookup.propose([1, 2, 3, 4, 9, 2, 3, 4, 9, 1, 2, 3]) == [4, 9, 2, 3, 4, 9, 1, 2, 3] and lookup.match == 3
+    assert lookup.propose([7, 8]) == [] and lookup.match == 0
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
