@@ -174,6 +174,7 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
     import torch
 
     import lantern
+    from .sampling import greedy
 
     progress = progress or Progress("", enabled=False)
     torch.set_num_threads(cfg.threads)
@@ -216,7 +217,7 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
         t0 = time.perf_counter()
         for i in range(cfg.decode_tokens):
             with model.decode_threads():  # as generation runs a step and its sampling
-                token = int(model.forward([token], cache, last_only=True)[-1].argmax())
+                token = greedy(model.forward([token], cache, last_only=True)[-1].cpu())
             progress.tick(f"decode {i + 1}/{cfg.decode_tokens}")
         result["decode_tok_s"] = cfg.decode_tokens / (time.perf_counter() - t0)
         result["last_token"] = token

@@ -402,7 +402,7 @@ class Transformer(nn.Module):
         x = self.embedding(tokens)
         step = self.native_step
         if step is not None and n <= step.max_tokens and cache.keys[0].dtype == torch.float16:
-            logits = step(x, cache, start, {"all": n, "last": 1, "none": 0}[outputs])
+            logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs])
             cache.length = start + n
             return logits
         bias = attention_bias(start, n, self.params.sliding_window, tokens.device)

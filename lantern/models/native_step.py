@@ -95,7 +95,6 @@ class NativeStep:
                            ctypes.addressof(layers), _vector(transformer.norm.weight, p.dim),
                            _linear(transformer.output))
         self.vocab_size = p.vocab_size
-        self.rotary = rotary
         self._lib = native.library()
 
     @classmethod
@@ -121,11 +120,12 @@ class NativeStep:
             held = cache.native_view = (cache.keys[0].data_ptr(), keys, values)
         return held[1], held[2]
 
-    def __call__(self, x: torch.Tensor, cache, start: int, n_logits: int) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, cache, start: int, cos: torch.Tensor, sin: torch.Tensor,
+                 n_logits: int) -> torch.Tensor | None:
         """Run the embedded tokens x (float32 [n, dim], overwritten) at positions start.. on
-        `cache` (float16, reserved); the logits of the last `n_logits` tokens, or None for 0."""
+        `cache` (float16, reserved), with the rotary tables of those positions (`Rotary.tables`);
+        the logits of the last `n_logits` tokens, or None for 0."""
         n = x.shape[0]
-        cos, sin = self.rotary.tables(start, n)
         keys, values = self._cache_pointers(cache)
         logits = torch.empty(n_logits, self.vocab_size) if n_logits else None
         rc = self._lib.lantern_step(ctypes.addressof(self.desc), x.data_ptr(), n, start, keys, values,
