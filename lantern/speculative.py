@@ -54,14 +54,15 @@ class PromptLookup:
 
     Proposals cost nothing (an index of every n-gram's latest position, updated as tokens are
     appended), so the caller asks for as many as it could use and `DraftLength` decides how
-    many are worth verifying. Unigram matches are off by default: measured on SmolLM2
-    rewriting, they mostly propose wrong tokens.
+    many are worth verifying, judging each match length apart (`match`): a lone repeated token
+    is a weak hint, verified only while such hints keep paying (SmolLM2 rewriting, 128 tokens:
+    1-3-gram matches 191-197 tok/s, 2-3-gram ones 187-190, plain decoding 157-160).
     """
 
     free = True  # proposing costs no model steps: unverified proposals are evidence too
     match = 0  # the n-gram length behind the latest proposal: drafts are judged by it
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, max_draft: int = 16):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, max_draft: int = 16):
         if min_ngram < 1 or max_ngram < min_ngram or max_draft < 1:
             raise LanternError("prompt lookup needs 1 <= min_ngram <= max_ngram and max_draft >= 1")
         self.max_ngram, self.min_ngram, self.max_draft = max_ngram, min_ngram, max_draft

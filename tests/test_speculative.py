@@ -96,12 +96,13 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram():
     assert PromptLookup(min_ngram=2).propose([5, 6, 7, 1, 7]) == []  # a lone repeated token is no match
 
 
-def test_prompt_lookup_index_follows_a_growing_sequence():
+@pytest.mark.parametrize("min_ngram", [1, 2])
+def test_prompt_lookup_index_follows_a_growing_sequence(min_ngram):
     """The incremental n-gram index proposes exactly what a search of the whole sequence finds
     (the latest earlier occurrence of the longest matching suffix), token by token."""
     import numpy as np
 
-    def search(seq, k, max_ngram=3, min_ngram=2):
+    def search(seq, k, max_ngram=3):
         for n in range(min(max_ngram, len(seq) - 1), min_ngram - 1, -1):
             hits = [i for i in range(len(seq) - n) if seq[i:i + n] == seq[len(seq) - n:]]
             if hits:
@@ -109,7 +110,7 @@ def test_prompt_lookup_index_follows_a_growing_sequence():
         return []
 
     seq = [int(t) for t in np.random.default_rng(1).integers(0, 6, 400)]
-    lookup = PromptLookup(max_draft=5)
+    lookup = PromptLookup(max_draft=5, min_ngram=min_ngram)
     for end in range(1, len(seq) + 1):
         assert lookup.propose(seq[:end]) == search(seq[:end], 5), end
 
