@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
 from .errors import LanternError
 
 
@@ -96,7 +94,6 @@ class PromptLookup:
             if start is not None:
                 self.match = n
                 return seq[start + n : start + n + k]
-        self.match = 0
         return []
 
 

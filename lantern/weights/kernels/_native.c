@@ -1939,9 +1939,7 @@ static _Thread_local size_t g_attn_cap;
 static int attention_spans(const attn_args *a, int64_t n, int nthreads) {
     const int64_t group = a->H / a->KVH;
     if (!a->simd || !attn_span_fn(a->D, 1)) return 1;
-    int64_t lo, T;
-    attn_range(a, n - 1, &lo, &T); /* the last query sees the most positions (or, windowed, as many) */
-    int64_t Tmax = T;
+    int64_t lo, T, Tmax = 0;
     for (int64_t i = 0; i < n; i++) { attn_range(a, i, &lo, &T); if (T > Tmax) Tmax = T; }
     attn_job job = {a, (group + ATTN_HEADS - 1) / ATTN_HEADS, (Tmax + ATTN_SPAN - 1) / ATTN_SPAN, NULL};
     const int64_t tasks = n * a->KVH * job.nchunks * job.nspans;
