@@ -4,6 +4,7 @@ Everything else is configured in pyproject.toml. If the compiler is missing or t
 fails, lantern still installs and runs on its pure-PyTorch kernels.
 """
 
+import glob
 import sys
 
 from setuptools import Extension, setup
@@ -28,8 +29,10 @@ setup(
     ext_modules=[
         Extension(
             "lantern.weights.kernels._native",
-            sources=["lantern/weights/kernels/_native.c", "lantern/weights/kernels/_step.c"],
-            depends=["lantern/weights/kernels/_native.h"],
+            # lantern/weights/csrc/lantern.h describes the layout: ISA-free drivers, one kernel
+            # table, one file per instruction set (each compiled everywhere, empty off its arch).
+            sources=sorted(glob.glob("lantern/weights/csrc/**/*.c", recursive=True)),
+            depends=sorted(glob.glob("lantern/weights/csrc/*.h")),
             extra_compile_args=["-O3", "-std=c11", "-pthread"],
             extra_link_args=["-pthread"],
             libraries=[] if sys.platform == "win32" else ["m"],  # expf

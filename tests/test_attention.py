@@ -88,27 +88,28 @@ def test_decoding_in_steps_and_drafts_matches_batched():
     assert cache.length == len(ids)
 
 
-@pytest.mark.skipif(not native.has_attention(), reason="the native attention kernel needs the C library and AVX-512")
+@pytest.mark.skipif(not native.has_attention(), reason="the native attention kernel needs lantern's C library")
 @pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (14, 2, 64), (8, 2, 128), (4, 4, 96), (9, 3, 32),
                                               (2, 1, 20)])
 @pytest.mark.parametrize("start,n,window", [(0, 1, 0), (40, 1, 0), (40, 1, 16), (40, 5, 0), (40, 5, 16),
                                             (255, 3, 0), (600, 12, 300), (1023, 2, 0), (3000, 2, 0), (3000, 2, 2047)])
-@pytest.mark.parametrize("simd", [True, False])
-def test_native_f16_attention_matches_reference(heads, kv_heads, d, start, n, window, simd):
+@pytest.mark.parametrize("level", ["in use", "portable"])
+def test_native_f16_attention_matches_reference(heads, kv_heads, d, start, n, window, level):
     """The native kernel over a float16 cache (strided view of a larger buffer, long and windowed
     contexts split into spans of 1,024 positions, grouped query heads in chunks of up to 4, head
     sizes that are not a multiple of 16) equals float64 attention over the same float16 values to
-    float32 rounding, on the vector and the portable path."""
+    float32 rounding, at the level in use (span kernels) and the portable level (plain C)."""
     g = torch.Generator().manual_seed(start + n + d)
     total = start + n
     q = torch.randn(n, heads, d, generator=g)
     keys = torch.randn(kv_heads, total + 7, d, generator=g).half()[:, :total]
     values = torch.randn(kv_heads, total + 7, d, generator=g).half()[:, :total]
-    native.library().lantern_set_features(-1 if simd else 0)
+    before = native.isa()
+    native.set_isa(before if level == "in use" else "portable")
     try:
         out = native.attention_f16(q, keys, values, start, window, 1 / math.sqrt(d))
     finally:
-        native.library().lantern_set_features(-1)
+        native.set_isa(before)
     expected = reference_attention(q, keys.float(), values.float(), start, window)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 

@@ -1,13 +1,17 @@
-"""The fast weight kernels against the exact float32 reference, per GGUF type.
+"""The fast weight kernels against the exact float32 reference, per GGUF type, at the
+instruction-set level in use (LANTERN_ISA; tests/test_isa_levels.py runs this file once per
+level the CPU has).
 
-Tolerances come from bfloat16 rounding (relative 2^-9, half an ulp) on the fast path: the
-activations, the per-group scale and zero (int4 kernel), the expanded weights (dense path) and
-the kernel's bfloat16 output each round once. A decoding mistake (wrong nibble, scale or element
-order) gives errors of the order of |x| |w| and fails by far.
+Tolerances come from bfloat16 rounding (relative 2^-9, half an ulp), the coarsest of the fast
+paths: the activations (avx512), the expanded weights (prompt chunks at avx512, dense Q2_K/Q3_K)
+and the output each round once; the other levels round x to 15 bits and are well inside. A
+decoding mistake (wrong nibble, scale or element order) gives errors of the order of |x| |w| and
+fails by far.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -19,8 +23,13 @@ import lantern
 from lantern.testing.synthetic import Spec, cached_model
 from lantern.weights import linear
 from lantern.weights.gguf_file import GGUFFile
-from lantern.weights.kernels import dense, int4, native
+from lantern.errors import ModelFileError
+from lantern.weights import kernels
+from lantern.weights.kernels import dense, native
 from lantern.weights.quants import dequantize
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason="native kernels not built (pip install -e . builds them)")
 
 SPEC = Spec(arch="llama", n_heads=4, n_kv_heads=2, tied_output=True, vocab_size=1024)
 # GGUF type -> a synthetic file holding such tensors.
@@ -77,29 +86,16 @@ def random_blocks(qtype, rows, cols, seed=0):
     return torch.from_numpy(b.reshape(rows, -1))
 
 
-@pytest.mark.parametrize("rows", [16, 100, 200])
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0], ids=lambda t: t.name)
-def test_int4_rows_not_multiple_of_64(qtype, rows):
-    """torch packs rows in blocks of 64: other row counts are padded with zero weights."""
-    cols = 96
-    raw = random_blocks(qtype, rows, cols)
-    exact = dequantize(raw, qtype, (rows, cols))
-    k = int4.Int4Kernel(raw, qtype, rows, cols)
-    for m in (1, 200):
-        x = torch.randn(m, cols)
-        ref = x @ exact.T
-        assert ((k(x) - ref).abs() <= bound(x, exact, ref)).all()
-
-
-# GGUF block offsets of the float16 fields (d, and m or dmin) per int4 type.
+# GGUF block offsets of the float16 fields (d, and m or dmin) per type.
 _F16_FIELDS = {QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q8_0: (0,),
-               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2)}
+               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,), QT.Q2_K: (80, 82), QT.Q3_K: (108,)}
+_BLOCKS = {**native.GGUF_BLOCKS, QT.Q2_K: (256, 84), QT.Q3_K: (256, 110)}
 
 
-def random_int4_blocks(qtype, rows, cols, seed=0):
-    """Random blocks of any int4 type: random bytes everywhere (quants, K-quant scales, high
-    bits), random finite float16 fields of any sign and magnitude (subnormals included)."""
-    elems, nbytes = int4._BLOCK[qtype]
+def random_gguf_blocks(qtype, rows, cols, seed=0):
+    """Random blocks of any type: random bytes everywhere (quants, K-quant scales, high bits),
+    random finite float16 fields of any sign and magnitude (subnormals included)."""
+    elems, nbytes = _BLOCKS[qtype]
     rng = np.random.default_rng(seed)
     b = rng.integers(0, 256, (rows * cols // elems, nbytes), dtype=np.uint8)
     for off in _F16_FIELDS[qtype]:
@@ -109,77 +105,27 @@ def random_int4_blocks(qtype, rows, cols, seed=0):
     return torch.from_numpy(b.reshape(rows, -1))
 
 
-@pytest.mark.skipif(not native.has_int4_pack(), reason="native kernels not built (pip install -e . builds them)")
-@pytest.mark.parametrize("rows", [16, 64, 100, 200])
-@pytest.mark.parametrize("qtype", int4.INT4_TYPES, ids=lambda t: t.name)
-def test_native_int4_conversion_is_bit_identical(qtype, rows, monkeypatch):
-    """The C converter writes exactly the bytes of the PyTorch conversion (packed codes, bf16
-    scale and zero, padding rows), also when the weight is converted in several slabs."""
-    cols = 512 if qtype in (QT.Q4_K, QT.Q5_K) else 160
-    raw = random_int4_blocks(qtype, rows, cols, seed=rows)
-    torch_path = int4.Int4Weight(raw, qtype, rows, cols, native_ok=False)
-    monkeypatch.setattr(int4, "NATIVE_SLAB_WEIGHTS", 64 * cols)  # 64 rows per call: several slabs
-    for c_path in (int4.Int4Weight(raw, qtype, rows, cols), int4.Int4Weight(raw, qtype, rows, cols)):
-        assert len(c_path.packed) == len(torch_path.packed) == int4.PIECES[qtype]
-        for a, b in zip(c_path.packed, torch_path.packed):
-            assert a.shape == b.shape and torch.equal(a, b)
-        for a, b in zip(c_path.sz, torch_path.sz):
-            assert a.shape == b.shape and torch.equal(a.view(torch.int16), b.view(torch.int16))
-        monkeypatch.setattr(int4, "NATIVE_SLAB_WEIGHTS", 1 << 25)  # then in one call
-
-
-@pytest.mark.skipif(not native.has_kquant_to_bf16(), reason="native kernels not built (pip install -e . builds them)")
+@needs_native
 @pytest.mark.parametrize("qtype", [QT.Q2_K, QT.Q3_K], ids=lambda t: t.name)
 def test_native_dense_conversion_is_bit_identical(qtype):
     """Q2_K/Q3_K's dense bf16 copy from the C library equals the PyTorch dequantize's, rounded."""
-    nbytes, d_offsets = {QT.Q2_K: (84, (80, 82)), QT.Q3_K: (110, (108,))}[qtype]
     rows, cols = 70, 768
-    rng = np.random.default_rng(3)
-    b = rng.integers(0, 256, (rows * cols // 256, nbytes), dtype=np.uint8)
-    for off in d_offsets:
-        h = rng.integers(0, 1 << 16, len(b), dtype=np.uint16)
-        b[:, off:off + 2] = np.where((h >> 10) & 31 == 31, h & 0x83FF, h).astype(np.uint16).view(np.uint8).reshape(-1, 2)
-    raw = torch.from_numpy(b.reshape(rows, -1))
+    raw = random_gguf_blocks(qtype, rows, cols, seed=3)
     c_path = dense.DenseKernel(raw, qtype, rows, cols)
     torch_path = dense.DenseKernel(raw, qtype, rows, cols, native_ok=False)
     assert torch.equal(c_path.weight.view(torch.int16), torch_path.weight.view(torch.int16))
     assert torch.equal(torch_path.weight, dequantize(raw, qtype, (rows, cols)).to(torch.bfloat16))
 
 
-def test_int4_packing_layout_matches_torch():
-    codes = torch.randint(0, 16, (192, 160), dtype=torch.uint8)
-    assert torch.equal(int4._pack_codes_manual(codes), int4._pack_codes_torch(codes))
-    assert torch.equal(int4.unpack_codes(int4._pack_codes_manual(codes), 192, 160), codes)
-
-
-@pytest.mark.skipif(not native.available(), reason="native kernels not built (pip install -e . builds them)")
-def test_native_portable_path_matches_simd_path():
-    t = tensors_of(QT.Q6_K)[0]
-    rows, cols = t.shape
-    x = torch.randn(5, cols)
-    lib = native.library()
-    try:
-        lib.lantern_set_features(0)
-        portable = native.q6k_matmul(t.raw.contiguous(), x, rows, cols)
-        portable_bf16 = native.q6k_to_bf16(t.raw.contiguous(), rows, cols)
-    finally:
-        lib.lantern_set_features(-1)
-    simd = native.q6k_matmul(t.raw.contiguous(), x, rows, cols)
-    exact = dequantize(t.raw, t.type, t.shape)
-    torch.testing.assert_close(simd, x @ exact.T, rtol=1e-5, atol=1e-5)  # float32 math
-    torch.testing.assert_close(portable, simd, rtol=1e-5, atol=1e-5)
-    assert torch.equal(portable_bf16, native.q6k_to_bf16(t.raw.contiguous(), rows, cols))
-    assert torch.equal(portable_bf16, exact.to(torch.bfloat16))
-
-
 def test_pure_pytorch_fallback_without_native(monkeypatch):
-    """Without the C library every type still runs (Q6_K as dense bfloat16)."""
+    """Without the C library every type still runs: the in-place types on the reference path,
+    Q2_K/Q3_K as dense bfloat16."""
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", True)
-    for qtype in (QT.Q6_K, QT.Q4_K):
+    for qtype in (QT.Q6_K, QT.Q4_K, QT.Q3_K):
         t = tensors_of(qtype)[0]
         layer = linear.QuantizedLinear(t, kernels="fast")
-        assert layer.kernel_name in ("dense-bf16", "int4")
+        assert layer.kernel_name == ("dense-bf16" if qtype == QT.Q3_K else "reference")
         x = torch.randn(200, t.shape[1])
         exact = dequantize(t.raw, t.type, t.shape)
         ref = x @ exact.T
@@ -211,10 +157,9 @@ DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_
 @pytest.mark.parametrize("qtype", DECODE_TYPES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
-    """A prompt chunk (expanded bf16 weights, torch's GEMM), a small batch and one-token decode
-    steps (the native step on the in-place kernels where the CPU has AVX-512 BF16, else the
-    PyTorch blocks on the int4 / Q6_K kernels) all stay at least as close to the exact math as
-    llama.cpp is."""
+    """A prompt chunk (expanded weights, torch's GEMM), a small batch and one-token decode steps
+    (the native step on the in-place kernels of the level in use) all stay at least as close to
+    the exact math as llama.cpp is."""
     from lantern.testing.oracle import fidelity, llama_cpp_logits
     from lantern.testing.synthetic import cached_reference
 
@@ -230,7 +175,7 @@ def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     model = lantern.load(path)  # the default: fast kernels
     cache = model.new_cache()
     ours = [model.forward(ids[:140], cache)]  # one chunk of 140 (dense path)
-    ours.append(model.forward(ids[140:148], cache))  # a small batch (int4 / fused kernels)
+    ours.append(model.forward(ids[140:148], cache))  # a small batch (the row kernels)
     ours += [model.forward([t], cache) for t in ids[148:]]  # decode steps
     ours = fidelity(torch.cat(ours).numpy(), reference)
     print(f"{arch} {qtype}: lantern fast {ours} | llama.cpp {theirs}")
@@ -238,47 +183,30 @@ def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     assert ours.top1_agree >= theirs.top1_agree - math.floor(len(ids) / 100), (ours, theirs)
 
 
-# ----- GGUF blocks multiplied in place (native, AVX-512 BF16 or portable C) ------------------------
+# ----- GGUF blocks multiplied in place (the native row kernels of each level) --------------------
 
 GGUF_TYPES = list(native.GGUF_BLOCKS)
-needs_gguf_native = pytest.mark.skipif(
-    not (native.available() and hasattr(native.library(), "lantern_gguf_matmul")),
-    reason="native kernels not built (pip install -e . builds them)")
+needs_gguf_native = needs_native
 
 
-def random_gguf_blocks(qtype, rows, cols, seed=0):
-    """Random blocks of any type the in-place kernel takes: random bytes (quants, scales, high
-    bits), random finite float16 d / dmin / m of any sign and magnitude (subnormals included)."""
-    if qtype != QT.Q6_K:
-        return random_int4_blocks(qtype, rows, cols, seed)
-    rng = np.random.default_rng(seed)
-    b = rng.integers(0, 256, (rows * cols // 256, 210), dtype=np.uint8)
-    h = rng.integers(0, 1 << 16, len(b), dtype=np.uint16)
-    b[:, 208:210] = np.where((h >> 10) & 31 == 31, h & 0x83FF, h).astype(np.uint16).view(np.uint8).reshape(-1, 2)
-    return torch.from_numpy(b.reshape(rows, -1))
-
-
-def _features(mask):
-    """Context: the native library uses only the CPU features in `mask` (0: portable C)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        lib = native.library()
-        lib.lantern_set_features(mask)
-        try:
-            yield
-        finally:
-            lib.lantern_set_features(-1)
-    return ctx()
+@contextlib.contextmanager
+def at_level(name):
+    """Within: the native kernels run at level `name`; then at the level in force before."""
+    before = native.isa()
+    native.set_isa(name)
+    try:
+        yield
+    finally:
+        native.set_isa(before)
 
 
 @needs_gguf_native
 @pytest.mark.parametrize("m", [1, 3, 16, 17, 100])
 @pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
 def test_gguf_kernel_matches_float32_reference(qtype, m):
-    """The in-place kernel (fused for small M, expanded slabs + bf16 GEMM above GGUF_MAX_M) against
-    the exact float32 product, odd row count, on the SIMD path and the portable C path."""
+    """The in-place kernel (row kernels for small M, expanded slabs + torch's GEMM above
+    GGUF_MAX_M) against the exact float32 product, odd row count, at the level in use and at
+    the portable level (the oracle of every level)."""
     rows, cols = 37, 512 if native.GGUF_BLOCKS[qtype][0] == 256 else 160
     raw = random_gguf_blocks(qtype, rows, cols, seed=m)
     exact = dequantize(raw, qtype, (rows, cols))
@@ -287,31 +215,37 @@ def test_gguf_kernel_matches_float32_reference(qtype, m):
     b = bound(x, exact, ref.float())
     k = native.GGUFKernel(raw, qtype, rows, cols)
     results = {"kernel": k(x), "fused": native.gguf_matmul(k.raw, qtype, x, rows, cols)}
-    with _features(0):
+    with at_level("portable"):
         results["portable kernel"] = k(x)
         results["portable fused"] = native.gguf_matmul(k.raw, qtype, x, rows, cols)
     for name, y in results.items():
         assert y.dtype == torch.float32 and y.shape == (m, rows)
         excess = (y.double() - ref).abs() - b
         assert excess.max() <= 0, f"{qtype.name} M={m} {name}: error exceeds the bound by {excess.max():.3g}"
-    # SIMD and portable paths differ only in the order of float32 additions
-    scale = (x.abs() @ exact.abs().T).double()
-    assert ((results["fused"].double() - results["portable fused"].double()).abs() <= 1e-5 * scale + 1e-30).all()
+    # A level with the portable level's activations (15-bit integers) differs from it only in the
+    # order of float32 additions; avx512 rounds x to bfloat16 (covered by the bound above).
+    if native.library().lantern_x_format() == 2:
+        scale = (x.abs() @ exact.abs().T).double()
+        diff = (results["fused"].double() - results["portable fused"].double()).abs()
+        assert (diff <= 1e-5 * scale + 1e-30).all(), f"{qtype.name} M={m}: {native.isa()} vs portable"
 
 
 @needs_gguf_native
 @pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
 def test_gguf_expansion_is_bit_identical(qtype):
-    """Blocks -> bf16 (prompt chunks, `dense`) equals quants.py's dequantize rounded to bf16, on the
-    SIMD and the portable path."""
+    """Blocks -> float32 (prompt chunks) equals quants.py's dequantize bit for bit, and -> bf16
+    (prompt chunks at avx512, `dense`) that rounded to bf16, at the level in use and at the
+    portable level."""
     rows, cols = 21, 768
     raw = random_gguf_blocks(qtype, rows, cols, seed=5)
-    want = dequantize(raw, qtype, (rows, cols)).to(torch.bfloat16)
+    exact = dequantize(raw, qtype, (rows, cols))
+    want = exact.to(torch.bfloat16)
     k = native.GGUFKernel(raw, qtype, rows, cols)
-    simd = k.dense(0, rows)
-    with _features(0):
-        portable = k.dense(0, rows)
-    assert torch.equal(simd, want) and torch.equal(portable, want)
+    for level in (native.isa(), "portable"):
+        with at_level(level):
+            assert torch.equal(k.dense(0, rows), want), level
+            f32 = native.gguf_expand(k.raw, qtype, rows, cols, torch.float32)
+            assert torch.equal(f32.view(torch.int32), exact.view(torch.int32)), level
     assert torch.equal(k.dense(5, 12), want[5:12])
 
 
@@ -349,20 +283,17 @@ def test_gguf_pool_thread_counts_agree(qtype):
 
 @needs_gguf_native
 def test_gguf_kernel_reads_the_file_in_place():
-    """Where the CPU has AVX-512 BF16, layers of a real file hold a view of the memory map: nothing
-    converted or copied; elsewhere the int4 / float32 Q6_K kernels take these types."""
+    """On every CPU, layers of a real file hold a view of the memory map: nothing converted or
+    copied."""
     for qtype in (QT.Q4_K, QT.Q6_K, QT.Q4_0, QT.Q8_0):
         t = tensors_of(qtype)[0]
         layer = linear.QuantizedLinear(t, kernels="fast")
-        if not native.bf16_simd():
-            assert layer.kernel_name in ("int4", "q6k-native")
-            continue
         assert layer.kernel_name == "gguf-native"
         assert layer.kernel.raw.data_ptr() == t.raw.data_ptr()
         assert layer.kernel.nbytes == t.raw.numel()
 
 
-@pytest.mark.skipif(not native.bf16_simd(), reason="the in-place GGUF kernels need AVX-512 BF16 and the C library")
+@needs_native
 def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
     """During a small-batch step torch's own ops run on one thread while the weight kernels use
     the threads torch had; prompt chunks leave torch's threads alone; both are restored after."""
@@ -381,3 +312,83 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
         assert torch.get_num_threads() == 2 and native.pool_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ----- levels, names and the self-check ---------------------------------------------------------
+
+
+@needs_native
+@pytest.mark.parametrize("level", native.supported_isas())
+def test_each_level_serves_every_type_with_its_own_kernels(level):
+    """Every level above portable serves every in-place type, the prompt-chunk expansion, the
+    attention and the vector helpers with functions of its own, not the generic fallback; the
+    names say which (as `run --verbose`, `lantern info` and `bench --json` show them)."""
+    with at_level(level):
+        info = kernels.level()
+        assert info["isa"] == level
+        names = {f"matmul {t}": f for t, f in info["matmul"].items()}
+        names.update({f"expand {t}": f for t, f in info["expand"].items() if t in {q.name for q in GGUF_TYPES}})
+        names.update(attention=info["attention"], vector=info["vector"])
+        assert all(names.values()), names
+        suffix = "_generic" if level == "portable" else f"_{level}"
+        wrong = {role: f for role, f in names.items() if suffix not in f}
+        assert not wrong, f"at {level} these run other levels' functions: {wrong}"
+
+
+@needs_native
+def test_lantern_isa_names_a_level_the_cpu_lacks_in_one_line(tmp_path):
+    """LANTERN_ISA asking for a level this CPU (or build) does not run, or one that does not
+    exist, is a one-line error and a non-zero exit, naming the levels it does run."""
+    import subprocess
+    import sys
+
+    lacking = next(level for level in native.ISAS if level not in native.supported_isas())
+    path = cached_model(SPEC, "Q4_0")
+    for wanted, says in ((lacking, "does not run it"), ("sse9", "not a level")):
+        env = {**__import__("os").environ, "LANTERN_ISA": wanted}
+        run = subprocess.run([sys.executable, "-m", "lantern", "info", str(path)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0] and "LANTERN_ISA" in lines[0], run.stderr
+        if wanted == lacking:
+            assert all(level in lines[0] for level in native.supported_isas())
+
+
+class _OffByOneNibble(native.GGUFKernel):
+    """A kernel with a layout bug: the output of every row is the next row's (as a kernel that
+    misreads a tile's row order would give)."""
+
+    def __call__(self, x):
+        return super().__call__(x).roll(1, dims=1)
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q4_1], ids=lambda t: t.name)
+def test_a_kernel_that_fails_its_self_check_is_not_used(qtype, monkeypatch):
+    """At load, the first kernel for each type checks itself on a tile of the real weights; one
+    that disagrees with the exact math is turned away: the layer runs the reference kernel (so
+    its output is exact) and `describe()` says why."""
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    monkeypatch.setattr(kernels, "fallbacks", {})
+    t = tensors_of(qtype)[0]
+    assert kernels.self_check(native.GGUFKernel(t.raw, qtype, *t.shape), t.raw, qtype, *t.shape, t.name) is None
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    monkeypatch.setattr(native, "GGUFKernel", _OffByOneNibble)
+    layer = linear.QuantizedLinear(t, kernels="fast")
+    assert layer.kernel is None and layer.kernel_name == "reference"
+    assert qtype in kernels.fallbacks and "single-token" in kernels.fallbacks[qtype]
+    assert f"{qtype.name} on the reference kernels" in kernels.describe()
+    x = torch.randn(2, t.shape[1])
+    torch.testing.assert_close(layer(x), x @ dequantize(t.raw, qtype, t.shape).T)
+
+
+@needs_native
+def test_non_finite_weights_in_the_file_are_a_clean_error(monkeypatch):
+    """A file whose own weights are inf/NaN is refused at load, naming the tensor: no fallback,
+    no NaN logits later."""
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    raw = random_gguf_blocks(QT.Q4_0, 64, 256, seed=1).clone()
+    raw.view(-1, 18)[5, 0:2] = torch.tensor([0x00, 0x7C], dtype=torch.uint8)  # d = +inf
+    with pytest.raises(ModelFileError, match="blk.0.attn_q.weight.*non-finite"):
+        kernels.build(raw, QT.Q4_0, 64, 256, "cpu", "blk.0.attn_q.weight")

@@ -1,12 +1,14 @@
-"""The native forward step (`lantern/models/native_step.py`, `_step.c`) against the PyTorch blocks.
+"""The native forward step (`lantern/models/native_step.py`, csrc/step.c) against the PyTorch blocks,
+at the instruction-set level in use (tests/test_isa_levels.py runs this file at every level).
 
 Short passes (decode steps, speculative verify passes) run as one native call where every weight
 is on the in-place GGUF kernels. It must compute what `layers.py` computes: on Q8_0 files the
-weight kernels multiply float32 activations exactly, so the two paths differ only by float32
+weight kernels multiply float32 activations exactly (avx512; elsewhere rounded to 15 bits), so the
+two paths differ only by float32
 summation order (norms, SiLU, softmax), about 1e-6 of the logits' spread per step, and now and
 then a key or value that rounds to the other neighbouring float16 in the cache (up to ~2e-4);
 they must agree to 1e-3 of the spread (a wrong rotary layout is off by more than 0.05). On the
-other types activations are rounded to bfloat16 before every weight, which amplifies those
+other types activations are rounded to bfloat16 (avx512) before every weight, which amplifies those
 last-bit differences, so there the step is held to the fidelity rule against the exact math.
 """
 
@@ -23,7 +25,7 @@ from lantern.testing.synthetic import Spec, cached_model
 from lantern.weights.kernels import native
 
 pytestmark = pytest.mark.skipif(
-    not native.bf16_simd(), reason="the native step runs on the in-place GGUF kernels (AVX-512 BF16 and the C library)")
+    not native.available(), reason="the native step runs on lantern's C library (pip install -e . builds it)")
 
 # What each case exercises on the native side.
 CASES = {
@@ -101,7 +103,7 @@ def test_short_passes_take_the_native_step_and_long_ones_the_blocks():
 def test_reference_kernels_and_the_environment_switch_keep_the_blocks(monkeypatch):
     """...and say so (run --verbose and bench print the description)."""
     path = cached_model(CASES["qwen2-biases-neox"], "Q8_0")
-    assert lantern.load(path).transformer.step_description.startswith("native step (passes of up to 12 tokens")
+    assert lantern.load(path).transformer.step_description.startswith("native step (passes of up to 12 tokens in one C call, ")
     reference = lantern.load(path, kernels="reference").transformer
     assert reference.native_step is None and "runs on reference" in reference.step_description
     monkeypatch.setenv("LANTERN_NATIVE_STEP", "0")

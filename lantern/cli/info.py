@@ -84,7 +84,30 @@ def describe(path) -> dict[str, Any]:
         "eos_token_id": eos,
         "eos_token": token_text(eos),
         "chat_template": f.get("tokenizer.chat_template"),
+        "kernels": kernels_for(mix),
     }
+
+
+def kernels_for(mix) -> dict[str, Any]:
+    """The CPU instruction-set level lantern's kernels run at here, and per weight type of the file
+    the C functions that multiply it (decode; prompt chunks)."""
+    from gguf import GGMLQuantizationType as QT
+
+    from ..weights import kernels
+
+    level = kernels.level()
+    per_type = {}
+    for name, _ in mix:
+        if name in level.get("fallbacks", {}):
+            per_type[name] = "reference (self-check failed)"
+        elif name in level.get("matmul", {}) and level["matmul"][name]:
+            per_type[name] = f"{level['matmul'][name]}; prompt chunks {level['expand'][name]}"
+        elif name in (QT.Q2_K.name, QT.Q3_K.name):
+            per_type[name] = "dense bfloat16 copy"
+        else:
+            per_type[name] = "reference (float32)"
+    return {"isa": level["isa"], "supported": level["supported"], "attention": level.get("attention"),
+            "per_type": per_type}
 
 
 def _count(n: int) -> str:
@@ -102,6 +125,13 @@ def _token(token_id: Any, text: str | None) -> str:
     if token_id is None:
         return "none"
     return f"{token_id} {text!r}" if text is not None else str(token_id)
+
+
+def _kernels(k: dict[str, Any]) -> str:
+    if k["isa"] is None:
+        return "pure PyTorch (lantern's native library is not built)"
+    types = "; ".join(f"{t}: {fn}" for t, fn in k["per_type"].items())
+    return f"{k['isa']} (this CPU runs {', '.join(k['supported'])}); attention {k['attention']}; {types}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         ("tokenizer", tokenizer),
         ("BOS", _token(info["bos_token_id"], info["bos_token"])),
         ("EOS", _token(info["eos_token_id"], info["eos_token"])),
+        ("CPU kernels", _kernels(info["kernels"])),
     ]
     width = max(len(k) for k, _ in rows) + 1
     for k, v in rows:

@@ -170,13 +170,15 @@ def load_model(args: argparse.Namespace):
 
 
 def kernel_mix(model) -> str:
-    """Which kernel runs each weight type, e.g. "Q4_K: int4 x 97, Q6_K: native-q6k x 33"."""
+    """Which kernel runs each weight type, e.g.
+    "Q4_K: gguf-native q4_k_avx2 x 97, Q6_K: gguf-native q6_k_avx2 x 33"."""
     from collections import Counter
 
+    from ..weights.kernels import kernel_function
     from ..weights.linear import QuantizedLinear
 
-    counts = Counter((m.qtype.name, m.kernel_name) for m in model.transformer.modules()
-                     if isinstance(m, QuantizedLinear))
+    counts = Counter((m.qtype.name, " ".join(filter(None, (m.kernel_name, kernel_function(m.kernel)))))
+                     for m in model.transformer.modules() if isinstance(m, QuantizedLinear))
     return ", ".join(f"{qtype}: {kernel} x {n}" for (qtype, kernel), n in sorted(counts.items()))
 
 

@@ -1,4 +1,4 @@
-"""A `Transformer`'s forward pass over a few tokens as one native call (`_step.c`).
+"""A `Transformer`'s forward pass over a few tokens as one native call (csrc/step.c).
 
 Decode steps and speculative verify passes run the same blocks as `layers.py`, but in PyTorch
 each layer is ~40 small ops whose dispatch costs more than their work: about half of SmolLM2's
@@ -103,13 +103,13 @@ class NativeStep:
         lib = native.library()
         if os.environ.get("LANTERN_NATIVE_STEP", "1") == "0":
             return None, "PyTorch blocks (LANTERN_NATIVE_STEP=0)"
-        if lib is None or not hasattr(lib, "lantern_step") or not native.has_attention():
-            return None, "PyTorch blocks (the native step needs the C library and AVX-512)"
+        if lib is None:
+            return None, "PyTorch blocks (the native step needs lantern's C library)"
         try:
             step = cls(transformer)
         except Unsupported as exc:
             return None, f"PyTorch blocks ({exc})"
-        return step, f"native step (passes of up to {cls.max_tokens} tokens in one C call)"
+        return step, f"native step (passes of up to {cls.max_tokens} tokens in one C call, {native.isa()})"
 
     def _cache_pointers(self, cache):
         """Per-layer pointer arrays to the cache's keys and values, rebuilt when it has grown."""

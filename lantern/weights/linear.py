@@ -1,12 +1,12 @@
 """Quantized linear layers: the one interface between the model and its weight kernels.
 
 A model only ever calls `QuantizedLinear(x)` and `QuantizedEmbedding(ids)`; how the weight is
-stored and multiplied (dequantize-then-matmul, torch's int4 kernels, ...) is chosen here per
+stored and multiplied (dequantize-then-matmul, the native in-place kernels, ...) is chosen here per
 tensor type and can change without the model noticing.
 
-Kernel policy (see `lantern.weights.kernels`): "fast" (the default on CPU) converts each weight
-once at load into what a fast kernel reads and gives the file's pages back; "reference"
-dequantizes to float32 at every call (the exact math). Select with `set_kernel_policy`, the
+Kernel policy (see `lantern.weights.kernels`): "fast" (the default on CPU) multiplies the file's
+blocks in place with the native kernels of the CPU's instruction set; "reference" dequantizes to
+float32 at every call (the exact math). Select with `set_kernel_policy`, the
 environment variable LANTERN_KERNELS, or `QuantizedLinear(..., kernels=...)`.
 """
 
@@ -44,9 +44,9 @@ class QuantizedLinear(nn.Module):
 
     Reference kernel (`kernels="reference"`): W stays in its GGUF encoding, is dequantized to
     float32 for each call and multiplied in float32: the exact math of the file's weights.
-    Fast kernel (`kernels="fast"`, the default on CPU): W is converted once into the fast
-    kernel's form (`self.kernel`), the file's bytes are released, and each call rounds x to
-    bfloat16 and returns float32 (see `lantern.weights.kernels`).
+    Fast kernel (`kernels="fast"`, the default on CPU): `self.kernel` multiplies W's blocks in
+    place (or a dense copy for the types without in-place kernels) and returns float32 (see
+    `lantern.weights.kernels`).
     """
 
     def __init__(self, weight: TensorData, bias: torch.Tensor | None = None, device="cpu",
@@ -58,7 +58,8 @@ class QuantizedLinear(nn.Module):
         self.bias = bias
         self.kernel = None
         if kernel_policy(kernels) == "fast":
-            self.kernel = _build_kernel(weight.raw, weight.type, self.out_features, self.in_features, device)
+            self.kernel = _build_kernel(weight.raw, weight.type, self.out_features, self.in_features, device,
+                                        weight.name)
         if self.kernel is None:
             self.raw = _on_device(weight.raw, device)
         else:

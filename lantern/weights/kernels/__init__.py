@@ -4,28 +4,21 @@ Two policies:
 
 * ``"reference"``: the weight keeps its file encoding and is dequantized to float32 for each
   call (exact float32 math; slow). Implemented in `lantern.weights.linear`.
-* ``"fast"`` (default on CPU):
+* ``"fast"`` (default on CPU), with the C library (`native`, sources in lantern/weights/csrc):
 
-  - With the C extension on a CPU with AVX-512 BF16: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and
-    Q6_K stay in their file encoding, a view of the memory map (no conversion at load), and are
-    multiplied in place (`native.GGUFKernel`): small batches (decode, speculative verify) by the
-    fused C kernel on the blocks (x rounded to bfloat16, the file's exact weights, float32
-    accumulation); prompt chunks by expanding slabs of rows to bfloat16 (C, multi-threaded) for
-    torch's bf16 GEMM. LANTERN_GGUF_NATIVE=0 turns this route off (the ones below).
-  - Otherwise the weight is converted once at load into a form a fast kernel reads, and the
-    file's bytes are given back: Q4_0, Q4_1, Q4_K (one piece), Q5_0, Q5_1, Q5_K, Q8_0 (two
-    pieces): torch's int4 weight-only kernel (`int4.py`) for small batches; for prompt chunks the
-    same packed weight is expanded to bfloat16 a slab at a time for a dense bf16 GEMM. Q6_K (no
-    int4 form): the float32 C kernel on the file's blocks when the CPU has AVX-512; else, like
-    Q2_K and Q3_K, a dense bfloat16 copy (`dense.py`).
-
-  The conversions run in C when the extension is built (`_native.c`: multi-threaded on a
-  persistent thread pool, the same bytes as the PyTorch code, which stays as the fallback, e.g.
-  with LANTERN_NATIVE=0).
+  - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K stay in their file encoding, a view of the
+    memory map (no conversion at load), and are multiplied in place (`native.GGUFKernel`): small
+    batches (decode, speculative verify) by the row kernels of the instruction-set level in use
+    (avx512: x rounded to bfloat16; avx2, neon, portable: x as 15-bit integers per 32, exact
+    integer dot products); prompt chunks by expanding slabs of rows to bfloat16 (avx512) or
+    float32 for torch's GEMM.
+  - Q2_K, Q3_K: a dense bfloat16 copy (`dense.py`).
   - F32, F16, BF16: the reference path (already dense).
 
-  Activations are rounded to bfloat16 on the fast path (the int4 kernel runs 50-100x slower on
-  float32 activations); the result is float32.
+  Every kernel checks itself the first time it serves a weight type (`self_check`): on a tile of
+  the real weights, single-token and prompt-chunk paths, against the exact math. One that
+  disagrees is not used (the type takes the reference path, and `describe()` says why).
+  The level is the best the CPU runs; LANTERN_ISA=portable|avx2|avx512|neon asks for another.
 
 Choose with `set_kernel_policy`, the environment variable ``LANTERN_KERNELS`` (read when the first
 layer is built) or per layer (`QuantizedLinear(..., kernels="reference")`). Non-CPU devices always
@@ -39,6 +32,8 @@ import os
 
 import torch
 from gguf import GGMLQuantizationType as QT
+
+from ...errors import ModelFileError
 
 POLICIES = ("fast", "reference")
 
@@ -62,19 +57,76 @@ def kernel_policy(policy: str | None = None) -> str:
     return chosen
 
 
-def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device) -> "object | None":
+# ----- the self-check ------------------------------------------------------------------------
+
+# A tile of the real weights: up to CHECK_ROWS rows by CHECK_COLS columns (64 x 2 super-blocks).
+CHECK_ROWS, CHECK_COLS = 64, 512
+# Every output must be within CHECK_TOLERANCE of sum_i |x_i w_i| of the exact float64 product:
+# the worst case of the fast paths is 2^-8 (x and the expanded weights each rounded to bfloat16,
+# relative 2^-9); a wrong layout or kernel is off by the order of the sum itself.
+CHECK_TOLERANCE = 2.0 ** -6
+
+_verdicts: dict[tuple[str, QT], str | None] = {}  # (level, type) -> None when right, else why not
+fallbacks: dict[QT, str] = {}  # types the self-check turned away, with the reason
+
+
+def self_check(kernel, raw: torch.Tensor, qtype: QT, rows: int, cols: int, name: str) -> str | None:
+    """None when `kernel` multiplies a tile of this weight right on both paths (a single token and a
+    prompt chunk), else what went wrong. Raises ModelFileError when the file's own weights in the
+    tile are not finite. Runs once per level and type."""
+    from . import native
+    from ..quants import dequantize
+
+    key = (native.isa() or "", qtype)
+    if key in _verdicts:
+        return _verdicts[key]
+    elems, nbytes = native.GGUF_BLOCKS[qtype]
+    r, c = min(rows, CHECK_ROWS), min(cols, CHECK_COLS)
+    tile = raw.reshape(rows, -1)[:r, : c // elems * nbytes].contiguous()
+    w = dequantize(tile, qtype, (r, c)).double()
+    if not torch.isfinite(w).all():
+        raise ModelFileError(f"{name}: the file's {qtype.name} weights hold non-finite values (inf or NaN); "
+                             "the file is corrupt: download it again")
+    probe = type(kernel)(tile, qtype, r, c)
+    gen = torch.Generator().manual_seed(0)
+    verdict = None
+    for m, path in ((1, "single-token"), (native.GGUF_MAX_M + 4, "prompt-chunk")):
+        x = torch.randn(m, c, generator=gen)
+        y = probe(x).double()
+        exact = x.double() @ w.T
+        bound = CHECK_TOLERANCE * (x.double().abs() @ w.abs().T) + 1e-30
+        worst = float(((y - exact).abs() / bound).max()) if torch.isfinite(y).all() else float("inf")
+        if not worst <= 1.0:
+            verdict = (f"{kernel_function(kernel) or kernel.name} ({path}) is off by {worst * CHECK_TOLERANCE:.3g} "
+                       f"of sum|x*w| on {qtype.name}, beyond {CHECK_TOLERANCE:.3g}")
+            break
+    _verdicts[key] = verdict
+    return verdict
+
+
+def kernel_function(kernel) -> str | None:
+    """The C function behind an in-place kernel at the level in use, e.g. "q4_k_avx2"."""
+    from . import native
+
+    return native.kernel_name("matmul", kernel.qtype) if isinstance(kernel, native.GGUFKernel) else None
+
+
+def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device, name: str = "weight") -> "object | None":
     """The fast kernel for a [rows, cols] weight of `qtype`, or None where the reference path
-    is the right one (float types, non-CPU devices, shapes the kernels do not take)."""
-    from . import dense, int4, native
+    is the right one (float types, non-CPU devices, shapes the kernels do not take, a kernel that
+    failed its self-check)."""
+    from . import dense, native
 
     if torch.device(device).type != "cpu":
         return None
-    if qtype in native.GGUF_BLOCKS and cols % native.GGUF_BLOCKS[qtype][0] == 0 and native.bf16_simd():
-        return native.GGUFKernel(raw, qtype, rows, cols)
-    if qtype in int4.INT4_TYPES and cols % int4.GROUP == 0 and int4.available():
-        return int4.Int4Kernel(raw, qtype, rows, cols)
-    if qtype == QT.Q6_K and cols % 256 == 0 and native.simd():
-        return native.Q6KKernel(raw, qtype, rows, cols)
+    if (qtype in native.GGUF_BLOCKS and cols % native.GGUF_BLOCKS[qtype][0] == 0 and native.available()
+            and native.kernel_name("matmul", qtype)):
+        kernel = native.GGUFKernel(raw, qtype, rows, cols)
+        why = self_check(kernel, raw, qtype, rows, cols, name)
+        if why is None:
+            return kernel
+        fallbacks[qtype] = why
+        return None
     if qtype in dense.DENSE_TYPES:
         return dense.DenseKernel(raw, qtype, rows, cols)
     return None
@@ -100,23 +152,43 @@ def step_threads(n_tokens: int, on_pool: bool) -> "contextlib.AbstractContextMan
 
 def f16_attention():
     """The native attention over a float16 KV cache (`native.attention_f16`), or None where the
-    C library or its vector path is missing (then the cache stays float32)."""
+    C library is missing (then the cache stays float32)."""
     from . import native
 
     return native.attention_f16 if native.has_attention() else None
 
 
-def describe() -> str:
-    """One line on what the fast kernels use on this machine (for --verbose)."""
-    from . import int4
-
-    parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+def level() -> dict:
+    """The instruction-set level in use and the C function serving each role (for --verbose,
+    `lantern info` and `bench --json`): {"isa": ..., "supported": [...], "matmul": {type: fn},
+    "expand": {type: fn}, "attention": fn, "vector": fn, "fallbacks": {type: why}}."""
     from . import native
 
-    parts.append("int4 weight-only kernel" if int4.available() else "no int4 kernel (dense bfloat16 only)")
+    if not native.available():
+        return {"isa": None, "supported": [], "fallbacks": {}}
+    expand = "expand_bf16" if native.expands_to_bf16() else "expand_f32"
+    return {
+        "isa": native.isa(),
+        "supported": native.supported_isas(),
+        "matmul": {t.name: native.kernel_name("matmul", t) for t in native.GGUF_BLOCKS},
+        "expand": {t.name: native.kernel_name(expand, t) for t in (*native.GGUF_BLOCKS, QT.Q2_K, QT.Q3_K)},
+        "attention": native.kernel_name("attention"),
+        "vector": native.kernel_name("vector"),
+        "fallbacks": {t.name: why for t, why in fallbacks.items()},
+    }
+
+
+def describe() -> str:
+    """One line on what the fast kernels use on this machine (for --verbose)."""
+    from . import native
+
+    parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
     if native.available():
-        parts.append("native C kernels" + (" (AVX-512 BF16: GGUF blocks in place)" if native.bf16_simd()
-                                           else " (AVX-512)" if native.simd() else " (portable C)"))
+        info = level()
+        parts.append(f"native C kernels at {info['isa']} (this CPU runs {', '.join(info['supported'])})")
+        parts.append(f"attention {info['attention']}")
+        for qtype, why in info["fallbacks"].items():
+            parts.append(f"{qtype} on the reference kernels: {why}")
     else:
         parts.append("no native kernels (pure PyTorch)")
     return ", ".join(parts)

@@ -1,7 +1,7 @@
 """A dense bfloat16 copy of the weight, multiplied by torch's bfloat16 GEMM/GEMV.
 
-For the types with scales per 16 elements (Q6_K, Q2_K, Q3_K), which torch's int4 kernel cannot
-express. Costs 16 bits per weight in memory (Q6_K: 6.56 in the file). Conversion runs a slab of
+For the types the in-place kernels do not multiply (Q2_K, Q3_K). Costs 16 bits per weight in
+memory (Q3_K: 3.44 in the file). Conversion runs a slab of
 rows at a time, so the float32 intermediate never exists whole.
 """
 
@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as QT
 
 from ..quants import dequantize
 
-DENSE_TYPES = (QT.Q6_K, QT.Q2_K, QT.Q3_K)
+DENSE_TYPES = (QT.Q2_K, QT.Q3_K)
 SLAB_WEIGHTS = 1 << 22
 
 
@@ -26,9 +26,9 @@ class DenseKernel:
         self.qtype, self.rows, self.cols = qtype, rows, cols
         self.weight = torch.empty(rows, cols, dtype=torch.bfloat16)
         raw = raw.reshape(rows, -1)
-        if native_ok and qtype in (QT.Q2_K, QT.Q3_K) and cols % 256 == 0 and native.has_kquant_to_bf16():
+        if native_ok and cols % 256 == 0 and native.available():
             # The same bytes from the C library, multi-threaded, no float32 intermediate.
-            native.kquant_to_bf16(raw if raw.is_contiguous() else raw.contiguous(), qtype, self.weight)
+            native.gguf_expand(raw if raw.is_contiguous() else raw.contiguous(), qtype, rows, cols, out=self.weight)
             return
         step = max(1, SLAB_WEIGHTS // cols)
         for start in range(0, rows, step):

@@ -1,4 +1,4 @@
-"""ctypes bindings to lantern's optional C kernels (`_native.c`) and the Q6_K kernel built on them.
+"""ctypes bindings to lantern's optional C library (lantern/weights/csrc) and the in-place GGUF kernel.
 
 The library is an extension module built by `pip install` (setup.py); when it is absent (no
 compiler at install time, a platform without wheels) `available()` is False and the callers fall
@@ -17,68 +17,127 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as QT
 
+from ...errors import LanternError
+
 _lib = None
 _tried = False
 
+ABI_VERSION = 2  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
+
+# Instruction-set levels (lantern.h); LANTERN_ISA names one.
+ISAS = ("portable", "avx2", "avx512", "neon")
+
+
+def _bind(lib) -> None:
+    i64, ptr, cint, cstr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    for name, args, res in (
+        ("lantern_abi_version", (), cint),
+        ("lantern_isa_mask", (), cint),
+        ("lantern_set_isa", (cint,), cint),
+        ("lantern_isa", (), cint),
+        ("lantern_isa_name", (cint,), cstr),
+        ("lantern_kernel_name", (cint, cint), cstr),
+        ("lantern_x_format", (), cint),
+        ("lantern_gguf_matmul", (ptr, cint, ptr, ptr, i64, i64, i64, cint), cint),
+        ("lantern_gguf_expand", (ptr, cint, ptr, i64, i64, cint, cint), cint),
+        ("lantern_attention_f16", (ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, cint), cint),
+        ("lantern_step", (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, cint), cint),
+    ):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+
 
 def library():
-    """The loaded C library, or None."""
+    """The loaded C library at the instruction-set level in force (LANTERN_ISA, else the best
+    this CPU runs), or None (not built, or LANTERN_NATIVE=0).
+
+    Raises LanternError when LANTERN_ISA names a level this CPU or build lacks, or when the
+    built library is from another version of lantern (its structs would not match)."""
     global _lib, _tried
     if not _tried:
         _tried = True
         if os.environ.get("LANTERN_NATIVE", "1") == "0":
             return None
-        try:
+        # LANTERN_NATIVE_LIB: another build of the library (kernel work, A/B benchmarks)
+        path = os.environ.get("LANTERN_NATIVE_LIB")
+        if not path:
             spec = importlib.util.find_spec("lantern.weights.kernels._native")
-            if spec is not None and spec.origin:
-                lib = ctypes.CDLL(spec.origin)
-                i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                lib.lantern_cpu_features.restype = ctypes.c_int
-                lib.lantern_set_features.argtypes = (ctypes.c_int,)
-                lib.lantern_set_features.restype = ctypes.c_int
-                lib.lantern_q6k_matmul.argtypes = (ptr, ptr, ptr, i64, i64, i64, ctypes.c_int)
-                lib.lantern_q6k_to_bf16.argtypes = (ptr, ptr, i64, i64, ctypes.c_int)
-                lib.lantern_int4_to_bf16.argtypes = (ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64, ctypes.c_int)
-                if hasattr(lib, "lantern_int4_pack"):  # absent from libraries built before it
-                    lib.lantern_int4_pack.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int)
-                    lib.lantern_int4_pack.restype = ctypes.c_int
-                if hasattr(lib, "lantern_attention_f16"):
-                    lib.lantern_attention_f16.argtypes = (ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64,
-                                                          ctypes.c_float, ctypes.c_int)
-                    lib.lantern_attention_f16.restype = ctypes.c_int
-                if hasattr(lib, "lantern_gguf_matmul"):
-                    lib.lantern_gguf_matmul.argtypes = (ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, ctypes.c_int)
-                    lib.lantern_gguf_matmul.restype = ctypes.c_int
-                    lib.lantern_gguf_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
-                    lib.lantern_gguf_to_bf16.restype = ctypes.c_int
-                if hasattr(lib, "lantern_step"):
-                    lib.lantern_step.argtypes = (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, ctypes.c_int)
-                    lib.lantern_step.restype = ctypes.c_int
-                if hasattr(lib, "lantern_kquant_to_bf16"):
-                    lib.lantern_kquant_to_bf16.argtypes = (ptr, ctypes.c_int, ptr, i64, i64, ctypes.c_int)
-                    lib.lantern_kquant_to_bf16.restype = ctypes.c_int
-                _lib = lib
+            if spec is None or not spec.origin:
+                return None
+            path = spec.origin
+        try:
+            lib = ctypes.CDLL(path)
         except OSError:
-            _lib = None
+            if os.environ.get("LANTERN_NATIVE_LIB"):
+                raise LanternError(f"LANTERN_NATIVE_LIB={path} does not load; unset it or build it again") from None
+            return None
+        if not hasattr(lib, "lantern_abi_version") or lib.lantern_abi_version() != ABI_VERSION:
+            raise LanternError(f"lantern's native library {path} is from another version of lantern; "
+                               "rebuild it with: pip install -e . (or LANTERN_NATIVE=0 to run without it)")
+        _bind(lib)
+        _select_isa(lib, os.environ.get("LANTERN_ISA", ""))
+        _lib = lib
     return _lib
+
+
+def _select_isa(lib, wanted: str) -> None:
+    wanted = wanted.strip().lower()
+    if not wanted:
+        lib.lantern_set_isa(-1)
+        return
+    if wanted not in ISAS:
+        raise LanternError(f"LANTERN_ISA={wanted!r} is not a level lantern knows; use one of {', '.join(ISAS)}")
+    if lib.lantern_set_isa(ISAS.index(wanted)) < 0:
+        raise LanternError(f"LANTERN_ISA={wanted}: this CPU or build does not run it; it runs "
+                           f"{', '.join(supported_isas(lib))}")
+
+
+def supported_isas(lib=None) -> list[str]:
+    """The levels this CPU and build run, lowest first."""
+    lib = lib or library()
+    if lib is None:
+        return []
+    mask = lib.lantern_isa_mask()
+    return [name for i, name in enumerate(ISAS) if mask >> i & 1]
 
 
 def available() -> bool:
     return library() is not None
 
 
-def simd() -> bool:
-    """Whether the library runs its AVX-512 paths on this CPU."""
+def isa() -> str | None:
+    """The instruction-set level the kernels run at ("portable", "avx2", "avx512", "neon"), or None."""
     lib = library()
-    return bool(lib and lib.lantern_cpu_features() & 1)
+    return None if lib is None else ISAS[lib.lantern_isa()]
 
 
-def bf16_simd() -> bool:
-    """Whether the library has the in-place GGUF kernels and runs their AVX-512 BF16 path here
-    (LANTERN_GGUF_NATIVE=0 turns them off: the int4 / float32 Q6_K kernels, for comparisons)."""
+def set_isa(name: str | None) -> str:
+    """Run the kernels at level `name` (None: the best this CPU runs) from now on; returns the
+    level in use. For tests and benchmarks: not to be called while kernels run. Raises
+    LanternError for a level this CPU or build lacks."""
     lib = library()
-    return bool(lib and hasattr(lib, "lantern_gguf_matmul") and lib.lantern_cpu_features() & 2
-                and os.environ.get("LANTERN_GGUF_NATIVE", "1") != "0")
+    if lib is None:
+        raise LanternError("lantern's native kernels are not built; reinstall with: pip install -e .")
+    _select_isa(lib, name or "")
+    return isa()
+
+
+KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4}
+
+
+def kernel_name(role: str, qtype: QT | None = None) -> str | None:
+    """The C function serving `role` (KERNEL_ROLES) at the level in use, e.g. "q4_k_avx2"."""
+    lib = library()
+    if lib is None:
+        return None
+    name = lib.lantern_kernel_name(KERNEL_ROLES[role], int(qtype) if qtype is not None else -1)
+    return None if name is None else name.decode()
+
+
+def expands_to_bf16() -> bool:
+    """Whether prompt chunks expand weights to bfloat16 (levels with bf16 dot products: its GEMM
+    is fast) rather than float32 (elsewhere torch's bf16 GEMM has no hardware under it)."""
+    return isa() == "avx512"
 
 
 _pool_threads = 0  # set while torch's own ops run single-threaded (decode steps)
@@ -116,105 +175,6 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def q6k_matmul(raw: torch.Tensor, x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """x float32 [M, cols] @ W.T for Q6_K blocks `raw` (rows x cols): float32 [M, rows]."""
-    x = x.contiguous()
-    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
-    library().lantern_q6k_matmul(_ptr(raw), _ptr(x), _ptr(y), rows, cols, x.shape[0], pool_threads())
-    return y
-
-
-def q6k_to_bf16(raw: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    out = torch.empty(rows, cols, dtype=torch.bfloat16)
-    library().lantern_q6k_to_bf16(_ptr(raw), _ptr(out), rows, cols, pool_threads())
-    return out
-
-
-def int4_to_bf16(packed: list, sz: list, rows: int, cols: int, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) (multiples of 64) of a sum of torch-packed int4 weights, as bf16."""
-    n = len(packed)
-    pp = (ctypes.c_void_p * n)(*[p.data_ptr() for p in packed])
-    sp = (ctypes.c_void_p * n)(*[s.data_ptr() for s in sz])
-    out = torch.empty(stop - start, cols, dtype=torch.bfloat16)
-    library().lantern_int4_to_bf16(pp, sp, n, _ptr(out), rows, cols, start, stop, pool_threads())
-    return out
-
-
-def has_int4_pack() -> bool:
-    """Whether the library has the load-time GGUF -> int4 layout converter."""
-    lib = library()
-    return bool(lib is not None and hasattr(lib, "lantern_int4_pack"))
-
-
-def int4_pack(raw: torch.Tensor, qtype: QT, packed: list, sz: list, rows: int, cols: int, start: int,
-              stop: int) -> None:
-    """Rows [start, stop) (multiples of 64, of the padded row count) of GGUF blocks `raw`
-    ([rows, bytes per row], contiguous) into torch's int4 layout `packed` ([N, cols/2] uint8
-    each) and `sz` ([cols/32, N, 2] bf16 each), exactly as `int4.py` writes them in PyTorch."""
-    n = len(packed)
-    pp = (ctypes.c_void_p * n)(*[p.data_ptr() for p in packed])
-    sp = (ctypes.c_void_p * n)(*[s.data_ptr() for s in sz])
-    rc = library().lantern_int4_pack(_ptr(raw), int(qtype), pp, sp, rows, packed[0].shape[0], cols, start, stop,
-                                     pool_threads())
-    if rc != 0:
-        raise ValueError(f"native int4 packing refused {qtype.name} {rows}x{cols} rows {start}:{stop}")
-
-
-def has_kquant_to_bf16() -> bool:
-    """Whether the library has the Q2_K/Q3_K -> bfloat16 converter."""
-    lib = library()
-    return bool(lib is not None and hasattr(lib, "lantern_kquant_to_bf16"))
-
-
-def kquant_to_bf16(raw: torch.Tensor, qtype: QT, out: torch.Tensor) -> None:
-    """Q2_K/Q3_K blocks `raw` (contiguous, rows of `out`) -> `out` [rows, cols] bf16: the bytes
-    of lantern's float32 dequantize rounded to bfloat16."""
-    rows, cols = out.shape
-    if library().lantern_kquant_to_bf16(_ptr(raw), int(qtype), _ptr(out), rows, cols, pool_threads()) != 0:
-        raise ValueError(f"native dequantize refused {qtype.name} {rows}x{cols}")
-
-
-# Batches up to this many rows run the fused Q6_K kernel; larger ones expand slabs to bfloat16
-# for torch's GEMM.
-Q6K_MAX_M = 16
-DENSE_SLAB_WEIGHTS = 1 << 23
-
-
-class Q6KKernel:
-    """Q6_K kept in its file encoding (6.56 bits per weight), multiplied by the C kernel."""
-
-    name = "q6k-native"
-
-    def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int):
-        assert qtype == QT.Q6_K and cols % 256 == 0
-        self.qtype, self.rows, self.cols = qtype, rows, cols
-        # The file's blocks are multiplied as they are: no copy, a view of the memory map (held
-        # alive by the view). Copying 0.8 GB of Phi-3-mini's Q6_K cost ~2 s of page faults at
-        # load for no gain in memory (the copy is as large as the file pages it replaces). The
-        # pages `QuantizedLinear` gives back after "conversion" are simply read again from the
-        # page cache at the first call.
-        raw = raw.reshape(rows, -1)
-        self.raw = raw if raw.is_contiguous() else raw.contiguous()
-
-    @property
-    def nbytes(self) -> int:
-        return self.raw.numel()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= Q6K_MAX_M:
-            return q6k_matmul(self.raw, x.float(), self.rows, self.cols)
-        xb = x.to(torch.bfloat16)
-        out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
-        step = max(64, DENSE_SLAB_WEIGHTS // self.cols)
-        for start in range(0, self.rows, step):
-            stop = min(start + step, self.rows)
-            out[:, start:stop] = F.linear(xb, q6k_to_bf16(self.raw[start:stop], stop - start, self.cols))
-        return out
-
-    def dense(self, start: int, stop: int) -> torch.Tensor:
-        return q6k_to_bf16(self.raw[start:stop].contiguous(), stop - start, self.cols)
-
-
 # ----- GGUF blocks multiplied in place (any CPU; fast with AVX-512 BF16) -------------------------
 
 # The types `lantern_gguf_matmul` reads: (elements, bytes) per block.
@@ -236,36 +196,43 @@ def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: 
     return y
 
 
-def gguf_to_bf16(raw: torch.Tensor, qtype: QT, rows: int, cols: int, out: torch.Tensor | None = None,
-                 threads: int | None = None) -> torch.Tensor:
-    """GGUF blocks (`rows` rows, contiguous) -> bfloat16 [rows, cols]: lantern's float32 dequantize
-    rounded to nearest even."""
-    out = torch.empty(rows, cols, dtype=torch.bfloat16) if out is None else out
-    if library().lantern_gguf_to_bf16(raw.data_ptr(), int(qtype), out.data_ptr(), rows, cols, threads or pool_threads()):
+def gguf_expand(raw: torch.Tensor, qtype: QT, rows: int, cols: int, dtype=torch.bfloat16,
+                out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
+    """GGUF blocks (`rows` rows, contiguous) -> [rows, cols] weights: float32 exactly as
+    lantern's dequantize, or those values rounded to bfloat16 (nearest even)."""
+    out = torch.empty(rows, cols, dtype=dtype) if out is None else out
+    if library().lantern_gguf_expand(raw.data_ptr(), int(qtype), out.data_ptr(), rows, cols,
+                                     int(dtype == torch.float32), threads or pool_threads()):
         raise ValueError(f"native GGUF expansion refused {qtype.name} {rows}x{cols}")
     return out
 
 
+def gguf_to_bf16(raw: torch.Tensor, qtype: QT, rows: int, cols: int, out: torch.Tensor | None = None,
+                 threads: int | None = None) -> torch.Tensor:
+    return gguf_expand(raw, qtype, rows, cols, torch.bfloat16, out, threads)
+
+
 # Batches up to this many rows run the in-place kernel; larger ones (prompt chunks) expand a slab
-# of rows at a time to bfloat16 and run torch's bf16 GEMM. (Measured on the 2-core Zen 4: see
-# docs/PERFORMANCE.md, "Kernels".)
+# of rows at a time to bfloat16 (AVX-512 BF16) or float32 and run torch's GEMM. (Measured on the
+# 2-core Zen 4: see docs/PERFORMANCE.md, "Kernels".)
 GGUF_MAX_M = 12
 GGUF_SLAB_WEIGHTS = 1 << 22
 
 _slab = threading.local()
 
 
-def _slab_buffer(n: int) -> torch.Tensor:
-    """A bfloat16 scratch buffer of at least n elements, reused across calls (per thread)."""
+def _slab_buffer(n: int, dtype) -> torch.Tensor:
+    """A scratch buffer of at least n elements of `dtype`, reused across calls (per thread)."""
     buf = getattr(_slab, "buf", None)
-    if buf is None or buf.numel() < n:
-        buf = _slab.buf = torch.empty(n, dtype=torch.bfloat16)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = _slab.buf = torch.empty(n, dtype=dtype)
     return buf
 
 
 def has_attention() -> bool:
-    """Whether `attention_f16` (few queries over a float16 KV cache) is there and vectorized."""
-    return bool(simd() and hasattr(library(), "lantern_attention_f16"))
+    """Whether `attention_f16` (few queries over a float16 KV cache) is there: wherever the C
+    library is (vectorized span kernels where the level has them, plain C elsewhere)."""
+    return available()
 
 
 def attention_f16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, window: int,
@@ -289,7 +256,8 @@ def attention_f16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sta
 class GGUFKernel:
     """The weight stays in its file encoding, a view of the memory map (no conversion at load, no
     copy: resident memory is the file pages read). Small batches: `lantern_gguf_matmul` on the
-    blocks; prompt chunks: slabs expanded to bfloat16 (C, multi-threaded) and torch's bf16 GEMM."""
+    blocks; prompt chunks: slabs expanded to bfloat16 or float32 (C, multi-threaded) for torch's
+    GEMM."""
 
     name = "gguf-native"
     in_place = True  # QuantizedLinear leaves the file's pages alone
@@ -310,15 +278,16 @@ class GGUFKernel:
         m = x.shape[0]
         if m <= GGUF_MAX_M:  # decode steps and drafts: the fused kernel on the blocks
             return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols)
-        xb = x.to(torch.bfloat16)
+        dtype = torch.bfloat16 if expands_to_bf16() else torch.float32
+        xw = x.to(dtype)
         out = torch.empty(m, self.rows, dtype=torch.float32)
         step = max(16, GGUF_SLAB_WEIGHTS // self.cols)
-        buf = _slab_buffer(min(step, self.rows) * self.cols)
+        buf = _slab_buffer(min(step, self.rows) * self.cols, dtype)
         for start in range(0, self.rows, step):
             stop = min(start + step, self.rows)
             w = buf[: (stop - start) * self.cols].view(stop - start, self.cols)
-            gguf_to_bf16(self.raw[start:stop], self.qtype, stop - start, self.cols, out=w)
-            out[:, start:stop] = F.linear(xb, w)
+            gguf_expand(self.raw[start:stop], self.qtype, stop - start, self.cols, dtype, out=w)
+            out[:, start:stop] = F.linear(xw, w)
         return out
 
     def dense(self, start: int, stop: int) -> torch.Tensor:

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "_native.h"
+#include "lantern.h"
 
 typedef struct {
     const uint8_t *w;  /* GGUF blocks: rows x (cols / elements per block) */
@@ -97,28 +97,21 @@ static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int6
     return 0;
 }
 
-static _Thread_local float *g_act;
-static _Thread_local size_t g_act_cap;
-
 /* Run tokens start .. start + M - 1 (embedding rows x [M, dim], overwritten: the residual
  * stream). keys/values: per layer the float16 cache [kv_heads, capacity, head_dim]; cos/sin the
  * rotary tables from position `start` on ([M, rope_dims] each). Writes the logits of the last
  * `n_logits` tokens (0, 1 or M) to `logits` [n_logits, vocab]. Returns 0, -1 on a bad
  * description (a weight type the kernels do not take) or no memory. */
-int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
+LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
                  uint16_t *const *values, int64_t capacity, const float *cos, const float *sin, float *logits,
                  int64_t n_logits, int nthreads) {
     const int64_t dim = m->dim, H = m->n_heads, KVH = m->n_kv_heads, D = m->head_dim, F = m->ffn_dim;
     const int64_t width = (H + 2 * KVH) * D; /* q|k|v of one token */
     if (M <= 0 || n_logits < 0 || n_logits > M || start + M > capacity) return -1;
-    const size_t need = (size_t)M * (dim + width + H * D + dim + 3 * F);
-    if (need > g_act_cap) {
-        free(g_act);
-        g_act_cap = 0;
-        if (!(g_act = (float *)malloc(need * sizeof(float)))) return -1;
-        g_act_cap = need;
-    }
-    float *xn = g_act, *qkv = xn + M * dim, *att = qkv + M * width, *sub = att + M * H * D;
+    const lt_kernels *k = lt_kernels_get();
+    float *xn = (float *)lt_scratch(LT_SCRATCH_STEP, (size_t)M * (dim + width + H * D + dim + 3 * F) * sizeof(float));
+    if (!xn) return -1;
+    float *qkv = xn + M * dim, *att = qkv + M * width, *sub = att + M * H * D;
     float *gu = sub + M * dim, *act = gu + M * 2 * F;
 
     for (int64_t l = 0; l < m->n_layers; l++) {
@@ -131,8 +124,8 @@ int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t
                 rotate(row + h * D, cos + i * m->rope_dims, sin + i * m->rope_dims, m->rope_dims, (int)m->neox);
             for (int64_t h = 0; h < KVH; h++) {
                 const int64_t at = (h * capacity + start + i) * D;
-                lt_to_f16(row + (H + h) * D, keys[l] + at, D);
-                lt_to_f16(row + (H + KVH + h) * D, values[l] + at, D);
+                k->to_f16(row + (H + h) * D, keys[l] + at, D);
+                k->to_f16(row + (H + KVH + h) * D, values[l] + at, D);
             }
         }
         if (lt_attention_f16(qkv, width, keys[l], values[l], att, M, H, KVH, D, start, capacity, m->window, m->scale,
@@ -142,7 +135,7 @@ int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->ffn_norm, xn + i * dim, dim, m->eps);
         if (project(&L->gate_up, xn, gu, 2 * F, M, nthreads)) return -1;
-        for (int64_t i = 0; i < M; i++) lt_silu_mul(gu + i * 2 * F, gu + i * 2 * F + F, act + i * F, F);
+        for (int64_t i = 0; i < M; i++) k->silu_mul(gu + i * 2 * F, gu + i * 2 * F + F, act + i * F, F);
         if (linear(&L->down, act, sub, dim, M, nthreads)) return -1;
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
     }

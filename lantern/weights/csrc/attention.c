@@ -1,0 +1,168 @@
+/* Attention of a few queries over a float16 KV cache (ISA-free driver).
+ *
+ * out[i, h] = softmax_t(scale * q[i, h] . k[h / group, t]) v[h / group, t] over the keys that
+ * query i (at position start + i) sees: t <= start + i and, with a window, start + i - t < window.
+ * K and V are float16 [kv_heads, stride, D] (the cache as stored, half the bytes of float32: a
+ * decode step reads all of them); q float32 [n, heads, D] with rows `ldq` floats apart, out
+ * float32 [n, heads * D]; the math is float32.
+ *
+ * Where the level has span kernels for D (lt_kernels.attn_span): one task per (query, KV head,
+ * chunk of up to 4 of its query heads, span of up to ATTN_SPAN positions). Each key and value
+ * row is converted from float16 once for all the query heads of the chunk (grouped-query
+ * attention shares them) (SmolLM2-135M, 9 heads over 3 KV heads: 1.9x faster than one task per
+ * head). A query's positions are split into spans by their count alone, so its result does not
+ * depend on the thread count or on the other queries of the pass; spans are merged like
+ * flash-decoding's partial softmaxes. Elsewhere (the portable level, other head dims): one task
+ * per (query, head) in plain C. */
+
+#include "blocks.h"
+#include "lantern.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define ATTN_SPAN 1024 /* positions: long enough to stream (MHA at 1000 positions is memory-bound) */
+
+typedef struct {
+    const float *q;
+    const uint16_t *k, *v;
+    float *out;
+    int64_t H, KVH, D, start, stride, window, ldq;
+    float scale;
+    const lt_kernels *kern;
+} attn_args;
+
+/* The positions query i sees: [lo, lo + T) */
+static void attn_range(const attn_args *a, int64_t i, int64_t *lo, int64_t *T) {
+    const int64_t pos = a->start + i;
+    *lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
+    *T = pos + 1 - *lo;
+}
+
+/* ----- one task per (query, head), plain C --------------------------------------------------- */
+
+static void attn_task(void *p, int64_t task) {
+    const attn_args *a = (const attn_args *)p;
+    const int64_t i = task / a->H, h = task % a->H, kvh = h / (a->H / a->KVH), D = a->D;
+    int64_t lo, T;
+    attn_range(a, i, &lo, &T);
+    const float *q = a->q + i * a->ldq + h * D;
+    const uint16_t *k = a->k + (kvh * a->stride + lo) * D, *v = a->v + (kvh * a->stride + lo) * D;
+    float *o = a->out + (i * a->H + h) * D;
+    float buf[2048];
+    float *s = T <= 2048 ? buf : (float *)malloc((size_t)T * sizeof(float));
+    if (!s) { /* out of memory: NaN, not a silently wrong number */
+        for (int64_t d = 0; d < D; d++) o[d] = NAN;
+        return;
+    }
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < T; t++) {
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; d++) dot += q[d] * lt_f16_to_f32(k[t * D + d]);
+        s[t] = a->scale * dot;
+        if (s[t] > mx) mx = s[t];
+    }
+    const float sum = a->kern->exp_sum(s, T, mx);
+    for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) o[d] += s[t] * lt_f16_to_f32(v[t * D + d]);
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < D; d++) o[d] *= inv;
+    if (s != buf) free(s);
+}
+
+/* ----- span kernels of the level -------------------------------------------------------------- */
+
+typedef struct {
+    const attn_args *a;
+    lt_span_fn const *fn;    /* by heads - 1, for this D */
+    int64_t nchunks, nspans; /* per (query, KV head); spans for the longest query */
+    float *part;             /* per task: HEADS x (max, sum, D outputs) */
+} attn_job;
+
+static lt_span_fn const *span_fns(const lt_kernels *k, int64_t D) {
+    const int i = D == 64 ? 0 : D == 96 ? 1 : D == 128 ? 2 : -1;
+    return i < 0 || !k->attn_span[i][0] ? NULL : k->attn_span[i];
+}
+
+static void attn_span_task(void *p, int64_t task) {
+    const attn_job *job = (const attn_job *)p;
+    const attn_args *a = job->a;
+    const int64_t D = a->D, group = a->H / a->KVH;
+    const int64_t sp = task % job->nspans, c = task / job->nspans % job->nchunks;
+    const int64_t kvh = task / (job->nspans * job->nchunks) % a->KVH, i = task / (job->nspans * job->nchunks * a->KVH);
+    int64_t lo, T;
+    attn_range(a, i, &lo, &T);
+    const int64_t spans = (T + ATTN_SPAN - 1) / ATTN_SPAN;
+    float *part = job->part + task * LT_ATTN_HEADS * (D + 2);
+    const int64_t h0 = kvh * group + c * LT_ATTN_HEADS;
+    const int64_t hn = group - c * LT_ATTN_HEADS < LT_ATTN_HEADS ? group - c * LT_ATTN_HEADS : LT_ATTN_HEADS;
+    if (sp >= spans) { /* this query has fewer spans than the longest: nothing to add */
+        for (int64_t j = 0; j < hn; j++) { part[j * (D + 2)] = -INFINITY; part[j * (D + 2) + 1] = 0.f; }
+        return;
+    }
+    const int64_t t0 = lo + sp * ATTN_SPAN, n = t0 + ATTN_SPAN < lo + T ? ATTN_SPAN : lo + T - t0;
+    const float *q[LT_ATTN_HEADS];
+    for (int64_t j = 0; j < hn; j++) q[j] = a->q + i * a->ldq + (h0 + j) * D;
+    float s[LT_ATTN_HEADS * ATTN_SPAN];
+    job->fn[hn - 1](q, a->k + (kvh * a->stride + t0) * D, a->v + (kvh * a->stride + t0) * D, n, a->scale, s, part);
+}
+
+/* Merge the spans of every (query, head): out = sum_s e^(m_s - m) o_s / sum_s e^(m_s - m) l_s. */
+static void attn_merge(const attn_job *job, int64_t n) {
+    const attn_args *a = job->a;
+    const int64_t D = a->D, group = a->H / a->KVH, W = LT_ATTN_HEADS * (D + 2);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = 0; h < a->H; h++) {
+            const int64_t kvh = h / group, c = h % group / LT_ATTN_HEADS, j = h % group % LT_ATTN_HEADS;
+            const float *first = job->part + ((i * a->KVH + kvh) * job->nchunks + c) * job->nspans * W + j * (D + 2);
+            float m = -INFINITY;
+            for (int64_t sp = 0; sp < job->nspans; sp++) m = first[sp * W] > m ? first[sp * W] : m;
+            float *o = a->out + (i * a->H + h) * D;
+            float l = 0.f;
+            for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+            for (int64_t sp = 0; sp < job->nspans; sp++) {
+                const float *ps = first + sp * W;
+                if (ps[1] == 0.f) continue;
+                const float e = job->nspans == 1 ? 1.f : expf(ps[0] - m);
+                l += e * ps[1];
+                for (int64_t d = 0; d < D; d++) o[d] += e * ps[2 + d];
+            }
+            const float inv = 1.f / l;
+            for (int64_t d = 0; d < D; d++) o[d] *= inv;
+        }
+}
+
+/* 0 when done, 1 when the level has no span kernels for these shapes, -1 without memory. */
+static int attention_spans(const attn_args *a, int64_t n, int nthreads) {
+    const int64_t group = a->H / a->KVH;
+    lt_span_fn const *fn = span_fns(a->kern, a->D);
+    if (!fn) return 1;
+    int64_t lo, T, Tmax = 0;
+    for (int64_t i = 0; i < n; i++) { attn_range(a, i, &lo, &T); if (T > Tmax) Tmax = T; }
+    attn_job job = {a, fn, (group + LT_ATTN_HEADS - 1) / LT_ATTN_HEADS, (Tmax + ATTN_SPAN - 1) / ATTN_SPAN, NULL};
+    const int64_t tasks = n * a->KVH * job.nchunks * job.nspans;
+    job.part = (float *)lt_scratch(LT_SCRATCH_ATTN, (size_t)tasks * LT_ATTN_HEADS * (a->D + 2) * sizeof(float));
+    if (!job.part) return -1;
+    lt_pool_run(attn_span_task, &job, tasks, nthreads);
+    attn_merge(&job, n);
+    return 0;
+}
+
+int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                     int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
+                     int nthreads) {
+    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
+    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get()};
+    const int rc = attention_spans(&a, n, nthreads);
+    if (rc <= 0) return rc;
+    lt_pool_run(attn_task, &a, n * H, nthreads);
+    return 0;
+}
+
+/* Returns 0, or -1 when the heads do not group evenly over the KV heads. */
+LT_EXPORT int lantern_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                                    int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window,
+                                    float scale, int nthreads) {
+    return lt_attention_f16(q, H * D, k, v, out, n, H, KVH, D, start, stride, window, scale, nthreads);
+}

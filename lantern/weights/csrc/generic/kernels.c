@@ -1,0 +1,293 @@
+/* Portable C kernels: the fallback on every CPU and the oracle the ISA files are tested against
+ * (ggml-cpu's *_generic). Plain loops that compilers vectorize at the baseline ISA (SSE2 on
+ * x86-64, NEON on ARM64); no intrinsics. */
+
+#include "../blocks.h"
+#include "../lantern.h"
+
+#include <math.h>
+
+void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv) {
+    switch (qtype) {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: {
+        const float d = lt_rd_f16(b);
+        const uint8_t *qs;
+        uint32_t qh = 0;
+        int off = 0;
+        minv[0] = 0.f;
+        if (qtype == LT_Q4_0) { qs = b + 2; off = -8; }
+        else if (qtype == LT_Q4_1) { qs = b + 4; minv[0] = lt_rd_f16(b + 2); }
+        else if (qtype == LT_Q5_0) { qs = b + 6; memcpy(&qh, b + 2, 4); off = -16; }
+        else { qs = b + 8; memcpy(&qh, b + 4, 4); minv[0] = lt_rd_f16(b + 2); }
+        for (int l = 0; l < 16; l++) {
+            q[l] = (int8_t)((qs[l] & 15) + 16 * ((qh >> l) & 1) + off);
+            q[l + 16] = (int8_t)((qs[l] >> 4) + 16 * ((qh >> (l + 16)) & 1) + off);
+        }
+        scale[0] = d;
+        break;
+    }
+    case LT_Q8_0:
+        memcpy(q, b + 2, 32);
+        scale[0] = lt_rd_f16(b);
+        minv[0] = 0.f;
+        break;
+    case LT_Q4_K: case LT_Q5_K: {
+        const float d = lt_rd_f16(b), dmin = lt_rd_f16(b + 2);
+        uint8_t sc[8], mn[8];
+        lt_k4_scale_min(b + 4, sc, mn);
+        for (int j = 0; j < 8; j++) { scale[j] = d * (float)sc[j]; minv[j] = -(dmin * (float)mn[j]); }
+        const uint8_t *qs = qtype == LT_Q4_K ? b + 16 : b + 48, *qh = b + 16;
+        for (int g = 0; g < 4; g++)
+            for (int l = 0; l < 32; l++) {
+                int lo = qs[32 * g + l] & 15, hi = qs[32 * g + l] >> 4;
+                if (qtype == LT_Q5_K) { lo += 16 * ((qh[l] >> (2 * g)) & 1); hi += 16 * ((qh[l] >> (2 * g + 1)) & 1); }
+                q[64 * g + l] = (int8_t)lo;
+                q[64 * g + 32 + l] = (int8_t)hi;
+            }
+        break;
+    }
+    default: { /* Q6_K: weight 128h + 32t + l; see llama.cpp's dequantize_row_q6_K */
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        const float d = lt_rd_f16(b + 208);
+        for (int j = 0; j < 16; j++) { scale[j] = d * (float)sc[j]; minv[j] = 0.f; }
+        for (int h = 0; h < 2; h++)
+            for (int t = 0; t < 4; t++)
+                for (int l = 0; l < 32; l++)
+                    q[128 * h + 32 * t + l] = (int8_t)((((ql[64 * h + 32 * (t & 1) + l] >> (4 * (t >> 1))) & 15) |
+                                                       (((qh[32 * h + l] >> (2 * t)) & 3) << 4)) - 32);
+        break;
+    }
+    }
+}
+
+/* ----- activations ------------------------------------------------------------------------ */
+
+/* LT_X_Q15 for M rows: per group of 32, qd = max|x| / 16383 and q = round-to-even(x * (16383 /
+ * max|x|)) in float32 (the ISA versions compute the same products, so the same q). */
+void lt_x_prepare_q15_generic(const float *x, int64_t M, lt_x *xp) {
+    int16_t *q = (int16_t *)xp->q;
+    float *qd = (float *)xp->qd, *qs = (float *)xp->qs;
+    for (int64_t g = 0; g < M * xp->G; g++) {
+        const float *p = x + 32 * g;
+        float amax = 0.f;
+        for (int i = 0; i < 32; i++) amax = fabsf(p[i]) > amax ? fabsf(p[i]) : amax;
+        const float id = amax > 0.f ? 16383.f / amax : 0.f;
+        int32_t sum = 0;
+        for (int i = 0; i < 32; i++) {
+            const int32_t v = (int32_t)nearbyintf(p[i] * id);
+            q[32 * g + i] = (int16_t)v;
+            sum += v;
+        }
+        qd[g] = amax / 16383.f;
+        qs[g] = qd[g] * (float)sum;
+    }
+}
+
+/* LT_X_BF16 for M rows (the AVX-512 path's activations; the oracle of its kernels). */
+void lt_x_prepare_bf16_generic(const float *x, int64_t M, lt_x *xp) {
+    const int64_t K = xp->K, G = xp->G, ld = xp->ld;
+    uint16_t *xb = (uint16_t *)xp->bf;
+    float *xs = (float *)xp->bs;
+    for (int64_t i = 0; i < M * K; i++) xb[i] = lt_f32_to_bf16(x[i]);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            const float *p = x + m * K + 32 * g;
+            const uint16_t *b = xb + m * K + 32 * g;
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
+            for (int i = 0; i < 32; i += 4) {
+                a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+                b0 += lt_bf16_to_f32(b[i]); b1 += lt_bf16_to_f32(b[i + 1]);
+                b2 += lt_bf16_to_f32(b[i + 2]); b3 += lt_bf16_to_f32(b[i + 3]);
+            }
+            xs[m * ld + g] = (a0 + a1) + (a2 + a3);
+            xs[m * ld + ld / 2 + g] = (b0 + b1) + (b2 + b3);
+        }
+}
+
+/* ----- rows: out[m] = row . x[m0 + m] -------------------------------------------------------
+ * Per sub-block s: scale[s] * qd * (sum_i w_i q_i, exact in int32) + minv[s] * qs (Q15), or
+ * scale[s] * (sum_i w_i bf16(x_i)) + minv[s] * (sum of x) (BF16), accumulated in float32. */
+
+static void row_q15(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, int M, float *out) {
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    const int64_t K = x->K, G = x->G;
+    const int SB = lt_sub_block(qtype);
+    int8_t q[256];
+    float scale[16], minv[16];
+    for (int m = 0; m < M; m++) out[m] = 0.f;
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        lt_decode_block(qtype, row + ib * B, q, scale, minv);
+        for (int m = 0; m < M; m++) {
+            const int16_t *xq = x->q + (m0 + m) * K + ib * E;
+            const float *qd = x->qd + (m0 + m) * G + ib * E / 32, *qs = x->qs + (m0 + m) * G + ib * E / 32;
+            float acc = 0.f;
+            for (int s = 0; s < E / SB; s++) {
+                int32_t dot = 0;
+                for (int i = 0; i < SB; i++) dot += (int32_t)q[s * SB + i] * xq[s * SB + i];
+                acc += scale[s] * (qd[s * SB / 32] * (float)dot);
+                if (SB == 32 && minv[s] != 0.f) acc += minv[s] * qs[s];
+            }
+            out[m] += acc;
+        }
+    }
+}
+
+/* The bf16 row (LT_X_BF16): the oracle of the AVX-512 BF16 kernels. */
+void lt_row_bf16_generic(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, int M, float *out) {
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    const int64_t K = x->K, ld = x->ld;
+    const int SB = lt_sub_block(qtype);
+    int8_t q[256];
+    float scale[16], minv[16];
+    for (int m = 0; m < M; m++) out[m] = 0.f;
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        lt_decode_block(qtype, row + ib * B, q, scale, minv);
+        for (int m = 0; m < M; m++) {
+            const int64_t r = m0 + m;
+            float acc = 0.f;
+            for (int s = 0; s < E / SB; s++) {
+                const int64_t e0 = ib * E + s * SB;
+                float dot = 0.f;
+                if (qtype == LT_Q8_0)
+                    for (int i = 0; i < SB; i++) dot += (float)q[s * SB + i] * x->f[r * K + e0 + i];
+                else
+                    for (int i = 0; i < SB; i++) dot += (float)q[s * SB + i] * lt_bf16_to_f32(x->bf[r * K + e0 + i]);
+                acc += scale[s] * dot;
+                if (minv[s] != 0.f) acc += minv[s] * x->bs[r * ld + e0 / 32];
+            }
+            out[m] += acc;
+        }
+    }
+}
+
+#define ROW_INSTANCES(name, qt)                                                                                \
+    static void name##_1(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 1, o); } \
+    static void name##_2(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 2, o); } \
+    static void name##_3(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 3, o); } \
+    static void name##_4(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 4, o); } \
+    static void name##_8(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 8, o); }
+ROW_INSTANCES(q4_0, LT_Q4_0)
+ROW_INSTANCES(q4_1, LT_Q4_1)
+ROW_INSTANCES(q5_0, LT_Q5_0)
+ROW_INSTANCES(q5_1, LT_Q5_1)
+ROW_INSTANCES(q8_0, LT_Q8_0)
+ROW_INSTANCES(q4_k, LT_Q4_K)
+ROW_INSTANCES(q5_k, LT_Q5_K)
+ROW_INSTANCES(q6_k, LT_Q6_K)
+
+/* ----- expansion (prompt chunks) -------------------------------------------------------------
+ * The float32 weights are exactly lantern.weights.quants.dequantize's (same operations, same
+ * order, unfused); bf16 rounds them to nearest even. */
+
+static void q2k_block_f32(const uint8_t *b, float *y) {
+    const float d = lt_rd_f16(b + 80), dmin = lt_rd_f16(b + 82);
+    const uint8_t *qs = b + 16;
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int half = 0; half < 2; half++) {
+                const int e0 = 128 * h + 32 * j + 16 * half;
+                const uint8_t sc = b[e0 / 16];
+                const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+                for (int l = 16 * half; l < 16 * half + 16; l++) {
+                    float v = dl * (float)((qs[32 * h + l] >> (2 * j)) & 3);
+                    y[128 * h + 32 * j + l] = v - ml;
+                }
+            }
+}
+
+static void q3k_block_f32(const uint8_t *b, float *y) {
+    const uint8_t *hm = b, *qs = b + 32, *s = b + 96;
+    const float d = lt_rd_f16(b + 108);
+    float dl[16];
+    for (int i = 0; i < 16; i++) {
+        const int k = i & 3, sh = 2 * (i >> 2); /* high 2 bits: bits sh, sh+1 of s[8 + k] */
+        const int lo = i < 4 ? s[k] & 15 : i < 8 ? s[4 + k] & 15 : i < 12 ? s[k] >> 4 : s[4 + k] >> 4;
+        const int v = lo | (((s[8 + k] >> sh) & 3) << 4);
+        dl[i] = d * (float)(int8_t)(uint8_t)(v - 32);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                const int e = 128 * h + 32 * j + l;
+                int q = (qs[32 * h + l] >> (2 * j)) & 3;
+                if (!((hm[l] >> (4 * h + j)) & 1)) q -= 4;
+                y[e] = dl[e / 16] * (float)q;
+            }
+}
+
+static void expand_f32_generic(int qtype, const uint8_t *row, int64_t K, float *out) {
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    if (qtype == LT_Q2_K || qtype == LT_Q3_K) {
+        for (int64_t ib = 0; ib < K / E; ib++)
+            (qtype == LT_Q2_K ? q2k_block_f32 : q3k_block_f32)(row + ib * B, out + ib * E);
+        return;
+    }
+    const int SB = lt_sub_block(qtype);
+    /* the min is added even where it is zero: -0 + -0 and -0 + +0 keep quants.py's sign of zero */
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1 || qtype == LT_Q4_K || qtype == LT_Q5_K;
+    int8_t q[256];
+    float scale[16], minv[16];
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        lt_decode_block(qtype, row + ib * B, q, scale, minv);
+        for (int i = 0; i < E; i++) {
+            float w = scale[i / SB] * (float)q[i];
+            if (has_min) w = w + minv[i / SB];
+            out[ib * E + i] = w;
+        }
+    }
+}
+
+static void expand_bf16_generic(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
+    float buf[256];
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        expand_f32_generic(qtype, row + ib * B, E, buf);
+        for (int i = 0; i < E; i++) out[ib * E + i] = lt_f32_to_bf16(buf[i]);
+    }
+}
+
+/* ----- vector helpers ----------------------------------------------------------------------- */
+
+static float exp_sum_generic(float *s, int64_t T, float mx) {
+    float sum = 0.f;
+    for (int64_t t = 0; t < T; t++) sum += (s[t] = expf(s[t] - mx));
+    return sum;
+}
+
+static void silu_mul_generic(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
+static void to_f16_generic(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = lt_f32_to_f16(src[i]);
+}
+
+void lt_fill_generic(lt_kernels *k) {
+    memset(k, 0, sizeof(*k));
+    k->isa = "portable";
+    k->x_format = LT_X_Q15;
+    k->x_prepare = lt_x_prepare_q15_generic;
+#define SET_ROWS(qt, name)                                                                     \
+    k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
+    k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = #name "_generic";
+    SET_ROWS(LT_Q4_0, q4_0) SET_ROWS(LT_Q4_1, q4_1) SET_ROWS(LT_Q5_0, q5_0) SET_ROWS(LT_Q5_1, q5_1)
+    SET_ROWS(LT_Q8_0, q8_0) SET_ROWS(LT_Q4_K, q4_k) SET_ROWS(LT_Q5_K, q5_k) SET_ROWS(LT_Q6_K, q6_k)
+#undef SET_ROWS
+    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+    for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
+        k->expand_bf16[expandable[i]] = expand_bf16_generic;
+        k->expand_bf16_name[expandable[i]] = "expand_bf16_generic";
+        k->expand_f32[expandable[i]] = expand_f32_generic;
+        k->expand_f32_name[expandable[i]] = "expand_f32_generic";
+    }
+    k->attn_name = "attention_generic";
+    k->exp_sum = exp_sum_generic;
+    k->silu_mul = silu_mul_generic;
+    k->to_f16 = to_f16_generic;
+    k->vec_name = "vec_generic";
+}

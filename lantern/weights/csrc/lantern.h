@@ -1,0 +1,165 @@
+/* lantern's native CPU library: what its files share. Internal: Python sees only the lantern_*
+ * functions (ctypes, lantern/weights/kernels/native.py).
+ *
+ * Layout (as ggml-cpu's): ISA-free drivers (pool.c, matmul.c, attention.c, step.c) call kernels
+ * through one table (lt_kernels) that dispatch.c fills once per instruction-set level: first
+ * with the portable C of generic/kernels.c, then each level up to the chosen one overrides what
+ * it has (x86/avx2.c, x86/avx512.c, arm/neon.c). A level that lacks a kernel keeps the generic
+ * one, whose name then says so. Adding an ISA: one file with an lt_fill_* function, one entry
+ * in dispatch.c's LEVELS. */
+#ifndef LANTERN_H
+#define LANTERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bumped whenever an exported function or struct changes shape; native.py checks it. */
+#define LT_ABI_VERSION 2
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LT_X86 1
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+#define LT_ARM64 1
+#endif
+
+/* Portability (gcc, clang, MinGW, MSVC; README "Platforms"). LT_ALIGN goes before the type
+ * (`static LT_ALIGN(64) float t[16];`: the one place both spellings accept). LT_TARGET(s): the
+ * instruction sets a function may use, for gcc/clang (function-level target attributes); MSVC
+ * compiles any intrinsic anywhere, so it is empty there (dispatch.c still decides what runs).
+ * LT_PREFETCH(p): a read prefetch into all cache levels (a hint; nothing where none exists). */
+#if defined(_MSC_VER) && !defined(__clang__)
+#define LT_MSVC 1
+#define LT_ALIGN(n) __declspec(align(n))
+#define LT_INLINE static __forceinline
+#define LT_THREAD_LOCAL __declspec(thread)
+#define LT_TARGET(isas)
+#else
+#define LT_ALIGN(n) __attribute__((aligned(n)))
+#define LT_INLINE static inline __attribute__((always_inline))
+#define LT_THREAD_LOCAL _Thread_local
+#define LT_TARGET(isas) __attribute__((target(isas)))
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LT_PREFETCH(p) __builtin_prefetch(p)
+#elif defined(LT_MSVC) && defined(LT_X86)
+#include <intrin.h>
+#define LT_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#elif defined(LT_MSVC) && defined(LT_ARM64)
+#include <intrin.h>
+#define LT_PREFETCH(p) __prefetch(p)
+#else
+#define LT_PREFETCH(p) ((void)(p))
+#endif
+
+#ifdef _WIN32
+#define LT_EXPORT __declspec(dllexport)
+#else
+#define LT_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* GGML type ids */
+enum { LT_Q4_0 = 2, LT_Q4_1 = 3, LT_Q5_0 = 6, LT_Q5_1 = 7, LT_Q8_0 = 8, LT_Q2_K = 10, LT_Q3_K = 11,
+       LT_Q4_K = 12, LT_Q5_K = 13, LT_Q6_K = 14, LT_NTYPES = 16 };
+
+/* Instruction-set levels (LANTERN_ISA): each CPU runs the best level it has. */
+enum { LT_ISA_PORTABLE = 0, LT_ISA_AVX2 = 1, LT_ISA_AVX512 = 2, LT_ISA_NEON = 3, LT_ISA_COUNT = 4 };
+
+/* ----- activations, as the row kernels read them ----------------------------------------------
+ * The matmul driver converts x once per call into the form the level's row kernels take:
+ *   LT_X_BF16: bf16(x) (round to nearest even) and, per row of `ld` floats, the sums per 32 of x
+ *              (first G floats) and of bf16(x) (from ld / 2 on): AVX-512 BF16's vdpbf16ps.
+ *   LT_X_Q15:  x per group of 32 as int16 q with |q| <= 16383 and a float32 scale qd
+ *              (x ~ qd * q, qd = max|x| / 16383), and qs = qd * sum(q) per group (the mins).
+ *              Products with the weights' small integer codes are exact in int32, so only the
+ *              rounding of x to 15 bits (2^-15 of the group's largest |x|, 64x finer than bf16)
+ *              and float32 accumulation remain. 15 bits, not 16: |q| <= 16383 splits exactly
+ *              into two signed bytes (128 * hi + lo, lo in 0..127) for byte dot products. */
+enum { LT_X_BF16 = 1, LT_X_Q15 = 2 };
+
+typedef struct {
+    int64_t K, G, ld;   /* elements per row of x; groups of 32 per row; floats per row of bs */
+    const float *f;     /* x float32 [M, K] (always) */
+    const uint16_t *bf; /* LT_X_BF16: [M, K] */
+    const float *bs;    /* LT_X_BF16: [M, ld] sums per 32 of x, then (at ld / 2) of bf16(x) */
+    const int16_t *q;   /* LT_X_Q15: [M, K] */
+    const float *qd;    /* LT_X_Q15: [M, G] */
+    const float *qs;    /* LT_X_Q15: [M, G] */
+} lt_x;
+
+/* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
+typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *out);
+#define LT_ROW_COUNTS 5
+static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
+
+/* One row of GGUF blocks (K weights) -> weights (prompt chunks, then a dense GEMM). */
+typedef void (*lt_expand_bf16_fn)(int qtype, const uint8_t *row, int64_t K, uint16_t *out);
+typedef void (*lt_expand_f32_fn)(int qtype, const uint8_t *row, int64_t K, float *out);
+
+/* Attention of HN query heads q[j] (scores times `scale`) over T positions of one KV head
+ * (float16 rows of D): writes per head (max score, sum of exp, D unnormalised outputs) to
+ * part[j * (D + 2)]; s is scratch of HN * T floats. */
+typedef void (*lt_span_fn)(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
+                           float *s, float *part);
+#define LT_ATTN_HEADS 4 /* query heads per span task */
+#define LT_ATTN_DIMS 3  /* head dims with span kernels: 64, 96, 128 */
+
+typedef struct {
+    const char *isa;                                 /* the level's name */
+    int x_format;                                    /* LT_X_BF16 or LT_X_Q15 */
+    void (*x_prepare)(const float *x, int64_t M, lt_x *xp); /* fills what x_format names */
+    lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
+    const char *row_name[LT_NTYPES];
+    lt_expand_bf16_fn expand_bf16[LT_NTYPES];
+    const char *expand_bf16_name[LT_NTYPES];
+    lt_expand_f32_fn expand_f32[LT_NTYPES];
+    const char *expand_f32_name[LT_NTYPES];
+    lt_span_fn attn_span[LT_ATTN_DIMS][LT_ATTN_HEADS]; /* by head dim (64, 96, 128), heads - 1 */
+    const char *attn_name;
+    float (*exp_sum)(float *s, int64_t T, float mx); /* s[t] = exp(s[t] - mx); returns the sum */
+    void (*silu_mul)(const float *g, const float *u, float *out, int64_t n);
+    void (*to_f16)(const float *src, uint16_t *dst, int64_t n);
+    const char *vec_name; /* of exp_sum / silu_mul / to_f16 */
+} lt_kernels;
+
+/* The table in use (dispatch.c); never NULL once lt_kernels_get() has run. */
+const lt_kernels *lt_kernels_get(void);
+
+/* Fillers: generic first, then each level up to the chosen one. */
+void lt_fill_generic(lt_kernels *k);
+#ifdef LT_X86
+void lt_fill_avx2(lt_kernels *k);
+void lt_fill_avx512(lt_kernels *k);
+#endif
+#ifdef LT_ARM64
+void lt_fill_neon(lt_kernels *k);
+#endif
+
+/* ----- drivers ---------------------------------------------------------------------------- */
+typedef void (*task_fn)(void *args, int64_t task);
+
+/* fn(args, t) for t in [0, ntasks) on up to `nthreads` threads, the caller included. */
+void lt_pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads);
+/* fn(args, a, b) over [0, N) in pieces of `align` multiples, about 4 per thread. */
+void lt_parallel_rows(void (*fn)(void *, int64_t, int64_t), void *args, int64_t N, int nthreads, int64_t align);
+
+/* y[m, r] (rows of y `ldy` floats apart) = x[m] . W[r] for the GGUF blocks w of type `qtype`
+ * ([N, K] weights), m < M. Returns 0, or -1 for a type not multiplied in place, K not a
+ * multiple of the block, or no memory. */
+int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy, int64_t N, int64_t K,
+                   int64_t M, int nthreads);
+
+/* Causal attention of n queries (rows `ldq` floats apart) over a float16 KV cache; see attention.c. */
+int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                     int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
+                     int nthreads);
+
+/* Per-thread scratch memory, 64-byte aligned, grown as needed (slot: one per concurrent use). */
+void *lt_scratch(int slot, size_t n);
+enum { LT_SCRATCH_X = 0, LT_SCRATCH_ATTN = 1, LT_SCRATCH_STEP = 2, LT_SCRATCH_SLOTS = 3 };
+
+/* Geometry of a GGUF block type: elements and bytes per block; -1 for a type lantern does not read. */
+int lt_block_geometry(int qtype, int64_t *elems, int64_t *bytes);
+
+#endif
