@@ -86,6 +86,8 @@ typedef struct {
     const int16_t *q;   /* LT_X_Q15: [M, K] */
     const float *qd;    /* LT_X_Q15: [M, G] */
     const float *qs;    /* LT_X_Q15: [M, G] */
+    const int8_t *q8;   /* LT_X_Q15, where the level's x_prepare makes it (else NULL): q split into
+                           two signed bytes, per group of 32 the 32 hi then the 32 lo ([M, 2K]) */
 } lt_x;
 
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
