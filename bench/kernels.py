@@ -5,13 +5,13 @@ and end-to-end decode/prompt speed of whole models.
     python bench/kernels.py --types all --reps 5
     python bench/kernels.py --smol               # per-call microseconds on SmolLM2-135M's shapes
     python bench/kernels.py --e2e                # + end-to-end on SmolLM2 and the Phi-3-mini fixture
-    python bench/kernels.py --interleaved MODEL  # decode/prompt: new kernels, previous ones, llama.cpp
-                                                 # in one process, alternating (for a busy machine)
+    python bench/kernels.py --interleaved MODEL  # decode/prompt: lantern at each instruction-set
+                                                 # level and llama.cpp in one process, alternating
+    python bench/kernels.py --levels avx2        # only these levels (default: every one the CPU runs)
 
 Prints G weights/s (weights of the matrix per second; for M=256 that is M x fewer per token) for
-the fast kernel `build()` picks on this machine (`gguf-native` with AVX-512 BF16: the file's
-blocks in place), the kernel it replaced (`int4` / `q6k-native`: converted at load) and the
-reference. Each timed call multiplies the next of several copies of the weight (together larger
+the fast kernel `build()` picks (`gguf-native`: the file's blocks in place) at every instruction-set
+level the CPU runs (LANTERN_ISA's levels, switched in-process), and the reference. Each timed call multiplies the next of several copies of the weight (together larger
 than the last-level cache), so the weights come from memory as in a real forward pass. The
 machine is shared: every variant runs interleaved in the same process and the median of --reps
 runs is reported.
@@ -72,15 +72,11 @@ def timed(fn, reps: int) -> float:
 WORKING_SET = 96 << 20
 
 
-def previous_kernel(w: TensorData):
-    """The fast kernel in use before the in-place GGUF kernels (int4 at load, float32 Q6_K), or None."""
-    from lantern.weights.kernels import int4, native
+def levels_to_run(wanted: str | None) -> list[str]:
+    from lantern.weights.kernels import native
 
-    if w.type in int4.INT4_TYPES and int4.available():
-        return int4.Int4Kernel(w.raw, w.type, *w.shape)
-    if w.type == QT.Q6_K and native.simd():
-        return native.Q6KKernel(w.raw, w.type, *w.shape)
-    return None
+    have = native.supported_isas()
+    return [lv for lv in (wanted.split(",") if wanted else have) if lv in have]
 
 
 class _Rotating:
@@ -94,7 +90,9 @@ class _Rotating:
         return self.layers[self.i](x)
 
 
-def kernels(types, shapes, ms, reps, reference: bool, previous: bool = True) -> None:
+def kernels(types, shapes, ms, reps, reference: bool, levels: list[str]) -> None:
+    from lantern.weights.kernels import native
+
     print(f"# kernels: {describe()}")
     print(f"{'type':6} {'shape':>12} {'kernel':>12} " + " ".join(f"{'M=' + str(m):>9}" for m in ms) + "   (G weights/s)")
     for qtype in types:
@@ -103,19 +101,23 @@ def kernels(types, shapes, ms, reps, reference: bool, previous: bool = True) -> 
             copies = max(1, -(-WORKING_SET // base.raw.numel()))
             weights = [base] + [TensorData(base.name, base.type, base.shape, base.raw.clone()) for _ in range(copies - 1)]
             fast = [linear.QuantizedLinear(w, kernels="fast") for w in weights]
-            layers = {fast[0].kernel_name: _Rotating(fast)}
-            if previous and fast[0].kernel_name == "gguf-native":
-                prev = [previous_kernel(w) for w in weights]
-                if prev[0] is not None:
-                    layers[prev[0].name] = _Rotating(prev)
+            layers = {}
+            if fast[0].kernel_name == "gguf-native":
+                layers.update({level: _Rotating(fast) for level in levels})
+            else:
+                layers[fast[0].kernel_name] = _Rotating(fast)
             if reference:
                 layers["reference"] = linear.QuantizedLinear(base, kernels="reference")
             rates = {name: [] for name in layers}
+            before = native.isa()
             for m in ms:
                 x = torch.randn(m, cols)
                 for name, layer in layers.items():
+                    if name in levels:
+                        native.set_isa(name)
                     r = max(1, reps // 3) if name == "reference" else reps * (3 if m < 64 else 1)
                     rates[name].append(rows * cols / timed(lambda: layer(x), r) / 1e9)
+                    native.set_isa(before)
             for name in layers:
                 print(f"{qtype:6} {rows:>5}x{cols:<6} {name:>12} " + " ".join(f"{v:9.2f}" for v in rates[name]),
                       flush=True)
@@ -125,24 +127,26 @@ SMOL_SHAPES = [("Q4_1", 576, 576), ("Q4_1", 192, 576), ("Q4_1", 1536, 576), ("Q4
                ("Q8_0", 49152, 576)]
 
 
-def smol(reps: int) -> None:
-    """Per-call microseconds at M=1 on SmolLM2-135M's shapes (the whole call from Python: x to
-    bf16, dispatch, output), fast kernel vs the previous one, 1 and all threads."""
+def smol(reps: int, levels: list[str]) -> None:
+    """Per-call microseconds at M=1 on SmolLM2-135M's shapes (the whole call from Python: x
+    prepared, dispatch, output), at each level, 1 and all threads."""
+    from lantern.weights.kernels import native
+
     print(f"# SmolLM2-135M shapes, M=1, microseconds per call (median); {describe()}")
     print(f"{'type':6} {'shape':>12} {'threads':>7} {'kernel':>12} {'us/call':>9} {'G w/s':>7}")
     threads = torch.get_num_threads()
     for qtype, rows, cols in SMOL_SHAPES:
         w = random_weight(qtype, rows, cols)
         fast = linear.QuantizedLinear(w, kernels="fast")
-        layers = {fast.kernel_name: fast}
-        prev = previous_kernel(w)
-        if prev is not None and fast.kernel_name == "gguf-native":
-            layers[prev.name] = prev
+        layers = {level: fast for level in levels}
         x = torch.randn(1, cols)
+        before = native.isa()
         for n in sorted({1, threads}):
             torch.set_num_threads(n)
             for name, layer in layers.items():
+                native.set_isa(name)
                 t = timed(lambda: layer(x), max(50, reps * 40))
+                native.set_isa(before)
                 print(f"{qtype:6} {rows:>5}x{cols:<6} {n:>7} {name:>12} {t * 1e6:9.1f} {rows * cols / t / 1e9:7.2f}",
                       flush=True)
         torch.set_num_threads(threads)
@@ -192,25 +196,27 @@ def e2e(models, policies, decode_tokens, prompt_tokens, reps) -> None:
             print(line, flush=True)
 
 
-def interleaved(path: str, rounds: int, burst: int, prompt_tokens: int, threads: int) -> None:
-    """lantern with the in-place kernels, lantern with the previous kernels (LANTERN_GGUF_NATIVE=0:
-    int4 / float32 Q6_K) and llama.cpp, loaded in one process and measured in alternation: each
-    round every engine decodes `burst` tokens, then runs one prompt of `prompt_tokens`. On a shared
-    machine all three then see the same contention; figures are medians over rounds."""
+def interleaved(path: str, rounds: int, burst: int, prompt_tokens: int, threads: int, levels: list[str]) -> None:
+    """lantern at each instruction-set level and llama.cpp, loaded in one process and measured in
+    alternation: each round every engine decodes `burst` tokens, then runs one prompt of
+    `prompt_tokens`. On a shared machine all of them then see the same contention; figures are
+    medians over rounds."""
     import llama_cpp
 
     import lantern
     from lantern.benchmark import bench_ids, load_average
+    from lantern.weights.kernels import native
 
     torch.set_num_threads(threads)
-    engines = {}
-    for label, flag in (("lantern gguf-native", "1"), ("lantern previous", "0")):
-        os.environ["LANTERN_GGUF_NATIVE"] = flag
+    engines, engine_level = {}, {}
+    for level in levels:
+        native.set_isa(level)
+        label = f"lantern {level}"
         t = time.perf_counter()
-        engines[label] = lantern.load(path)
+        engines[label], engine_level[label] = lantern.load(path), level
         print(f"# {label}: load {time.perf_counter() - t:.2f} s", flush=True)
-    os.environ.pop("LANTERN_GGUF_NATIVE")
-    vocab = engines["lantern gguf-native"].vocab_size
+    native.set_isa(None)
+    vocab = next(iter(engines.values())).vocab_size
     llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
                           n_threads_batch=threads, logits_all=False, verbose=False)
 
@@ -226,6 +232,7 @@ def interleaved(path: str, rounds: int, burst: int, prompt_tokens: int, threads:
             llm.eval(ids)
             return None, llama_argmax()
         model = engines[label]
+        native.set_isa(engine_level[label])
         cache = model.new_cache(prompt_tokens + burst + 1)
         return cache, int(model.forward(ids, cache, last_only=True)[-1].argmax())
 
@@ -277,9 +284,9 @@ def main() -> None:
     ap.add_argument("--m", default="1,4,16,256", help="batch sizes (tokens per call)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference kernel")
-    ap.add_argument("--no-previous", action="store_true", help="skip the kernel the in-place one replaced")
+    ap.add_argument("--levels", help="comma-separated instruction-set levels (default: every one the CPU runs)")
     ap.add_argument("--smol", action="store_true", help="only per-call microseconds on SmolLM2 shapes")
-    ap.add_argument("--interleaved", metavar="MODEL", help="only: new kernels vs previous vs llama.cpp, alternating")
+    ap.add_argument("--interleaved", metavar="MODEL", help="only: lantern per level vs llama.cpp, alternating")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--burst", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -291,15 +298,15 @@ def main() -> None:
     args = ap.parse_args()
     types = ALL_TYPES if args.types == "all" else args.types.split(",")
     shapes = PHI3_SHAPES if args.shapes == "phi3" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    levels = levels_to_run(args.levels)
     if args.smol:
-        smol(args.reps)
+        smol(args.reps, levels)
         return
     if args.interleaved:
-        interleaved(args.interleaved, args.rounds, args.burst, args.prompt_tokens, args.threads)
+        interleaved(args.interleaved, args.rounds, args.burst, args.prompt_tokens, args.threads, levels)
         return
     if not args.e2e_only:
-        kernels(types, shapes, [int(m) for m in args.m.split(",")], args.reps, not args.no_reference,
-                not args.no_previous)
+        kernels(types, shapes, [int(m) for m in args.m.split(",")], args.reps, not args.no_reference, levels)
     if args.e2e or args.e2e_only:
         models = [Path(m) for m in args.model] if args.model else default_models()
         e2e(models, ["fast", "reference"], args.decode_tokens, args.prompt_tokens, max(1, args.reps // 2))

@@ -346,18 +346,21 @@ def kernel_report(model) -> dict:
         kernel = getattr(m, "kernel", None)
         label = getattr(m, "kernel_name", None)
         if kernel is not None and not isinstance(kernel, str):
-            label = f"{label or getattr(kernel, 'name', None) or 'kernel'}: {type(kernel).__name__}"
+            from .weights.kernels import kernel_function
+
+            function = kernel_function(kernel) or type(kernel).__name__
+            label = f"{label or getattr(kernel, 'name', None) or 'kernel'}: {function}"
         elif isinstance(kernel, str):
             label = kernel
         if label:
             name += f" ({label})"
         kernels.setdefault(getattr(qtype, "name", str(qtype)), set()).add(name)
     try:
-        from .weights.kernels import kernel_policy
+        from .weights.kernels import kernel_policy, level
 
-        policy = kernel_policy()
+        policy, native_level = kernel_policy(), level()
     except (ImportError, ValueError):
-        policy = None
+        policy, native_level = None, {}
     return {
         "engine": "lantern",
         "policy": policy,
@@ -366,6 +369,9 @@ def kernel_report(model) -> dict:
         "threads": torch.get_num_threads(),
         "parallel": parallel,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa": native_level.get("isa"),  # lantern's native level: portable, avx2, avx512, neon
+        "isa_supported": native_level.get("supported"),
+        "native": {key: native_level.get(key) for key in ("matmul", "expand", "attention", "vector", "fallbacks")},
         "weight_kernels": {k: sorted(v) for k, v in sorted(kernels.items())},
         "decode": getattr(model.transformer, "step_description", None),
     }
@@ -576,7 +582,8 @@ def describe_kernels(report: dict) -> list[str]:
     lines = [
         f"lantern: device {k.get('device')}, torch {k.get('torch')}, {k.get('threads')} threads "
         f"(parallel_info: get_num_threads {par.get('get_num_threads', '?')}, backend {par.get('backend', '?')}), "
-        f"CPU capability {k.get('cpu_capability')}",
+        f"CPU capability {k.get('cpu_capability')}, lantern level {k.get('isa')} "
+        f"(this CPU runs {', '.join(k.get('isa_supported') or []) or 'none'})",
     ]
     theirs = report.get("llama.cpp", {}).get("kernels")
     if theirs:

@@ -51,10 +51,13 @@ def test_run_reads_the_prompt_from_stdin_and_stops_at_max_tokens(smollm2_path):
     assert "device cpu; kernels: torch" in result.stderr
     from lantern.weights.kernels import native
 
-    q4_1_kernel = "gguf-native" if native.bf16_simd() else "int4"  # in place where the CPU has AVX-512 BF16
+    # in place at the CPU's level, named by the C function that serves it (q4_1_avx2, ...)
+    q4_1_kernel = f"gguf-native {native.kernel_name('matmul', native.QT.Q4_1)}"
+    assert q4_1_kernel.endswith(f"_{native.isa()}") or native.isa() == "portable"
     # 30 layers x (q|k|v joined, output, gate|up joined, down): the file's 7 tensors in 4 layers
     assert f"Q4_1: {q4_1_kernel} x 120" in result.stderr
-    step = "native step (passes of up to 12 tokens" if native.bf16_simd() else "PyTorch blocks ("
+    assert f"native C kernels at {native.isa()}" in result.stderr
+    step = f"native step (passes of up to 12 tokens in one C call, {native.isa()})"
     assert f"lantern: decode steps: {step}" in result.stderr
 
 

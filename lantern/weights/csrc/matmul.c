@@ -69,16 +69,30 @@ typedef struct {
     const lt_x *x;
     int64_t N, M, rowbytes, rpt;
     float *y;
-    int64_t ldy; /* floats between rows of y */
+    int64_t ldy;    /* floats between rows of y */
+    int64_t mb, nrb; /* rows of x per task; tasks along the rows of W */
 } gmm_args;
 
 #define WAHEAD 1024 /* SmolLM2-135M's shapes, Q4_1 / Q8_0: 3-20% faster than without */
 
 static void gmm_task(void *p, int64_t t) {
     const gmm_args *a = (const gmm_args *)p;
-    const int64_t r0 = t * a->rpt, r1 = r0 + a->rpt < a->N ? r0 + a->rpt : a->N;
-    const int64_t M = a->M;
+    const int64_t rb = t % a->nrb, mlo = t / a->nrb * a->mb;
+    const int64_t r0 = rb * a->rpt, r1 = r0 + a->rpt < a->N ? r0 + a->rpt : a->N;
+    const int64_t M = mlo + a->mb < a->M ? mlo + a->mb : a->M;
     float out[8];
+    if (a->M > 12) { /* a block of a prompt chunk: x rows outer, W rows inner */
+        for (int64_t m0 = mlo; m0 < M;) {
+            const int64_t rem = M - m0;
+            const int i = rem >= 8 ? 4 : rem >= 4 ? 3 : rem == 3 ? 2 : rem >= 2 ? 1 : 0;
+            for (int64_t r = r0; r < r1; r++) {
+                a->row[i](a->w + r * a->rowbytes, a->x, m0, out);
+                for (int m = 0; m < LT_ROW_M[i]; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
+            }
+            m0 += LT_ROW_M[i];
+        }
+        return;
+    }
     /* Short rows (K of a few hundred): each task is a short stream that the hardware prefetcher
      * only ramps up to late; fetch the weights WAHEAD bytes ahead. (Long rows: it keeps up and
      * the extra loads only cost.) */
@@ -134,17 +148,28 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
         return -1;
     lt_x xp = {0};
     if (!prepare_x(k, x, M, K, &xp)) return -1;
-    gmm_args a = {w, k->row[qtype], &xp, N, M, K / E * B, 1, y, ldy};
-    /* tasks of about 1M weights (0.5-0.8 MB of blocks: long sequential streams for the hardware
-     * prefetcher; Phi-3-mini shapes 1-5% faster than 256K), at least 2 per thread */
-    int64_t rpt = (1 << 20) / K;
-    if (rpt < 1) rpt = 1;
+    gmm_args a = {w, k->row[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
     if (nthreads < 1) nthreads = 1;
-    const int64_t spread = (N + 2 * nthreads - 1) / (2 * nthreads);
-    if (rpt > spread) rpt = spread;
-    if (N * K < (1 << 15)) rpt = N; /* tiny: one task */
+    int64_t rpt;
+    if (M <= 12) {
+        /* decode and verify passes: tasks of about 1M weights (0.5-0.8 MB of blocks: long
+         * sequential streams for the hardware prefetcher; Phi-3-mini shapes 1-5% faster than
+         * 256K), at least 2 per thread */
+        rpt = (1 << 20) / K;
+        if (rpt < 1) rpt = 1;
+        const int64_t spread = (N + 2 * nthreads - 1) / (2 * nthreads);
+        if (rpt > spread) rpt = spread;
+        if (N * K < (1 << 15)) rpt = N; /* tiny: one task */
+    } else {
+        /* prompt chunks: blocks of 64 rows of x by about 32 KB of W's blocks, so that each 8
+         * rows of x stay in L1/L2 while the block's weight rows pass them (from L2) */
+        rpt = 32768 / a.rowbytes;
+        if (rpt < 4) rpt = 4;
+        a.mb = 64;
+    }
     a.rpt = rpt;
-    lt_pool_run(gmm_task, &a, (N + rpt - 1) / rpt, nthreads);
+    a.nrb = (N + rpt - 1) / rpt;
+    lt_pool_run(gmm_task, &a, a.nrb * ((M + a.mb - 1) / a.mb), nthreads);
     return 0;
 }
 
