@@ -38,7 +38,11 @@
 #include <time.h>
 #endif
 
-#ifdef __linux__
+/* LT_POOL_NO_FUTEX: the condition variable on Linux too (the tests run macOS's path so) */
+#if defined(__linux__) && !defined(LT_POOL_NO_FUTEX)
+#define LT_FUTEX 1
+#endif
+#ifdef LT_FUTEX
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -130,7 +134,7 @@ typedef pthread_cond_t lt_cond;
 #define LT_COND_INIT PTHREAD_COND_INITIALIZER
 static int mutex_trylock(lt_mutex *m) { return pthread_mutex_trylock(m); }
 static void mutex_unlock(lt_mutex *m) { pthread_mutex_unlock(m); }
-#ifndef __linux__
+#ifndef LT_FUTEX
 static void mutex_lock(lt_mutex *m) { pthread_mutex_lock(m); }
 static void cond_wait(lt_cond *c, lt_mutex *m) { pthread_cond_wait(c, m); }
 static void cond_broadcast(lt_cond *c) { pthread_cond_broadcast(c); }
@@ -165,9 +169,10 @@ static struct {
     int64_t solo_left; /* calls left to run on the caller alone (backoff after a stall) */
     int backoff;       /* log2 of the next backoff */
     pool_job job[2]; /* generation g uses job[g & 1]: a late worker never sees a half-written job */
-} P = {LT_MUTEX_INIT, 0, 0, 0, 0, 0, -1, 0, 0, {{0}}};
+    uint32_t born[POOL_MAX]; /* the generation when worker i was created (see pool_worker) */
+} P = {LT_MUTEX_INIT, 0, 0, 0, 0, 0, -1, 0, 0, {{0}}, {0}};
 
-#ifndef __linux__
+#ifndef LT_FUTEX
 /* Where there is no futex: sleepers wait on a condition variable for the generation to move.
  * No lost wake-up: a sleeper counts itself in `sleepers` and then reads gen (both seq_cst), the
  * caller stores gen and then reads `sleepers`, so at least one of them sees the other's write;
@@ -187,7 +192,7 @@ static inline void cpu_relax(void) {
 }
 
 static void gen_wait(uint32_t seen) {
-#ifdef __linux__
+#ifdef LT_FUTEX
     syscall(SYS_futex, (uint32_t *)&P.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
 #else
     mutex_lock(&sleep_lock);
@@ -197,7 +202,7 @@ static void gen_wait(uint32_t seen) {
 }
 
 static void gen_wake(void) {
-#ifdef __linux__
+#ifdef LT_FUTEX
     syscall(SYS_futex, (uint32_t *)&P.gen, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 #else
     mutex_lock(&sleep_lock);
@@ -223,7 +228,9 @@ static void run_tasks(uint32_t g) {
 
 static void *pool_worker(void *p) {
     const int id = (int)(intptr_t)p;
-    uint32_t seen = LOAD32(&P.gen);
+    /* Not the generation now: the call that created this worker may have published its job
+     * already, and a worker that took that as seen would sleep through it. */
+    uint32_t seen = P.born[id];
     for (;;) {
         uint32_t g;
         int64_t t0 = 0;
@@ -265,7 +272,7 @@ static int thread_start(int id) { /* detached, a 1 MB stack */
 #else
 static void pool_atfork_child(void) {
     pthread_mutex_init(&P.lock, NULL);
-#ifndef __linux__
+#ifndef LT_FUTEX
     pthread_mutex_init(&sleep_lock, NULL); /* a worker may have held it at the fork */
     pthread_cond_init(&sleep_cond, NULL);
 #endif
@@ -297,6 +304,7 @@ static void pool_grow(int want) { /* called with the lock held */
     if (!P.atfork) { pthread_atfork(NULL, NULL, pool_atfork_child); P.atfork = 1; }
 #endif
     while (P.nworkers < want) {
+        P.born[P.nworkers] = LOAD32(&P.gen); /* written before the thread starts: it reads it */
         if (thread_start(P.nworkers)) break;
         P.nworkers++;
     }

@@ -21,6 +21,7 @@
 
 #define TGT_BF16 LT_TARGET("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma")
 #ifdef LT_MSVC /* (MSVC: __m512bh is __m512i, __m256bh __m256i; no inline asm on x64) */
+#include <intrin.h>
 #define ALWAYS_INLINE __forceinline
 #define AS_BH(v) (v)
 #define BH_SI512(v) (v)
