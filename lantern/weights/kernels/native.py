@@ -175,7 +175,7 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-# ----- GGUF blocks multiplied in place (any CPU; fast with AVX-512 BF16) -------------------------
+# ----- GGUF blocks multiplied in place (every CPU, by the row kernels of its level) ---------------
 
 # The types `lantern_gguf_matmul` reads: (elements, bytes) per block.
 GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1: (32, 24), QT.Q8_0: (32, 34),

@@ -1,7 +1,778 @@
-/* AVX2 + FMA + F16C kernels (Haswell, Zen 1-3 and later x86-64): placeholder until the AVX2
- * kernels land; the level runs the generic table. */
+/* AVX2 + FMA + F16C kernels (Haswell, Zen 1-3 and later x86-64): x as 15-bit integers per 32
+ * (LT_X_Q15) and exact int32 dot products with the weights' codes (vpmaddwd).
+ *
+ * The file is compiled with the same flags as every other file; the ISA is switched on for its
+ * functions by the pragmas below, and dispatch.c runs them only where it finds AVX2, FMA, F16C.
+ *
+ * Row kernels: the codes of a block are widened to int16 once for all M rows of x (nibbles and
+ * high bits split with shifts and masks on words; Q6_K's 6-bit codes made as bytes, 32 at a
+ * time, then sign-extended), then per row of x: vpmaddwd with x's int16 codes (exact int32:
+ * |code| <= 128, |x| <= 16383), the int32 sums per sub-block converted to float32 and added by
+ * one FMA with scale[s] * qd (a broadcast from a small table on the stack); the mins as
+ * minv * qs, 8 sub-blocks (or blocks) per FMA. Why vpmaddwd and not vpmaddubsw on the two
+ * signed bytes of x: a 15-bit x is two byte products (hi and lo) that each need widening by
+ * another vpmaddwd, 5 instructions per 32 weights and row of x against 3 here; the bytes only
+ * save part of the codes' widening, which is shared by the M rows. */
+
+#include "../blocks.h"
 #include "../lantern.h"
 
 #ifdef LT_X86
-void lt_fill_avx2(lt_kernels *k) { (void)k; }
+#include <immintrin.h>
+#include <math.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
 #endif
+
+#if defined(__GNUC__) || defined(__clang__)
+/* Make the compiler read values stored to `p` back from memory (a broadcast from memory is a
+ * load; from a register, a shuffle on the ports the dot products need). */
+#define READ_BACK(p) __asm__ volatile("" : : "r"(p) : "memory")
+/* Keep v as computed: no fusing of the product before it into an FMA (bit-exact expansion). */
+#define OPAQUE(v) __asm__("" : "+x"(v))
+#else
+#define READ_BACK(p) ((void)(p))
+#define OPAQUE(v) ((void)0)
+#endif
+
+/* Loops with compile-time bounds in the row kernels, unrolled so that the accumulator arrays
+ * stay in registers (indexed by constants). */
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define UNROLL _Pragma("GCC unroll 16")
+#else
+#define UNROLL
+#endif
+
+LT_INLINE float f16_to_f32(const uint8_t *p) { /* F16C: exact, subnormals included */
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+LT_INLINE __m256i zext16(const uint8_t *p) { return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+
+/* the int32 pair sums of 16 int16 codes times 16 int16 x */
+LT_INLINE __m256i mwd(__m256i c, const int16_t *x) { return _mm256_madd_epi16(c, _mm256_loadu_si256((const __m256i *)x)); }
+
+LT_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+LT_INLINE int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* ----- activations: LT_X_Q15 ---------------------------------------------------------------- */
+
+/* As lt_x_prepare_q15_generic, 32 elements at a time: the same float32 products x * (16383 /
+ * max|x|) rounded to nearest even (cvtps2dq under the default MXCSR = nearbyintf), the low 16
+ * bits kept (as the generic's cast), the same qd and qs. */
+static void x_prepare_avx2(const float *x, int64_t M, lt_x *xp) {
+    int16_t *q = (int16_t *)xp->q;
+    float *qd = (float *)xp->qd, *qs = (float *)xp->qs;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo16 = _mm256_set1_epi32(0xffff);
+    for (int64_t g = 0; g < M * xp->G; g++) {
+        const float *p = x + 32 * g;
+        const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + 8), x2 = _mm256_loadu_ps(p + 16),
+                     x3 = _mm256_loadu_ps(p + 24);
+        /* max(|x|, acc): a NaN |x| leaves acc (maxps returns its second operand), as the generic's > */
+        __m256 a = _mm256_setzero_ps();
+        a = _mm256_max_ps(_mm256_and_ps(x0, absmask), a);
+        a = _mm256_max_ps(_mm256_and_ps(x1, absmask), a);
+        a = _mm256_max_ps(_mm256_and_ps(x2, absmask), a);
+        a = _mm256_max_ps(_mm256_and_ps(x3, absmask), a);
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float amax = _mm_cvtss_f32(m);
+        const float id = amax > 0.f ? 16383.f / amax : 0.f;
+        const __m256 vid = _mm256_set1_ps(id);
+        const __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(x0, vid)), v1 = _mm256_cvtps_epi32(_mm256_mul_ps(x1, vid));
+        const __m256i v2 = _mm256_cvtps_epi32(_mm256_mul_ps(x2, vid)), v3 = _mm256_cvtps_epi32(_mm256_mul_ps(x3, vid));
+        const int32_t sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(v0, v1), _mm256_add_epi32(v2, v3)));
+        const __m256i w01 = _mm256_packus_epi32(_mm256_and_si256(v0, lo16), _mm256_and_si256(v1, lo16));
+        const __m256i w23 = _mm256_packus_epi32(_mm256_and_si256(v2, lo16), _mm256_and_si256(v3, lo16));
+        _mm256_storeu_si256((__m256i *)(q + 32 * g), _mm256_permute4x64_epi64(w01, 0xD8));
+        _mm256_storeu_si256((__m256i *)(q + 32 * g + 16), _mm256_permute4x64_epi64(w23, 0xD8));
+        qd[g] = amax / 16383.f;
+        qs[g] = qd[g] * (float)sum;
+    }
+}
+
+/* ----- rows: out[m] = row . x[m] for m < M (a compile-time constant after inlining) ----------
+ * xq: int16 x, rows K apart; xd, xs: qd and qs, rows G apart. Per row of x, NA float32
+ * accumulators (M = 1: 4, M = 2: 2) so that the FMAs' latency does not bound one row. */
+#define ROW_ARGS const uint8_t *row, int64_t K, const int16_t *xq, const float *xd, const float *xs, int64_t G, float *out
+#define NACC(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1)
+
+/* Q4_K / Q5_K: d * sc[j] and -(dmin * m[j]) (as lt_decode_block forms them) for one block. The
+ * 6-bit scales and mins unpacked in one vector (llama.cpp's get_scale_min_k4 on 32-bit words):
+ * words (u0, u1, u2) of bytes 4-15 -> (u0 & 0x3f.., (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4,
+ * u1 & 0x3f.., (u2 >> 4 & 0x0f..) | (u1 >> 6 & 3..) << 4): scales in bytes 0-7, mins 8-15. */
+LT_INLINE void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 4)); /* bytes 16-19: codes, unused */
+    const __m128i a = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0x98), _mm_setr_epi32(0, 0, 0, 4)); /* u0 u2 u1 u2>>4 */
+    const __m128i b = _mm_shuffle_epi32(v, 0x50);                                              /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(a, _mm_set1_epi8(0x3f));
+    const __m128i hi = _mm_or_si128(_mm_and_si128(a, _mm_set1_epi8(0x0f)), _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi8(0x30)));
+    const __m128i r = _mm_blend_epi32(lo, hi, 0xA);
+    int32_t dm;
+    memcpy(&dm, blk, 4);
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
+    const __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r));
+    const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(r, 8)));
+    *sc = _mm256_mul_ps(_mm256_broadcastss_ps(dd), s);
+    *mn = _mm256_xor_ps(_mm256_set1_ps(-0.f), _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), m));
+}
+
+/* words << s (s >= 0) or >> -s, s a constant after inlining */
+LT_INLINE __m256i shift16(__m256i v, int s) {
+    return s >= 0 ? _mm256_slli_epi16(v, s) : _mm256_srli_epi16(v, -s);
+}
+
+LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
+    const int NA = NACC(M);
+    const int64_t bytes = five ? 176 : 144, nb = K / 256;
+    const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * bytes;
+        __m256 sc, mn;
+        k4_scales(blk, &sc, &mn);
+        LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
+            acc[m][NA - 1] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), acc[m][NA - 1]);
+        }
+        READ_BACK(sq);
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
+        if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
+            __m256i a0 = _mm256_and_si256(v0, m4), a1 = _mm256_and_si256(v1, m4); /* sub-block 2g */
+            __m256i c0 = _mm256_srli_epi16(v0, 4), c1 = _mm256_srli_epi16(v1, 4); /* sub-block 2g + 1 */
+            if (five) { /* bit 4: bit 2g (2g + 1) of qh */
+                a0 = _mm256_or_si256(a0, _mm256_and_si256(shift16(h0, 4 - 2 * g), b4));
+                a1 = _mm256_or_si256(a1, _mm256_and_si256(shift16(h1, 4 - 2 * g), b4));
+                c0 = _mm256_or_si256(c0, _mm256_and_si256(shift16(h0, 3 - 2 * g), b4));
+                c1 = _mm256_or_si256(c1, _mm256_and_si256(shift16(h1, 3 - 2 * g), b4));
+            }
+            UNROLL
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + b * 256 + 64 * g;
+                const __m256i d0 = _mm256_add_epi32(mwd(a0, x), mwd(a1, x + 16));
+                const __m256i d1 = _mm256_add_epi32(mwd(c0, x + 32), mwd(c1, x + 48));
+                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&sq[m][2 * g]), acc[m][(2 * g) % NA]);
+                acc[m][(2 * g + 1) % NA] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&sq[m][2 * g + 1]), acc[m][(2 * g + 1) % NA]);
+            }
+        }
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s);
+    }
+}
+
+/* Q6_K: the codes (6 bits) - 32 of half a block (h = 0, 1: 128 weights) as 4 vectors of 32
+ * bytes (t = 0..3: weights 128h + 32t + l), made with byte masks on 16-bit shifts. */
+LT_INLINE void q6k_half_bytes(const uint8_t *blk, int h, __m256i c[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+    c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+    c[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+    c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+    c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+    UNROLL
+    for (int t = 0; t < 4; t++) c[t] = _mm256_sub_epi8(c[t], k32);
+}
+
+/* Q6_K: sub-blocks of 16, scales d * int8. */
+LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
+    const int NA = NACC(M);
+    const int64_t nb = K / 256;
+    (void)xs;
+    const __m256i dup0 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup1 = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 210;
+        const __m256 d = _mm256_set1_ps(f16_to_f32(blk + 208));
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+        const __m256 s0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8)));
+        const __m256 s1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8))));
+        LT_ALIGN(32) float sq[8][16];
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            const __m256 qd = _mm256_loadu_ps(xd + m * G + 8 * b);
+            _mm256_store_ps(sq[m], _mm256_mul_ps(s0, _mm256_permutevar8x32_ps(qd, dup0)));
+            _mm256_store_ps(sq[m] + 8, _mm256_mul_ps(s1, _mm256_permutevar8x32_ps(qd, dup1)));
+        }
+        READ_BACK(sq);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i c[4];
+            q6k_half_bytes(blk, h, c);
+            UNROLL
+            for (int t = 0; t < 4; t++)
+                UNROLL
+                for (int half = 0; half < 2; half++) {
+                    const __m256i w = _mm256_cvtepi8_epi16(half ? _mm256_extracti128_si256(c[t], 1) : _mm256_castsi256_si128(c[t]));
+                    const int s = 8 * h + 2 * t + half;
+                    UNROLL
+                    for (int m = 0; m < M; m++) {
+                        const __m256i dt = mwd(w, xq + m * K + b * 256 + 128 * h + 32 * t + 16 * half);
+                        acc[m][s % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dt), _mm256_broadcast_ss(&sq[m][s]), acc[m][s % NA]);
+                    }
+                }
+        }
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s);
+    }
+}
+
+/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
+
+LT_INLINE int64_t q32_bytes(int qtype) {
+    return qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+}
+
+/* The codes of one block as two vectors of 16 words (elements 0-15, 16-31). */
+LT_INLINE void q32_codes(const uint8_t *blk, const int qtype, __m256i *lo, __m256i *hi) {
+    if (qtype == LT_Q8_0) {
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
+        return;
+    }
+    const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : 8;
+    const __m256i v = zext16(blk + qs_off), m4 = _mm256_set1_epi16(0x000F);
+    __m256i a = _mm256_and_si256(v, m4), c = _mm256_srli_epi16(v, 4);
+    if (qtype == LT_Q4_0) {
+        a = _mm256_sub_epi16(a, _mm256_set1_epi16(8));
+        c = _mm256_sub_epi16(c, _mm256_set1_epi16(8));
+    } else if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
+        int32_t qh;
+        memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
+        /* word l of the low (high) half: byte l / 8 (2 + l / 8) of qh, tested for bit l % 8 */
+        const __m256i bv = _mm256_set1_epi32(qh);
+        const __m256i sel = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+        const __m256i bl = _mm256_shuffle_epi8(bv, _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101));
+        const __m256i bh = _mm256_shuffle_epi8(bv, _mm256_setr_epi64x(0x0202020202020202, 0x0202020202020202, 0x0303030303030303, 0x0303030303030303));
+        const __m256i hl = _mm256_cmpeq_epi16(_mm256_and_si256(bl, sel), sel), hh = _mm256_cmpeq_epi16(_mm256_and_si256(bh, sel), sel);
+        if (qtype == LT_Q5_1) { /* + 16 where the bit is set */
+            a = _mm256_or_si256(a, _mm256_and_si256(hl, _mm256_set1_epi16(16)));
+            c = _mm256_or_si256(c, _mm256_and_si256(hh, _mm256_set1_epi16(16)));
+        } else { /* - 16 where it is clear */
+            a = _mm256_add_epi16(a, _mm256_andnot_si256(hl, _mm256_set1_epi16(-16)));
+            c = _mm256_add_epi16(c, _mm256_andnot_si256(hh, _mm256_set1_epi16(-16)));
+        }
+    }
+    *lo = a;
+    *hi = c;
+}
+
+/* One block into acc for the M rows of x, with d * qd of row m at sq[m * stride]. */
+LT_INLINE void q32_block(const uint8_t *blk, const int qtype, const int16_t *x, int64_t K, const float *sq,
+                         int stride, __m256 *acc, int ld, const int M) {
+    __m256i lo, hi;
+    q32_codes(blk, qtype, &lo, &hi);
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        const __m256i d = _mm256_add_epi32(mwd(lo, x + m * K), mwd(hi, x + m * K + 16));
+        acc[m * ld] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(sq + m * stride), acc[m * ld]);
+    }
+}
+
+/* Blocks go 8 at a time: their first 4 bytes (the f16 d, and m) in one gather, converted
+ * together, d * qd per row of x to a table, the mins as one FMA of 8 blocks. The last nb % 8
+ * blocks one at a time. */
+LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
+    const int NA = NACC(M);
+    const int64_t bytes = q32_bytes(qtype), nb = K / 32;
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
+    const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    int64_t c0 = 0;
+    for (; c0 + 8 <= nb; c0 += 8) {
+        const uint8_t *base = row + c0 * bytes;
+        const __m256i dm = _mm256_i32gather_epi32((const int *)base, idx, 1);
+        /* low halves (d) to the low 128 bits, high halves (m) to the high */
+        const __m256i hv = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(dm, halves), 0xD8);
+        const __m256 dv = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
+        LT_ALIGN(32) float sq[8][8];
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            _mm256_store_ps(sq[m], _mm256_mul_ps(dv, _mm256_loadu_ps(xd + m * G + c0)));
+            if (has_min)
+                acc[m][NA - 1] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)), _mm256_loadu_ps(xs + m * G + c0), acc[m][NA - 1]);
+        }
+        READ_BACK(sq);
+        UNROLL
+        for (int i = 0; i < 8; i += NA)
+            UNROLL
+            for (int u = 0; u < NA; u++) q32_block(base + (i + u) * bytes, qtype, xq + (c0 + i + u) * 32, K, &sq[0][i + u], 8, &acc[0][u], 4, M);
+    }
+    float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (; c0 < nb; c0++) {
+        const uint8_t *blk = row + c0 * bytes;
+        const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
+        float sq[8];
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            sq[m] = d * xd[m * G + c0];
+            if (has_min) tail[m] += mv * xs[m * G + c0];
+        }
+        q32_block(blk, qtype, xq + c0 * 32, K, sq, 1, &acc[0][0], 4, M);
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s) + tail[m];
+    }
+}
+
+#define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
+#define ROW_PASS row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, x->G, out
+#define INSTANCES(name, call)                                     \
+    static void name##_1(ROW_ARGS_X) { call(ROW_PASS, 1); }       \
+    static void name##_2(ROW_ARGS_X) { call(ROW_PASS, 2); }       \
+    static void name##_3(ROW_ARGS_X) { call(ROW_PASS, 3); }       \
+    static void name##_4(ROW_ARGS_X) { call(ROW_PASS, 4); }       \
+    static void name##_8(ROW_ARGS_X) { call(ROW_PASS, 8); }
+#define Q4K(args, M) q4k_impl(args, M, 0)
+#define Q5K(args, M) q4k_impl(args, M, 1)
+#define Q6K(args, M) q6k_impl(args, M)
+#define Q40(args, M) q32_impl(args, M, LT_Q4_0)
+#define Q41(args, M) q32_impl(args, M, LT_Q4_1)
+#define Q50(args, M) q32_impl(args, M, LT_Q5_0)
+#define Q51(args, M) q32_impl(args, M, LT_Q5_1)
+#define Q80(args, M) q32_impl(args, M, LT_Q8_0)
+INSTANCES(rq4k, Q4K)
+INSTANCES(rq5k, Q5K)
+INSTANCES(rq6k, Q6K)
+INSTANCES(rq40, Q40)
+INSTANCES(rq41, Q41)
+INSTANCES(rq50, Q50)
+INSTANCES(rq51, Q51)
+INSTANCES(rq80, Q80)
+
+/* ----- expansion (prompt chunks) --------------------------------------------------------------
+ * Bit-identical to the generic: w = scale * (float)q, then w + minv for the types with mins,
+ * zero or not (two roundings: OPAQUE keeps the compiler from fusing them). */
+
+/* 8 weights from 8 int32 codes */
+LT_INLINE void emit8(float *dst, __m256i q, __m256 s, __m256 mv, int add_min) {
+    __m256 w = _mm256_mul_ps(s, _mm256_cvtepi32_ps(q));
+    if (add_min) {
+        OPAQUE(w);
+        w = _mm256_add_ps(w, mv);
+    }
+    _mm256_storeu_ps(dst, w);
+}
+
+/* 16 weights from 16 int16 codes, one scale (and min) */
+LT_INLINE void emit16(float *dst, __m256i q, float s, float mv, const int add_min) {
+    const __m256 sv = _mm256_set1_ps(s), mvv = _mm256_set1_ps(mv);
+    emit8(dst, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(q)), sv, mvv, add_min);
+    emit8(dst + 8, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(q, 1)), sv, mvv, add_min);
+}
+
+/* One block of any type lantern expands -> E floats. */
+LT_INLINE void expand_block(int qtype, const uint8_t *blk, float *y) {
+    switch (qtype) {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: case LT_Q8_0: {
+        __m256i lo, hi;
+        const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+        const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
+        if (qtype == LT_Q4_0) q32_codes(blk, LT_Q4_0, &lo, &hi);
+        else if (qtype == LT_Q4_1) q32_codes(blk, LT_Q4_1, &lo, &hi);
+        else if (qtype == LT_Q5_0) q32_codes(blk, LT_Q5_0, &lo, &hi);
+        else if (qtype == LT_Q5_1) q32_codes(blk, LT_Q5_1, &lo, &hi);
+        else q32_codes(blk, LT_Q8_0, &lo, &hi);
+        emit16(y, lo, d, mv, has_min);
+        emit16(y + 16, hi, d, mv, has_min);
+        break;
+    }
+    case LT_Q4_K: case LT_Q5_K: {
+        const int five = qtype == LT_Q5_K;
+        LT_ALIGN(32) float sc[8];
+        LT_ALIGN(32) float mn[8];
+        __m256 s, m;
+        k4_scales(blk, &s, &m);
+        _mm256_store_ps(sc, s);
+        _mm256_store_ps(mn, m);
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
+        __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
+        if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
+        for (int g = 0; g < 4; g++) {
+            const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
+            __m256i a0 = _mm256_and_si256(v0, m4), a1 = _mm256_and_si256(v1, m4);
+            __m256i c0 = _mm256_srli_epi16(v0, 4), c1 = _mm256_srli_epi16(v1, 4);
+            if (five) {
+                const int sa = 4 - 2 * g, sb = 3 - 2 * g;
+                const __m128i ca = _mm_cvtsi32_si128(sa >= 0 ? sa : -sa), cb = _mm_cvtsi32_si128(sb >= 0 ? sb : -sb);
+                a0 = _mm256_or_si256(a0, _mm256_and_si256(sa >= 0 ? _mm256_sll_epi16(h0, ca) : _mm256_srl_epi16(h0, ca), b4));
+                a1 = _mm256_or_si256(a1, _mm256_and_si256(sa >= 0 ? _mm256_sll_epi16(h1, ca) : _mm256_srl_epi16(h1, ca), b4));
+                c0 = _mm256_or_si256(c0, _mm256_and_si256(sb >= 0 ? _mm256_sll_epi16(h0, cb) : _mm256_srl_epi16(h0, cb), b4));
+                c1 = _mm256_or_si256(c1, _mm256_and_si256(sb >= 0 ? _mm256_sll_epi16(h1, cb) : _mm256_srl_epi16(h1, cb), b4));
+            }
+            emit16(y + 64 * g, a0, sc[2 * g], mn[2 * g], 1);
+            emit16(y + 64 * g + 16, a1, sc[2 * g], mn[2 * g], 1);
+            emit16(y + 64 * g + 32, c0, sc[2 * g + 1], mn[2 * g + 1], 1);
+            emit16(y + 64 * g + 48, c1, sc[2 * g + 1], mn[2 * g + 1], 1);
+        }
+        break;
+    }
+    case LT_Q6_K: {
+        const float d = f16_to_f32(blk + 208);
+        float S[16];
+        for (int j = 0; j < 16; j++) S[j] = d * (float)(int8_t)blk[192 + j];
+        const __m256i m4 = _mm256_set1_epi16(0x000F), m30 = _mm256_set1_epi16(0x0030), k32 = _mm256_set1_epi16(32);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+            for (int half = 0; half < 2; half++) {
+                const __m256i A = zext16(ql + 16 * half), B = zext16(ql + 32 + 16 * half), H = zext16(qh + 16 * half);
+                __m256i c[4];
+                c[0] = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30));
+                c[1] = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30));
+                c[2] = _mm256_or_si256(_mm256_srli_epi16(A, 4), _mm256_and_si256(H, m30));
+                c[3] = _mm256_or_si256(_mm256_srli_epi16(B, 4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));
+                for (int t = 0; t < 4; t++)
+                    emit16(y + 128 * h + 32 * t + 16 * half, _mm256_sub_epi16(c[t], k32), S[8 * h + 2 * t + half], 0.f, 0);
+            }
+        }
+        break;
+    }
+    case LT_Q2_K: { /* per 16: dl * q - ml, q 2 bits of qs[32h + l] at 2j */
+        const float d = f16_to_f32(blk + 80), dmin = f16_to_f32(blk + 82);
+        const uint8_t *qs = blk + 16;
+        const __m256i m3 = _mm256_set1_epi32(3);
+        for (int h = 0; h < 2; h++)
+            for (int l0 = 0; l0 < 32; l0 += 8) {
+                const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * h + l0)));
+                for (int j = 0; j < 4; j++) {
+                    const int e0 = 128 * h + 32 * j + l0;
+                    const uint8_t sc = blk[e0 / 16];
+                    const __m256 dl = _mm256_set1_ps(d * (float)(sc & 15)), ml = _mm256_set1_ps(dmin * (float)(sc >> 4));
+                    __m256 w = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 2 * j), m3)));
+                    OPAQUE(w);
+                    _mm256_storeu_ps(y + e0, _mm256_sub_ps(w, ml));
+                }
+            }
+        break;
+    }
+    default: { /* Q3_K: per 16: dl * q, q 2 bits of qs minus 4 where the hmask bit is clear */
+        const uint8_t *hm = blk, *qs = blk + 32, *s = blk + 96;
+        const float d = f16_to_f32(blk + 108);
+        float dl[16];
+        for (int i = 0; i < 16; i++) {
+            const int k = i & 3, sh = 2 * (i >> 2);
+            const int lo = i < 4 ? s[k] & 15 : i < 8 ? s[4 + k] & 15 : i < 12 ? s[k] >> 4 : s[4 + k] >> 4;
+            const int v = lo | (((s[8 + k] >> sh) & 3) << 4);
+            dl[i] = d * (float)(int8_t)(uint8_t)(v - 32);
+        }
+        const __m256i m3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1), four = _mm256_set1_epi32(4);
+        for (int h = 0; h < 2; h++)
+            for (int l0 = 0; l0 < 32; l0 += 8) {
+                const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * h + l0)));
+                const __m256i hv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(hm + l0)));
+                for (int j = 0; j < 4; j++) {
+                    const int e0 = 128 * h + 32 * j + l0;
+                    __m256i q = _mm256_and_si256(_mm256_srli_epi32(v, 2 * j), m3);
+                    const __m256i hb = _mm256_and_si256(_mm256_srli_epi32(hv, 4 * h + j), one);
+                    q = _mm256_sub_epi32(q, _mm256_andnot_si256(_mm256_slli_epi32(hb, 2), four)); /* - 4 where clear */
+                    _mm256_storeu_ps(y + e0, _mm256_mul_ps(_mm256_set1_ps(dl[e0 / 16]), _mm256_cvtepi32_ps(q)));
+                }
+            }
+        break;
+    }
+    }
+}
+
+static void expand_f32_avx2(int qtype, const uint8_t *row, int64_t K, float *out) {
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    for (int64_t ib = 0; ib < K / E; ib++) expand_block(qtype, row + ib * B, out + ib * E);
+}
+
+/* 8 floats -> bf16 as lt_f32_to_bf16: round to nearest even, NaN -> 0x7fc0 (in the low words) */
+LT_INLINE __m256i bf16_rne(__m256 v) {
+    const __m256i b = _mm256_castps_si256(v);
+    const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1))));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), _mm256_set1_epi32(0x7fc0), nan);
+}
+
+static void expand_bf16_avx2(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
+    int64_t E = 32, B = 0;
+    lt_block_geometry(qtype, &E, &B);
+    LT_ALIGN(32) float buf[256];
+    for (int64_t ib = 0; ib < K / E; ib++) {
+        expand_block(qtype, row + ib * B, buf);
+        for (int i = 0; i < E; i += 16) {
+            const __m256i p = _mm256_packus_epi32(bf16_rne(_mm256_load_ps(buf + i)), bf16_rne(_mm256_load_ps(buf + i + 8)));
+            _mm256_storeu_si256((__m256i *)(out + ib * E + i), _mm256_permute4x64_epi64(p, 0xD8));
+        }
+    }
+}
+
+/* ----- vector helpers ----------------------------------------------------------------------------
+ * Cephes' expf: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by a degree-7
+ * polynomial, times 2^n built in two halves (so that n down to -150 gives expf's subnormals);
+ * relative error about 1 ulp. Inputs below -103.9 give 0. */
+LT_INLINE __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-103.9720840454f)), _mm256_set1_ps(88.7228317261f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    /* 2^n = 2^n1 * 2^n2, n1 = n >> 1, both in float's normal range for n in [-150, 128] */
+    const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, p1), p2);
+}
+
+/* s[t] = exp(s[t] - mx) for t < T; returns the sum. */
+static float exp_sum_avx2(float *s, int64_t T, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 16 <= T; t += 16) {
+        const __m256 e0 = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
+        const __m256 e1 = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + t + 8), m));
+        _mm256_storeu_ps(s + t, e0);
+        _mm256_storeu_ps(s + t + 8, e1);
+        a0 = _mm256_add_ps(a0, e0);
+        a1 = _mm256_add_ps(a1, e1);
+    }
+    for (; t + 8 <= T; t += 8) {
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
+        _mm256_storeu_ps(s + t, e);
+        a0 = _mm256_add_ps(a0, e);
+    }
+    if (t < T) {
+        LT_ALIGN(32) float tmp[8] = {0};
+        const int n = (int)(T - t);
+        for (int i = 0; i < n; i++) tmp[i] = s[t + i];
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_load_ps(tmp), m));
+        _mm256_store_ps(tmp, e);
+        for (int i = 0; i < n; i++) s[t + i] = tmp[i];
+        for (int i = n; i < 8; i++) tmp[i] = 0.f;
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(tmp));
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
+/* out[i] = g[i] / (1 + exp(-g[i])) * u[i] for i < n: SiLU(gate) times up */
+static void silu_mul_avx2(const float *g, const float *u, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e)), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
+static void to_f16_avx2(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = lt_f32_to_f16(src[i]);
+}
+
+/* ----- attention spans (attention.c) ------------------------------------------------------------- */
+
+LT_INLINE __m256 ldh(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* lanes summed: (sum v0, sum v1, sum v2, sum v3) */
+LT_INLINE __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    const __m256 a = _mm256_hadd_ps(v0, v1), b = _mm256_hadd_ps(v2, v3);
+    const __m256 c = _mm256_hadd_ps(a, b); /* per 128: v0 v1 v2 v3 */
+    return _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+}
+
+/* Scores, softmax and weighted values of HN query heads over T positions of one KV head; writes
+ * (max, sum of exp, unnormalised outputs) per head to part. DV = D / 8 vectors per row.
+ * Scores: U positions at a time (HN * U accumulators), q read from a scaled copy in L1. Values:
+ * the outputs in chunks of CV vectors per head kept in registers over all T positions (one to
+ * eight passes over the span's values). */
+LT_INLINE void attn_span(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
+                         float *s, float *part, const int DV, const int HN) {
+    const int64_t D = 8 * DV;
+    LT_ALIGN(32) float qv[LT_ATTN_HEADS][128];
+    UNROLL
+    for (int j = 0; j < HN; j++)
+        UNROLL
+        for (int d = 0; d < DV; d++) _mm256_store_ps(qv[j] + 8 * d, _mm256_mul_ps(_mm256_loadu_ps(q[j] + 8 * d), _mm256_set1_ps(scale)));
+    const int U = HN == 1 ? 8 : HN == 2 ? 4 : 2;
+    int64_t t = 0;
+    for (; t + U <= T; t += U) {
+        __m256 acc[LT_ATTN_HEADS][8];
+        UNROLL
+        for (int u = 0; u < U; u++) {
+            const uint16_t *kr = k + (t + u) * D;
+            const __m256 k0 = ldh(kr);
+            UNROLL
+            for (int j = 0; j < HN; j++) acc[j][u] = _mm256_mul_ps(_mm256_load_ps(qv[j]), k0);
+        }
+        UNROLL
+        for (int d = 1; d < DV; d++)
+            UNROLL
+            for (int u = 0; u < U; u++) {
+                const __m256 kd = ldh(k + (t + u) * D + 8 * d);
+                UNROLL
+                for (int j = 0; j < HN; j++) acc[j][u] = _mm256_fmadd_ps(_mm256_load_ps(qv[j] + 8 * d), kd, acc[j][u]);
+            }
+        UNROLL
+        for (int j = 0; j < HN; j++) {
+            if (U >= 4)
+                UNROLL
+                for (int u = 0; u < U; u += 4) _mm_storeu_ps(s + j * T + t + u, hsum4(acc[j][u], acc[j][u + 1], acc[j][u + 2], acc[j][u + 3]));
+            else { s[j * T + t] = hsum(acc[j][0]); s[j * T + t + 1] = hsum(acc[j][1]); }
+        }
+    }
+    for (; t < T; t++) {
+        const uint16_t *kr = k + t * D;
+        UNROLL
+        for (int j = 0; j < HN; j++) {
+            __m256 a = _mm256_mul_ps(_mm256_load_ps(qv[j]), ldh(kr));
+            UNROLL
+            for (int d = 1; d < DV; d++) a = _mm256_fmadd_ps(_mm256_load_ps(qv[j] + 8 * d), ldh(kr + 8 * d), a);
+            s[j * T + t] = hsum(a);
+        }
+    }
+    UNROLL
+    for (int j = 0; j < HN; j++) {
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        int64_t u = 0;
+        for (; u + 8 <= T; u += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + j * T + u));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float mx = _mm_cvtss_f32(m4);
+        for (; u < T; u++) mx = s[j * T + u] > mx ? s[j * T + u] : mx;
+        part[j * (D + 2)] = mx;
+        part[j * (D + 2) + 1] = exp_sum_avx2(s + j * T, T, mx);
+    }
+    /* outputs per pass over the values: 8-12 accumulators (CV vectors per head), CV dividing DV */
+    const int CV = HN == 1 ? (DV <= 12 ? DV : 8) : HN == 2 ? (DV == 12 ? 6 : 4) : HN == 3 ? 4 : 2;
+    UNROLL
+    for (int c = 0; c < DV; c += CV) {
+        __m256 o[LT_ATTN_HEADS][12];
+        UNROLL
+        for (int j = 0; j < HN; j++)
+            UNROLL
+            for (int d = 0; d < CV; d++) o[j][d] = _mm256_setzero_ps();
+        for (t = 0; t < T; t++) {
+            __m256 w[LT_ATTN_HEADS];
+            UNROLL
+            for (int j = 0; j < HN; j++) w[j] = _mm256_broadcast_ss(s + j * T + t);
+            UNROLL
+            for (int d = 0; d < CV; d++) {
+                const __m256 vd = ldh(v + t * D + 8 * (c + d));
+                UNROLL
+                for (int j = 0; j < HN; j++) o[j][d] = _mm256_fmadd_ps(w[j], vd, o[j][d]);
+            }
+        }
+        UNROLL
+        for (int j = 0; j < HN; j++)
+            UNROLL
+            for (int d = 0; d < CV; d++) _mm256_storeu_ps(part + j * (D + 2) + 2 + 8 * (c + d), o[j][d]);
+    }
+}
+
+#define SPAN(DV, HN)                                                                                     \
+    static void attn_span_##DV##_##HN(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, \
+                                      float scale, float *s, float *part) {                               \
+        attn_span(q, k, v, T, scale, s, part, DV, HN);                                                    \
+    }
+SPAN(8, 1) SPAN(8, 2) SPAN(8, 3) SPAN(8, 4)
+SPAN(12, 1) SPAN(12, 2) SPAN(12, 3) SPAN(12, 4)
+SPAN(16, 1) SPAN(16, 2) SPAN(16, 3) SPAN(16, 4)
+
+void lt_fill_avx2(lt_kernels *k) {
+    k->x_format = LT_X_Q15;
+    k->x_prepare = x_prepare_avx2;
+#define SET_ROWS(qt, name, label)                                                              \
+    k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
+    k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx2";
+    SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
+    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
+    SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
+#undef SET_ROWS
+    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+    for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
+        k->expand_f32[expandable[i]] = expand_f32_avx2;
+        k->expand_f32_name[expandable[i]] = "expand_f32_avx2";
+        k->expand_bf16[expandable[i]] = expand_bf16_avx2;
+        k->expand_bf16_name[expandable[i]] = "expand_bf16_avx2";
+    }
+    static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
+        {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
+        {attn_span_12_1, attn_span_12_2, attn_span_12_3, attn_span_12_4},
+        {attn_span_16_1, attn_span_16_2, attn_span_16_3, attn_span_16_4}};
+    memcpy(k->attn_span, spans, sizeof(spans));
+    k->attn_name = "attention_avx2";
+    k->exp_sum = exp_sum_avx2;
+    k->silu_mul = silu_mul_avx2;
+    k->to_f16 = to_f16_avx2;
+    k->vec_name = "vec_avx2";
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif /* LT_X86 */
