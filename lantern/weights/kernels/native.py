@@ -134,10 +134,22 @@ def kernel_name(role: str, qtype: QT | None = None) -> str | None:
     return None if name is None else name.decode()
 
 
+# How each level multiplies prompt chunks (more than GGUF_MAX_M tokens): "expand_bf16" (slabs of
+# weights to bfloat16, torch's bf16 GEMM: AVX-512 BF16 has the hardware), "expand_f32" (exact
+# float32 slabs, torch's float32 GEMM) or "rows" (the level's row kernels over blocks of 64
+# tokens, in place). Measured per level: docs/PERFORMANCE.md, "Prompt chunks per level".
+PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "rows", "neon": "expand_f32", "portable": "expand_f32"}
+
+
+def prompt_route() -> str:
+    """How prompt chunks multiply in-place weights at the level in use (PROMPT_ROUTES;
+    LANTERN_PROMPT_ROUTE overrides it, for comparisons)."""
+    return os.environ.get("LANTERN_PROMPT_ROUTE") or PROMPT_ROUTES.get(isa() or "", "expand_f32")
+
+
 def expands_to_bf16() -> bool:
-    """Whether prompt chunks expand weights to bfloat16 (levels with bf16 dot products: its GEMM
-    is fast) rather than float32 (elsewhere torch's bf16 GEMM has no hardware under it)."""
-    return isa() == "avx512"
+    """Whether prompt chunks expand weights to bfloat16 rather than float32."""
+    return prompt_route() == "expand_bf16"
 
 
 _pool_threads = 0  # set while torch's own ops run single-threaded (decode steps)
@@ -276,9 +288,10 @@ class GGUFKernel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [M, cols] -> float32 [M, rows]."""
         m = x.shape[0]
-        if m <= GGUF_MAX_M:  # decode steps and drafts: the fused kernel on the blocks
+        route = "rows" if m <= GGUF_MAX_M else prompt_route()
+        if route == "rows":  # decode steps and drafts (and prompt chunks where that is faster)
             return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols)
-        dtype = torch.bfloat16 if expands_to_bf16() else torch.float32
+        dtype = torch.bfloat16 if route == "expand_bf16" else torch.float32
         xw = x.to(dtype)
         out = torch.empty(m, self.rows, dtype=torch.float32)
         step = max(16, GGUF_SLAB_WEIGHTS // self.cols)
