@@ -10,8 +10,9 @@ Two policies:
     memory map (no conversion at load), and are multiplied in place (`native.GGUFKernel`): small
     batches (decode, speculative verify) by the row kernels of the instruction-set level in use
     (avx512: x rounded to bfloat16; avx2, neon, portable: x as 15-bit integers per 32, exact
-    integer dot products); prompt chunks by expanding slabs of rows to bfloat16 (avx512) or
-    float32 for torch's GEMM.
+    integer dot products); prompt chunks as `native.PROMPT_ROUTES` says per level: slabs of rows
+    expanded to bfloat16 (avx512) or float32 (neon, portable) for torch's GEMM, or the row
+    kernels over blocks of 64 tokens (avx2).
   - Q2_K, Q3_K: a dense bfloat16 copy (`dense.py`).
   - F32, F16, BF16: the reference path (already dense).
 

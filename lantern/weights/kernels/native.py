@@ -268,8 +268,8 @@ def attention_f16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sta
 class GGUFKernel:
     """The weight stays in its file encoding, a view of the memory map (no conversion at load, no
     copy: resident memory is the file pages read). Small batches: `lantern_gguf_matmul` on the
-    blocks; prompt chunks: slabs expanded to bfloat16 or float32 (C, multi-threaded) for torch's
-    GEMM."""
+    blocks; prompt chunks: the level's `prompt_route()` (the same, or slabs expanded to bfloat16
+    or float32 in C for torch's GEMM)."""
 
     name = "gguf-native"
     in_place = True  # QuantizedLinear leaves the file's pages alone
