@@ -17,6 +17,8 @@ have, and what each build makes runs (README, "Platforms"):
 
 A missing tool fails the test under CI=true (.ci/run installs them) and skips it elsewhere,
 naming the Debian package. Builds go to temporary folders: never to the installed extension.
+
+Budget: 3 minutes on the 2-core machines (about 1.5 on a quiet one).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ count, expansion, attention spans, exp / SiLU / float16 stores: see its header).
 REQUIRED_ISA_KERNELS, or in LANTERN_REQUIRE_ISA_KERNELS (comma-separated; it replaces the list).
 A missing compiler or qemu fails the test under CI=true and skips it elsewhere, naming the
 Debian packages. Builds go to temporary folders, never to the installed extension.
+
+Budget: 3 minutes on the 2-core machines (under qemu the harness runs about 12 s per CPU).
 """
 
 from __future__ import annotations
