@@ -355,6 +355,20 @@ def test_lantern_isa_names_a_level_the_cpu_lacks_in_one_line(tmp_path):
             assert all(level in lines[0] for level in native.supported_isas())
 
 
+def test_a_refused_lantern_isa_stays_refused(monkeypatch):
+    """A LANTERN_ISA that was refused is refused on every later call in the process too, never
+    dropped silently for the pure-PyTorch path."""
+    from lantern.errors import LanternError
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("LANTERN_ISA", "sse9")
+    for _ in range(2):
+        with pytest.raises(LanternError, match="LANTERN_ISA='sse9' is not a level"):
+            native.available()
+
+
 class _OffByOneNibble(native.GGUFKernel):
     """A kernel with a layout bug: the output of every row is the next row's (as a kernel that
     misreads a tile's row order would give)."""

@@ -21,6 +21,7 @@ from ...errors import LanternError
 
 _lib = None
 _tried = False
+_error: LanternError | None = None  # why the library was refused: raised again on every call
 
 ABI_VERSION = 2  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
 
@@ -53,31 +54,42 @@ def library():
 
     Raises LanternError when LANTERN_ISA names a level this CPU or build lacks, or when the
     built library is from another version of lantern (its structs would not match)."""
-    global _lib, _tried
+    global _lib, _tried, _error
+    if _error is not None:
+        raise _error
     if not _tried:
         _tried = True
-        if os.environ.get("LANTERN_NATIVE", "1") == "0":
-            return None
-        # LANTERN_NATIVE_LIB: another build of the library (kernel work, A/B benchmarks)
-        path = os.environ.get("LANTERN_NATIVE_LIB")
-        if not path:
-            spec = importlib.util.find_spec("lantern.weights.kernels._native")
-            if spec is None or not spec.origin:
-                return None
-            path = spec.origin
         try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            if os.environ.get("LANTERN_NATIVE_LIB"):
-                raise LanternError(f"LANTERN_NATIVE_LIB={path} does not load; unset it or build it again") from None
-            return None
-        if not hasattr(lib, "lantern_abi_version") or lib.lantern_abi_version() != ABI_VERSION:
-            raise LanternError(f"lantern's native library {path} is from another version of lantern; "
-                               "rebuild it with: pip install -e . (or LANTERN_NATIVE=0 to run without it)")
-        _bind(lib)
-        _select_isa(lib, os.environ.get("LANTERN_ISA", ""))
-        _lib = lib
+            _lib = _load()
+        except LanternError as exc:
+            _error = exc
+            raise
     return _lib
+
+
+def _load():
+    """The library found and checked, at the level LANTERN_ISA asks for; None where there is none."""
+    if os.environ.get("LANTERN_NATIVE", "1") == "0":
+        return None
+    # LANTERN_NATIVE_LIB: another build of the library (kernel work, A/B benchmarks)
+    path = os.environ.get("LANTERN_NATIVE_LIB")
+    if not path:
+        spec = importlib.util.find_spec("lantern.weights.kernels._native")
+        if spec is None or not spec.origin:
+            return None
+        path = spec.origin
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        if os.environ.get("LANTERN_NATIVE_LIB"):
+            raise LanternError(f"LANTERN_NATIVE_LIB={path} does not load; unset it or build it again") from None
+        return None
+    if not hasattr(lib, "lantern_abi_version") or lib.lantern_abi_version() != ABI_VERSION:
+        raise LanternError(f"lantern's native library {path} is from another version of lantern; "
+                           "rebuild it with: pip install -e . (or LANTERN_NATIVE=0 to run without it)")
+    _bind(lib)
+    _select_isa(lib, os.environ.get("LANTERN_ISA", ""))
+    return lib
 
 
 def _select_isa(lib, wanted: str) -> None:
