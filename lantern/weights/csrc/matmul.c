@@ -73,6 +73,13 @@ typedef struct {
     int64_t mb, nrb; /* rows of x per task; tasks along the rows of W */
 } gmm_args;
 
+#ifndef LT_PROMPT_WBYTES
+#define LT_PROMPT_WBYTES 32768 /* bytes of W's blocks per prompt task */
+#endif
+#ifndef LT_PROMPT_MB
+#define LT_PROMPT_MB 64 /* rows of x per prompt task */
+#endif
+
 #define WAHEAD 1024 /* SmolLM2-135M's shapes, Q4_1 / Q8_0: 3-20% faster than without */
 
 static void gmm_task(void *p, int64_t t) {
@@ -163,9 +170,9 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
     } else {
         /* prompt chunks: blocks of 64 rows of x by about 32 KB of W's blocks, so that each 8
          * rows of x stay in L1/L2 while the block's weight rows pass them (from L2) */
-        rpt = 32768 / a.rowbytes;
+        rpt = LT_PROMPT_WBYTES / a.rowbytes;
         if (rpt < 4) rpt = 4;
-        a.mb = 64;
+        a.mb = LT_PROMPT_MB;
     }
     a.rpt = rpt;
     a.nrb = (N + rpt - 1) / rpt;
