@@ -115,3 +115,20 @@ def test_good_model_still_loads(good_model, tmp_path):
     copy = tmp_path / "copy.gguf"
     shutil.copy(good_model, copy)
     assert lantern.load(str(copy)).params.ffn_dim == 512
+
+
+@pytest.mark.parametrize("cut,array", [(200_000, "tokenizer.ggml.tokens"), (1_000_000, "tokenizer.ggml.merges")])
+def test_a_cut_inside_a_metadata_array_is_one_clean_error(smollm2_path, tmp_path, cut, array):
+    """A copy of the real SmolLM2 cut inside its 49,152 tokens or its merges: the fast metadata
+    reader fails as the stock one does, with one ModelFileError naming the file and the array
+    (it used to escape as struct.error: a 35-line traceback from the command line)."""
+    path = tmp_path / f"cut{cut}.gguf"
+    with open(smollm2_path, "rb") as src:
+        path.write_bytes(src.read(cut))
+    with pytest.raises(ModelFileError, match=rf"cut{cut}\.gguf.*metadata array '{array}'.*past the end of the file"):
+        lantern.load(path)
+    run = subprocess.run([sys.executable, "-m", "lantern", "run", "-m", str(path), "hi"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and array in lines[0], run.stderr

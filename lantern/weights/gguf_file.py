@@ -167,9 +167,17 @@ class _Reader(GGUFReader):
     array is walked with struct over the map. Fields come out exactly as the stock reader's.
     """
 
+    _last_str = b""  # the last string read: the key of the field being read
+
+    def _get_str(self, offset: int):
+        length, data = super()._get_str(offset)
+        self._last_str = data
+        return length, data
+
     def _get_field_parts(self, orig_offs: int, raw_type: int):
         if raw_type != GGUFValueType.ARRAY or self.byte_order != "I" or sys.byteorder != "little":
             return super()._get_field_parts(orig_offs, raw_type)
+        key = bytes(self._last_str).decode("utf-8", "replace")
         offs = orig_offs
         raw_itype = self._get(offs, np.uint32)
         alen = self._get(offs + 4, np.uint64)
@@ -178,15 +186,23 @@ class _Reader(GGUFReader):
         item_type = GGUFValueType(int(raw_itype[0]))
         types = [GGUFValueType.ARRAY, item_type]
         nptype = self.gguf_scalar_to_np.get(item_type)
+        size = len(self.data)
         if nptype is not None:
             values = self._get(offs, nptype, count)
+            if len(values) != count:
+                raise ValueError(f"metadata array {key!r} declares {count} items but the file ends after {len(values)}")
             return offs + int(values.nbytes) - orig_offs, [raw_itype, alen, values], [2], types
         if item_type != GGUFValueType.STRING:
             return super()._get_field_parts(orig_offs, raw_type)
         buffer = memoryview(self.data)
         parts: list = [raw_itype, alen]
-        for _ in range(count):
+        for i in range(count):
+            if offs + 8 > size:
+                raise ValueError(f"metadata array {key!r}: item {i} of {count} starts past the end of the file")
             (length,) = struct.unpack_from("<Q", buffer, offs)
+            if offs + 8 + length > size:
+                raise ValueError(f"metadata array {key!r}: item {i} of {count} ({length} bytes) runs past the end "
+                                 "of the file")
             parts.append(_String(buffer[offs + 8 : offs + 8 + length]))
             offs += 8 + length
         return offs - orig_offs, parts, list(range(2, 2 + count)), types
@@ -207,7 +223,7 @@ def _open_reader(path: Path) -> GGUFReader:
         )
     try:
         return _Reader(path, "r")
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as exc:
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, struct.error) as exc:
         size = path.stat().st_size
         raise ModelFileError(
             f"{path}: GGUF header is truncated or corrupt ({size} bytes; {exc}); download it again"
