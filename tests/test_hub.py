@@ -126,7 +126,12 @@ def test_parse_hf_spec():
     assert hub.parse_hf_spec("hf:a/b/c.gguf") == ("a/b", "c.gguf", None)
     assert hub.parse_hf_spec("hf:a/b/sub/dir/c.gguf") == ("a/b", "sub/dir/c.gguf", None)
     assert hub.parse_hf_spec("hf:a/b@v1.0/c.gguf") == ("a/b", "c.gguf", "v1.0")
-    for bad in ("hf:a", "hf:a/b", "hf:a//c.gguf", "hf:a/b/../c.gguf", "hf:a/b@/c.gguf"):
+    assert hub.parse_hf_spec("hf:_a.b/c-d_/e.gguf") == ("_a.b/c-d_", "e.gguf", None)
+    for bad in ("hf:a", "hf:a/b", "hf:a//c.gguf", "hf:a/b/../c.gguf", "hf:a/b@/c.gguf",
+                # names the Hub refuses and Windows-style escapes: huggingface_hub raised them as
+                # HFValidationError / ValueError, a traceback from the command line (issue #11)
+                "hf:own er/re*po/f.gguf", "hf:-a/b/c.gguf", "hf:a/b./c.gguf", "hf:a--b/c/d.gguf",
+                "hf:owner/repo/..\\..\\f.gguf"):
         with pytest.raises(LanternError) as err:
             hub.parse_hf_spec(bad)
         _one_line(err.value)
