@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,29 @@ def test_a_cut_inside_a_metadata_array_is_one_clean_error(smollm2_path, tmp_path
     assert run.returncode == 1 and "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and array in lines[0], run.stderr
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("block_count", 0, "is not a positive count"),
+    ("attention.head_count", 0, "is not a positive count"),
+    ("attention.head_count_kv", 0, "is not a positive count"),
+    ("attention.head_count", 3, "does not divide the width 256"),
+    ("rope.dimension_count", 4294967294, "is not an even count of at most the head size 64"),
+    ("rope.dimension_count", 7, "is not an even count"),
+    ("rope.dimension_count", 128, "at most the head size 64"),
+    ("rope.freq_base", 0.0, "is not a finite positive number"),
+    ("rope.freq_base", -1.0, "is not a finite positive number"),
+    ("rope.freq_base", float("nan"), "is not a finite positive number"),
+    ("attention.layer_norm_rms_epsilon", -1e-5, "is not a finite positive number"),
+    ("attention.layer_norm_rms_epsilon", float("nan"), "is not a finite positive number"),
+])
+def test_hyper_parameters_that_make_no_sense_are_refused_before_anything_is_built(good_model, tmp_path, key, value,
+                                                                                 says):
+    """Counts of zero, heads that do not divide the width, rotary dimensions that are odd or
+    larger than a head (one file asked for 17 GB of rotary tables), and rope bases or epsilons
+    that are zero, negative or NaN (NaN logits, silently) are one ModelFileError naming the key
+    (issue #11 item 2), where they used to be ZeroDivisionError, IndexError or RuntimeError."""
+    path = rewrite(good_model, tmp_path / "bad.gguf",
+                   metadata=lambda k, v: value if k == f"llama.{key}" else v)
+    with pytest.raises(ModelFileError, match=rf"bad\.gguf: metadata llama\.{re.escape(key)} = .*{says}"):
+        lantern.load(path)

@@ -32,6 +32,9 @@ ATTENTION_QUERY_BLOCK = 128
 # ----- hyper-parameters ---------------------------------------------------------------------
 
 
+MAX_VOCAB = 1 << 22  # 4M tokens: real vocabularies go up to a few hundred thousand
+
+
 @dataclass
 class ModelParams:
     """Hyper-parameters every decoder needs, read from `{arch}.*` metadata with llama.cpp's defaults."""
@@ -64,9 +67,18 @@ class ModelParams:
                 raise ModelFileError(f"{f.path}: metadata key {arch}.{name} is missing; the file is incomplete")
             return value
 
+        def bad(name, value, why):
+            return ModelFileError(f"{f.path}: metadata {arch}.{name} = {value} {why}; the file is corrupt or "
+                                  "not a model lantern runs")
+
         dim = int(key("embedding_length", required=True))
         n_heads = int(key("attention.head_count", required=True))
+        if dim < 1 or n_heads < 1:
+            name, value = ("embedding_length", dim) if dim < 1 else ("attention.head_count", n_heads)
+            raise bad(name, value, "is not a positive count")
         n_kv_heads = int(key("attention.head_count_kv", n_heads))
+        if key("attention.key_length") is None and dim % n_heads:
+            raise bad("attention.head_count", n_heads, f"does not divide the width {dim}")
         head_dim = int(key("attention.key_length", dim // n_heads))
         tokens = f.get("tokenizer.ggml.tokens")
         vocab_size = int(key("vocab_size", len(tokens) if tokens is not None else 0))
@@ -97,6 +109,20 @@ class ModelParams:
             rope_original_context=int(key("rope.scaling.original_context_length", context_length)),
         )
         params.update(overrides)
+        for name, field in (("block_count", "n_layers"), ("attention.head_count_kv", "n_kv_heads"),
+                            ("attention.key_length", "head_dim"), ("feed_forward_length", "ffn_dim"),
+                            ("vocab_size", "vocab_size"), ("context_length", "context_length")):
+            if params[field] < 1:
+                raise bad(name, params[field], "is not a positive count")
+        if params["vocab_size"] > MAX_VOCAB:
+            raise bad("vocab_size", params["vocab_size"], f"is beyond any real vocabulary (at most {MAX_VOCAB:,})")
+        rope_dims = params["rope_dims"]
+        if rope_dims < 2 or rope_dims % 2 or rope_dims > params["head_dim"]:
+            raise bad("rope.dimension_count", rope_dims, f"is not an even count of at most the head size {params['head_dim']}")
+        for name, field in (("rope.freq_base", "rope_base"), ("attention.layer_norm_rms_epsilon", "norm_eps"),
+                            ("rope.scaling.attn_factor", "rope_attn_factor"), ("rope.scaling.factor", "rope_scale")):
+            if not (math.isfinite(params[field]) and params[field] > 0):
+                raise bad(name, params[field], "is not a finite positive number")
         if params["n_heads"] % params["n_kv_heads"]:
             raise ModelFileError(
                 f"{f.path}: {n_heads} attention heads cannot share {n_kv_heads} KV heads evenly"
