@@ -3,6 +3,8 @@ and end-to-end decode/prompt speed of whole models.
 
     python bench/kernels.py                      # Phi-3-mini shapes, main types, M=1, 4, 16, 256
     python bench/kernels.py --types all --reps 5
+    python bench/kernels.py --types Q4_0,Q4_K,IQ4_NL,IQ4_XS --m 1 --no-reference   # IQ4 vs Q4 decode
+    python bench/kernels.py --types Q4_0,Q4_K,IQ4_NL,IQ4_XS --cpu-time  # the same in CPU time, 1 thread
     python bench/kernels.py --smol               # per-call microseconds on SmolLM2-135M's shapes
     python bench/kernels.py --e2e                # + end-to-end on SmolLM2 and the Phi-3-mini fixture
     python bench/kernels.py --interleaved MODEL  # decode/prompt: lantern at each instruction-set
@@ -39,11 +41,12 @@ from lantern.weights.kernels import describe
 
 PHI3_SHAPES = [(9216, 3072), (16384, 3072), (3072, 8192), (32064, 3072)]
 MAIN_TYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0"]
-ALL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+ALL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 # (elements, bytes, offsets of f16 fields) per block
 LAYOUT = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
           "Q8_0": (32, 34, [0]), "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]),
-          "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208])}
+          "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208]),
+          "IQ4_NL": (32, 18, [0]), "IQ4_XS": (256, 136, [0])}
 
 
 def random_weight(qtype: str, rows: int, cols: int, seed: int = 0) -> TensorData:
@@ -121,6 +124,35 @@ def kernels(types, shapes, ms, reps, reference: bool, levels: list[str]) -> None
             for name in layers:
                 print(f"{qtype:6} {rows:>5}x{cols:<6} {name:>12} " + " ".join(f"{v:9.2f}" for v in rates[name]),
                       flush=True)
+
+
+def cpu_time(types, reps: int, levels: list[str]) -> None:
+    """Compute speed of the row kernels, robust to a busy shared machine: one thread, a 256 x 3072
+    weight that stays in L2, M = 1, the calling thread's CPU time (time.thread_time) per call,
+    median of `reps` rounds of 200 calls. Memory bandwidth is left out (decode on a quiet machine
+    is bounded by it for the 4-bit types: compare these with the wall-clock table)."""
+    from lantern.weights.kernels import native
+
+    rows, cols, calls = 256, 3072, 200
+    print(f"# row kernels, 1 thread, {rows}x{cols} in L2, M=1, CPU time: G weights/s per CPU second")
+    print(f"{'type':6} " + " ".join(f"{lv:>10}" for lv in levels))
+    before = native.isa()
+    for qtype in types:
+        w = random_weight(qtype, rows, cols)
+        x = torch.randn(1, cols)
+        rates = []
+        for level in levels:
+            native.set_isa(level)
+            per_round = []
+            for _ in range(reps):
+                native.gguf_matmul(w.raw, w.type, x, rows, cols, threads=1)
+                t0 = time.thread_time()
+                for _ in range(calls):
+                    native.gguf_matmul(w.raw, w.type, x, rows, cols, threads=1)
+                per_round.append((time.thread_time() - t0) / calls)
+            rates.append(rows * cols / statistics.median(per_round) / 1e9)
+        native.set_isa(before)
+        print(f"{qtype:6} " + " ".join(f"{r:10.2f}" for r in rates), flush=True)
 
 
 SMOL_SHAPES = [("Q4_1", 576, 576), ("Q4_1", 192, 576), ("Q4_1", 1536, 576), ("Q4_1", 576, 1536),
@@ -286,6 +318,8 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference kernel")
     ap.add_argument("--levels", help="comma-separated instruction-set levels (default: every one the CPU runs)")
     ap.add_argument("--smol", action="store_true", help="only per-call microseconds on SmolLM2 shapes")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="only: row kernels' compute speed in CPU time (1 thread, in L2, M=1), per level")
     ap.add_argument("--interleaved", metavar="MODEL", help="only: lantern per level vs llama.cpp, alternating")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--burst", type=int, default=16)
@@ -301,6 +335,9 @@ def main() -> None:
     levels = levels_to_run(args.levels)
     if args.smol:
         smol(args.reps, levels)
+        return
+    if args.cpu_time:
+        cpu_time(types, args.reps, levels)
         return
     if args.interleaved:
         interleaved(args.interleaved, args.rounds, args.burst, args.prompt_tokens, args.threads, levels)

@@ -36,6 +36,7 @@ SPEC = Spec(arch="llama", n_heads=4, n_kv_heads=2, tied_output=True, vocab_size=
 FILES = {
     QT.Q4_0: "Q4_0", QT.Q4_1: "Q4_1", QT.Q5_0: "Q5_0", QT.Q5_1: "Q5_1", QT.Q8_0: "Q8_0",
     QT.Q2_K: "Q2_K", QT.Q3_K: "Q3_K_M", QT.Q4_K: "Q4_K_M", QT.Q5_K: "Q5_K_M", QT.Q6_K: "Q6_K",
+    QT.IQ4_NL: "IQ4_NL", QT.IQ4_XS: "IQ4_XS",
 }
 U = 2.0 ** -9  # bfloat16 unit roundoff
 
@@ -88,7 +89,8 @@ def random_blocks(qtype, rows, cols, seed=0):
 
 # GGUF block offsets of the float16 fields (d, and m or dmin) per type.
 _F16_FIELDS = {QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q8_0: (0,),
-               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,), QT.Q2_K: (80, 82), QT.Q3_K: (108,)}
+               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,), QT.Q2_K: (80, 82), QT.Q3_K: (108,),
+               QT.IQ4_NL: (0,), QT.IQ4_XS: (0,)}
 _BLOCKS = {**native.GGUF_BLOCKS, QT.Q2_K: (256, 84), QT.Q3_K: (256, 110)}
 
 
@@ -151,7 +153,7 @@ def test_policy_switch_and_environment(monkeypatch):
 
 
 # Every type the in-place kernels take (and so the native decode step), per architecture.
-DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K"]
+DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
 @pytest.mark.parametrize("qtype", DECODE_TYPES)

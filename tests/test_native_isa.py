@@ -1,6 +1,7 @@
 """Every instruction-set level's C kernels against the portable C, with the C test harness
-tests/native/check_kernels.c (x_prepare, the row kernels of the 8 in-place types at every row
-count, expansion, attention spans, exp / SiLU / float16 stores: see its header).
+tests/native/check_kernels.c (x_prepare, the row kernels of the 10 in-place types, IQ4_NL and
+IQ4_XS included, at every row count, expansion, attention spans, exp / SiLU / float16 stores: see
+its header).
 
 - natively: built with gcc into a temporary folder, run over every level this CPU has;
 - ARM64: cross-built with aarch64-linux-gnu-gcc and run under qemu-user, once as a CPU with
@@ -37,7 +38,7 @@ REQUIRED_ISA_KERNELS: tuple[str, ...] = ("avx2", "neon")
 
 CFLAGS = ["-O3", "-std=c11", "-pthread", "-Wall", "-Wextra", "-Werror"]
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
-ROW_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
+ROW_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
 ARM_SYSROOT = Path("/usr/aarch64-linux-gnu")
 BUILD_TIMEOUT = 240
 RUN_TIMEOUT = 240

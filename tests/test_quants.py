@@ -23,19 +23,21 @@ from gguf.quants import quantize as gguf_quantize
 
 from lantern.weights.quants import BLOCK_SIZES, QK_K, block_geometry, dequantize
 
-QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 
 # Block layouts (ggml-common.h): byte offsets of the f16 fields, the per-sub-block scale bytes
 # and the quant bytes (low bits, then high bits where the type has them).
 F16_FIELDS = {
     T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
     T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
+    T.IQ4_NL: [0], T.IQ4_XS: [0],
 }
-SCALE_BYTES = {T.Q2_K: (0, 16), T.Q3_K: (96, 108), T.Q4_K: (4, 16), T.Q5_K: (4, 16), T.Q6_K: (192, 208)}
+SCALE_BYTES = {T.Q2_K: (0, 16), T.Q3_K: (96, 108), T.Q4_K: (4, 16), T.Q5_K: (4, 16), T.Q6_K: (192, 208),
+               T.IQ4_XS: (2, 8)}
 QUANT_BYTES = {
     T.Q4_0: [(2, 18)], T.Q4_1: [(4, 20)], T.Q5_0: [(2, 22)], T.Q5_1: [(4, 24)], T.Q8_0: [(2, 34)],
     T.Q2_K: [(16, 80)], T.Q3_K: [(0, 96)], T.Q4_K: [(16, 144)], T.Q5_K: [(16, 176)],
-    T.Q6_K: [(0, 192)],
+    T.Q6_K: [(0, 192)], T.IQ4_NL: [(2, 18)], T.IQ4_XS: [(8, 136)],
 }
 
 
@@ -224,6 +226,38 @@ def test_q4_k_by_hand():
     for j in range(8):
         q = 3 if j % 2 == 0 else 5
         assert torch.all(got[j] == float(np.float32(0.125 * sc[j] * q - 0.5 * mn[j]))), j
+
+
+IQ4_VALUES = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]  # ggml-common.h
+
+
+def test_iq4_nl_by_hand():
+    # d = -0.5; qs[j] = j (low nibble) | (15 - j) << 4: y[j] = -0.5 * values[j], y[16 + j] = -0.5 * values[15 - j]
+    blk = np.zeros(18, dtype=np.uint8)
+    blk[0:2] = np.array([-0.5], dtype=np.float16).view(np.uint8)
+    blk[2:18] = [j | ((15 - j) << 4) for j in range(16)]
+    got = ours(blk[None], T.IQ4_NL, (1, 32))[0]
+    want = torch.tensor([-0.5 * IQ4_VALUES[j] for j in range(16)] + [-0.5 * IQ4_VALUES[15 - j] for j in range(16)])
+    assert_same(got, want)
+
+
+def test_iq4_xs_by_hand():
+    # Sub-block ib has the 6-bit scale ls = 4 ib + 3 (low 4 bits in scales_l[ib / 2] at 4 (ib % 2),
+    # high 2 bits in scales_h at 2 ib), d = 0.25: y = 0.25 * (ls - 32) * values[code]; codes:
+    # element j (j < 16) of sub-block ib = (j + ib) % 16, element 16 + j = 15 - j.
+    ls = [4 * ib + 3 for ib in range(8)]
+    blk = np.zeros(136, dtype=np.uint8)
+    blk[0:2] = np.array([0.25], dtype=np.float16).view(np.uint8)
+    scales_h = sum((v >> 4) << (2 * ib) for ib, v in enumerate(ls))
+    blk[2:4] = np.array([scales_h], dtype=np.uint16).view(np.uint8)
+    for ib in range(8):
+        blk[4 + ib // 2] |= (ls[ib] & 15) << (4 * (ib % 2))
+        blk[8 + 16 * ib : 24 + 16 * ib] = [((j + ib) % 16) | ((15 - j) << 4) for j in range(16)]
+    got = ours(blk[None], T.IQ4_XS, (1, 256))[0].view(8, 32)
+    for ib in range(8):
+        dl = 0.25 * (ls[ib] - 32)
+        want = [dl * IQ4_VALUES[(j + ib) % 16] for j in range(16)] + [dl * IQ4_VALUES[15 - j] for j in range(16)]
+        assert_same(got[ib], torch.tensor(want))
 
 
 # ----- float types ---------------------------------------------------------------------------

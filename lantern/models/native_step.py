@@ -44,6 +44,11 @@ class _Model(ctypes.Structure):
         ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ptr), ("out_norm", ptr), ("output", _Linear)]
 
 
+class _Segment(ctypes.Structure):
+    _fields_ = [("n_tokens", i64), ("start", i64), ("capacity", i64), ("n_logits", i64), ("keys", ptr),
+                ("values", ptr)]
+
+
 class Unsupported(Exception):
     """The model has a part the native step does not run."""
 
@@ -78,8 +83,17 @@ class NativeStep:
     """Runs `Transformer.forward` for passes of up to `max_tokens` tokens in one native call."""
 
     max_tokens = native.GGUF_MAX_M  # the fused weight kernels' batch limit
+    # A pass over several sequences (the batch engine's step: every decoding sequence's next token
+    # and a prompt chunk) stays one native call up to this many tokens; beyond the fused kernels'
+    # limit the weights take matmul.c's prompt blocks, still read once per pass.
+    max_batch_tokens = 64
 
     def __init__(self, transformer):
+        # Block variants step.c does not run yet (gemma3, qwen3: q/k norms, post norms, GeGLU,
+        # per-layer rope/window, ...): `Transformer.variants` names them; those models decode on
+        # the PyTorch blocks until step.c has them.
+        if getattr(transformer, "variants", None):
+            raise Unsupported(f"{', '.join(transformer.variants)}: not in the native step yet")
         p = transformer.params
         rotary = transformer.rotary
         layers = (_Layer * p.n_layers)()
@@ -133,4 +147,22 @@ class NativeStep:
                                     logits.data_ptr() if n_logits else None, n_logits, native.pool_threads())
         if rc != 0:
             raise RuntimeError("the native forward step failed (out of memory?)")
+        return logits
+
+    def run_segments(self, x: torch.Tensor, segments, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """One pass over several sequences: x float32 [M, dim] (overwritten) holds their embedded
+        tokens one sequence after another; `segments` are (cache, start, n_tokens, n_logits) in
+        the same order, each cache float16 and reserved; cos/sin the rotary tables of every row's
+        position. The logits wanted, [sum of n_logits, vocab], in segment order."""
+        described = (_Segment * len(segments))()
+        for i, (cache, start, n, n_logits) in enumerate(segments):
+            keys, values = self._cache_pointers(cache)
+            described[i] = _Segment(n, start, cache.capacity, n_logits, ctypes.cast(keys, ptr),
+                                    ctypes.cast(values, ptr))
+        logits = torch.empty(sum(s[3] for s in segments), self.vocab_size)
+        rc = self._lib.lantern_step_batch(ctypes.addressof(self.desc), x.data_ptr(), x.shape[0], ctypes.addressof(described),
+                                          len(segments), cos.data_ptr(), sin.data_ptr(), logits.data_ptr(),
+                                          native.pool_threads())
+        if rc != 0:
+            raise RuntimeError("the native batch step failed (out of memory?)")
         return logits

@@ -10,7 +10,7 @@ reference and to gguf-py's `gguf.quants.dequantize` (tests/test_quants.py checks
 exactness does not hang on that order: in every supported format each product is exact in
 float32 (an f16 scale has at most 11 significant bits and the integers multiplied into it at most
 12 together, Q6_K's 7-bit scale times its 5-bit quant being the widest; nothing over- or
-underflows), so the only rounding is the final `+ m` / `- dmin * m`, and any evaluation order,
+underflows; IQ4_XS's d * (scale - 32) has at most 17 bits and its codes 7 more), so the only rounding is the final `+ m` / `- dmin * m`, and any evaluation order,
 FMA contraction or device gives the same float32 value.
 
 Speed: on CPU the work runs in chunks of about a million elements so that the uint8/int8
@@ -26,14 +26,17 @@ import math
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["BLOCK_SIZES", "QK_K", "block_geometry", "dequantize"]
+__all__ = ["BLOCK_SIZES", "KVALUES_IQ4NL", "QK_K", "block_geometry", "dequantize"]
 
 QK_K = 256
 
 T = GGMLQuantizationType
 
 _FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
-_QUANT_TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
+_QUANT_TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS)
+
+# IQ4_NL / IQ4_XS: the 16 values a 4-bit code stands for (ggml-common.h, kvalues_iq4nl)
+KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 # qtype -> (elements per block, bytes per block), for every type `dequantize` accepts.
 BLOCK_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = {
@@ -360,6 +363,43 @@ def _q6_k(b: torch.Tensor, o: torch.Tensor) -> None:
     o.view(n, 16, 16).mul_(dl)
 
 
+# ----- IQ4: 4-bit codes into a non-linear table of 16 values -----------------------------------
+
+_IQ4_VALUES: dict[torch.device, torch.Tensor] = {}
+
+
+def _iq4_lookup(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 (any shape) -> int8 KVALUES_IQ4NL[code], same shape."""
+    table = _IQ4_VALUES.get(codes.device)
+    if table is None:
+        table = _IQ4_VALUES[codes.device] = torch.tensor(KVALUES_IQ4NL, dtype=torch.int8, device=codes.device)
+    return table[codes.to(torch.int64)]
+
+
+def _iq4_nl(b: torch.Tensor, o: torch.Tensor) -> None:
+    # d, qs[16]: y[j] = d * kvalues[qs[j] & 15], y[j + 16] = d * kvalues[qs[j] >> 4]
+    d = _f16(b, 0)
+    o.copy_(_iq4_lookup(_nibbles32(b, 2)))
+    o.mul_(d)
+
+
+def _iq4_xs(b: torch.Tensor, o: torch.Tensor) -> None:
+    # d, scales_h (u16), scales_l[4], qs[128]. Sub-block ib (32 elements): 6-bit scale
+    # ls = (scales_l[ib / 2] >> 4 (ib % 2)) & 15 | ((scales_h >> 2 ib) & 3) << 4; its codes are
+    # qs[16 ib + j] & 15 (element j) and >> 4 (element j + 16); y = (d * (ls - 32)) * kvalues[code].
+    n = b.shape[0]
+    d = _f16(b, 0)
+    sh = _as(b[:, 2:4], torch.int16).to(torch.int32)  # [n, 1]
+    sl = b[:, 4:8].to(torch.int32)  # [n, 4]
+    lo = torch.stack((sl & 15, sl >> 4), dim=2).view(n, 8)
+    hi = (sh >> torch.arange(0, 16, 2, dtype=torch.int32, device=b.device)) & 3
+    dl = (d * (lo | (hi << 4)).sub_(32).to(torch.float32)).unsqueeze(-1)  # [n, 8, 1]
+    w = _as(b[:, 8:136], torch.int16).view(n, 8, 8)  # [n, ib, 8 words]
+    q = torch.stack((w & 0x0F0F, (w >> 4) & 0x0F0F), dim=2).view(torch.uint8).view(n, 256)
+    o.copy_(_iq4_lookup(q))
+    o.view(n, 8, 32).mul_(dl)
+
+
 _KERNELS = {
     T.Q4_0: _q4_0,
     T.Q4_1: _q4_1,
@@ -371,4 +411,6 @@ _KERNELS = {
     T.Q4_K: _q4_k,
     T.Q5_K: _q5_k,
     T.Q6_K: _q6_k,
+    T.IQ4_NL: _iq4_nl,
+    T.IQ4_XS: _iq4_xs,
 }

@@ -5,11 +5,12 @@
  * compares the level's kernels with generic/kernels.c on random inputs (fixed seeds):
  *   x_prepare   LT_X_Q15 bit-exact vs lt_x_prepare_q15_generic; LT_X_BF16: bf16 bit-exact,
  *               sums within 1e-6 of sum |x| vs lt_x_prepare_bf16_generic
- *   rows        the 8 in-place types, each row count (1, 2, 3, 4, 8) called directly at a few
- *               m0, and through lt_gguf_matmul with M = 1..12 (every row-count mix), several K,
+ *   rows        the 10 in-place types (IQ4_NL and IQ4_XS included), each row count (1, 2, 3,
+ *               4, 8) called directly at a few m0, and through lt_gguf_matmul with M = 1..12
+ *               (every row-count mix), several K,
  *               against the generic row of the same x form (Q15: row_q15; BF16:
  *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|
- *   expand      expand_f32 / expand_bf16 bit-exact for all 10 expandable types
+ *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
  *   attention   lt_attention_f16, head dims 64, 80, 96, 128, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
  *               the head's largest |output|
@@ -80,9 +81,12 @@ static int rndint(int n) { return (int)(rnd() % (uint64_t)n); }
 
 /* ----- GGUF blocks --------------------------------------------------------------------------- */
 
-static const int ROW_TYPES[8] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q4_K, LT_Q5_K, LT_Q6_K};
-static const int EXPAND_TYPES[10] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0,
-                                     LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+#define N_ROW_TYPES 10
+#define N_EXPAND_TYPES 12
+static const int ROW_TYPES[N_ROW_TYPES] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0,
+                                           LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
+static const int EXPAND_TYPES[N_EXPAND_TYPES] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K,
+                                                 LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
 
 static const char *type_name(int qt) {
     switch (qt) {
@@ -96,6 +100,8 @@ static const char *type_name(int qt) {
     case LT_Q4_K: return "q4_k";
     case LT_Q5_K: return "q5_k";
     case LT_Q6_K: return "q6_k";
+    case LT_IQ4_NL: return "iq4_nl";
+    case LT_IQ4_XS: return "iq4_xs";
     default: return "?";
     }
 }
@@ -117,7 +123,7 @@ static void rnd_block(int qt, uint8_t *b) {
     lt_block_geometry(qt, &E, &B);
     for (int64_t i = 0; i < B; i++) b[i] = (uint8_t)rnd();
     switch (qt) {
-    case LT_Q4_0: case LT_Q5_0: case LT_Q8_0: put_f16(b, rnd_f16_scale()); break;
+    case LT_Q4_0: case LT_Q5_0: case LT_Q8_0: case LT_IQ4_NL: case LT_IQ4_XS: put_f16(b, rnd_f16_scale()); break;
     case LT_Q4_1: case LT_Q5_1: case LT_Q4_K: case LT_Q5_K:
         put_f16(b, rnd_f16_scale());
         put_f16(b + 2, rnd_f16_scale());
@@ -277,7 +283,7 @@ static void rows_reference(int qt, int format, const uint8_t *w, int64_t rowbyte
 static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
     static const int64_t K32[] = {32, 96, 160, 576, 1536, 3072};
     static const int64_t K256[] = {256, 1536, 3072};
-    const int is256 = qt == LT_Q4_K || qt == LT_Q5_K || qt == LT_Q6_K;
+    const int is256 = qt == LT_Q4_K || qt == LT_Q5_K || qt == LT_Q6_K || qt == LT_IQ4_XS;
     const int64_t *Ks = is256 ? K256 : K32;
     const int nK = is256 ? 3 : 6;
     const int64_t MX = 70; /* rows of x: M up to 12 (decode, verify passes) and beyond (prompt chunks) */
@@ -365,7 +371,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
 static void check_expand(const char *lvl, const lt_kernels *k, int qt) {
     static const int64_t K32[] = {32, 96, 576, 3072};
     static const int64_t K256[] = {256, 512, 3072};
-    const int is256 = qt == LT_Q2_K || qt == LT_Q3_K || qt == LT_Q4_K || qt == LT_Q5_K || qt == LT_Q6_K;
+    const int is256 = qt == LT_Q2_K || qt == LT_Q3_K || qt == LT_Q4_K || qt == LT_Q5_K || qt == LT_Q6_K || qt == LT_IQ4_XS;
     const int64_t *Ks = is256 ? K256 : K32;
     const int nK = is256 ? 3 : 4;
     for (int f32 = 1; f32 >= 0; f32--) {
@@ -618,7 +624,7 @@ static void check_vec(const char *lvl, const lt_kernels *k) {
 static void check_names(const char *lvl, int isa, const char *require) {
     int generic_rows = 0;
     char list[512] = "";
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_ROW_TYPES; i++) {
         const char *nm = lantern_kernel_name(0, ROW_TYPES[i]);
         printf("INFO %s row %s %s\n", lvl, type_name(ROW_TYPES[i]), nm ? nm : "(none)");
         const size_t L = nm ? strlen(nm) : 0;
@@ -628,7 +634,7 @@ static void check_names(const char *lvl, int isa, const char *require) {
             strncat(list, " ", sizeof list - strlen(list) - 1);
         }
     }
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < N_EXPAND_TYPES; i++) {
         const char *b = lantern_kernel_name(1, EXPAND_TYPES[i]), *f = lantern_kernel_name(2, EXPAND_TYPES[i]);
         printf("INFO %s expand %s %s %s\n", lvl, type_name(EXPAND_TYPES[i]), f ? f : "(none)", b ? b : "(none)");
     }
@@ -660,14 +666,14 @@ static void check_level(int isa, const char *require) {
     printf("INFO %s x_format %s\n", lvl, k->x_format == LT_X_Q15 ? "q15" : "bf16");
     check_names(lvl, isa, require);
     check_x_prepare(lvl, k);
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_ROW_TYPES; i++) {
         if (!k->row[ROW_TYPES[i]][0]) {
             report(0, lvl, type_name(ROW_TYPES[i]), INFINITY, "no row kernel");
             continue;
         }
         check_rows(lvl, k, ROW_TYPES[i]);
     }
-    for (int i = 0; i < 10; i++) check_expand(lvl, k, EXPAND_TYPES[i]);
+    for (int i = 0; i < N_EXPAND_TYPES; i++) check_expand(lvl, k, EXPAND_TYPES[i]);
     static const int64_t Ds[] = {64, 80, 96, 128};
     for (int i = 0; i < 4; i++) check_attention(lvl, isa, Ds[i]);
     lantern_set_isa(isa);

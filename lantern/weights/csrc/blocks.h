@@ -84,9 +84,21 @@ static inline void lt_k4_scale_min(const uint8_t *q, uint8_t sc[8], uint8_t mn[8
     }
 }
 
+/* IQ4_NL / IQ4_XS: the 16 values of a 4-bit code (ggml-common.h's kvalues_iq4nl), as an
+ * initializer (each file that reads them makes its own table: no unused statics in headers) */
+#define LT_IQ4_VALUES_INIT {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+
+/* IQ4_XS: the 6-bit scale of sub-block ib (0..7) minus 32, from the block's scales_h (bytes 2-3)
+ * and scales_l (bytes 4-7) */
+static inline int lt_iq4xs_scale(const uint8_t *b, int ib) {
+    const int sh = b[2] | (b[3] << 8);
+    return (((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
+}
+
 /* One block of an in-place type -> its codes q[elems] and per sub-block (32 weights; Q6_K 16)
  * scale and minv, so that weight i = scale[s] * q[i] + minv[s] (minv 0 where the type has no
- * min), the float32 factors formed as llama.cpp forms them (d * sc, -(dmin * m)). In generic/kernels.c. */
+ * min), the float32 factors formed as llama.cpp forms them (d * sc, -(dmin * m); IQ4: q the
+ * table's value, scale d (IQ4_NL) or d * (ls - 32) (IQ4_XS)). In generic/kernels.c. */
 void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv);
 
 /* Sub-block length of an in-place type: 16 for Q6_K, else 32. */

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* Bumped whenever an exported function or struct changes shape; native.py checks it. */
-#define LT_ABI_VERSION 2
+#define LT_ABI_VERSION 3
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define LT_X86 1
@@ -61,7 +61,7 @@
 
 /* GGML type ids */
 enum { LT_Q4_0 = 2, LT_Q4_1 = 3, LT_Q5_0 = 6, LT_Q5_1 = 7, LT_Q8_0 = 8, LT_Q2_K = 10, LT_Q3_K = 11,
-       LT_Q4_K = 12, LT_Q5_K = 13, LT_Q6_K = 14, LT_NTYPES = 16 };
+       LT_Q4_K = 12, LT_Q5_K = 13, LT_Q6_K = 14, LT_IQ4_NL = 20, LT_IQ4_XS = 23, LT_NTYPES = 24 };
 
 /* Instruction-set levels (LANTERN_ISA): each CPU runs the best level it has. */
 enum { LT_ISA_PORTABLE = 0, LT_ISA_AVX2 = 1, LT_ISA_AVX512 = 2, LT_ISA_NEON = 3, LT_ISA_COUNT = 4 };

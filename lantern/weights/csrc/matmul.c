@@ -32,6 +32,8 @@ int lt_block_geometry(int qtype, int64_t *elems, int64_t *bytes) {
     case LT_Q4_K: *elems = 256; *bytes = 144; return 0;
     case LT_Q5_K: *elems = 256; *bytes = 176; return 0;
     case LT_Q6_K: *elems = 256; *bytes = 210; return 0;
+    case LT_IQ4_NL: *elems = 32; *bytes = 18; return 0;
+    case LT_IQ4_XS: *elems = 256; *bytes = 136; return 0;
     default: return -1;
     }
 }

@@ -97,17 +97,34 @@ static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int6
     return 0;
 }
 
-/* Run tokens start .. start + M - 1 (embedding rows x [M, dim], overwritten: the residual
- * stream). keys/values: per layer the float16 cache [kv_heads, capacity, head_dim]; cos/sin the
- * rotary tables from position `start` on ([M, rope_dims] each). Writes the logits of the last
- * `n_logits` tokens (0, 1 or M) to `logits` [n_logits, vocab]. Returns 0, -1 on a bad
- * description (a weight type the kernels do not take) or no memory. */
-LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
-                 uint16_t *const *values, int64_t capacity, const float *cos, const float *sin, float *logits,
-                 int64_t n_logits, int nthreads) {
+/* One sequence's share of a pass: its `n_tokens` consecutive rows of x, at positions start..,
+ * attending to its own float16 cache (per layer [kv_heads, capacity, head_dim]); the logits of
+ * its last `n_logits` tokens are wanted. */
+typedef struct {
+    int64_t n_tokens, start, capacity, n_logits;
+    uint16_t *const *keys, *const *values;
+} lt_segment;
+
+/* Run a pass over the tokens of `nseg` sequences at once (embedding rows x [M, dim], the segments'
+ * rows one after another, overwritten: the residual stream). The weights are read once for all M
+ * rows; keys and values go to each segment's own cache and each segment attends to its own.
+ * cos/sin: the rotary tables of every row's position ([M, rope_dims] each). Writes the logits
+ * wanted by the segments, in their order, to `logits` [sum of n_logits, vocab]. Returns 0, -1 on
+ * a bad description (a weight type the kernels do not take, a segment that overflows its cache)
+ * or no memory. */
+LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const lt_segment *seg, int64_t nseg,
+                                 const float *cos, const float *sin, float *logits, int nthreads) {
     const int64_t dim = m->dim, H = m->n_heads, KVH = m->n_kv_heads, D = m->head_dim, F = m->ffn_dim;
     const int64_t width = (H + 2 * KVH) * D; /* q|k|v of one token */
-    if (M <= 0 || n_logits < 0 || n_logits > M || start + M > capacity) return -1;
+    int64_t rows = 0, n_logits = 0;
+    for (int64_t s = 0; s < nseg; s++) {
+        if (seg[s].n_tokens <= 0 || seg[s].n_logits < 0 || seg[s].n_logits > seg[s].n_tokens ||
+            seg[s].start < 0 || seg[s].start + seg[s].n_tokens > seg[s].capacity)
+            return -1;
+        rows += seg[s].n_tokens;
+        n_logits += seg[s].n_logits;
+    }
+    if (M <= 0 || rows != M) return -1;
     const lt_kernels *k = lt_kernels_get();
     float *xn = (float *)lt_scratch(LT_SCRATCH_STEP, (size_t)M * (dim + width + H * D + dim + 3 * F) * sizeof(float));
     if (!xn) return -1;
@@ -118,19 +135,22 @@ LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start
         const lt_layer *L = &m->layers[l];
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->attn_norm, xn + i * dim, dim, m->eps);
         if (project(&L->qkv, xn, qkv, width, M, nthreads)) return -1;
-        for (int64_t i = 0; i < M; i++) {
-            float *row = qkv + i * width;
-            for (int64_t h = 0; h < H + KVH; h++) /* q and k heads */
-                rotate(row + h * D, cos + i * m->rope_dims, sin + i * m->rope_dims, m->rope_dims, (int)m->neox);
-            for (int64_t h = 0; h < KVH; h++) {
-                const int64_t at = (h * capacity + start + i) * D;
-                k->to_f16(row + (H + h) * D, keys[l] + at, D);
-                k->to_f16(row + (H + KVH + h) * D, values[l] + at, D);
+        for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++) {
+            const lt_segment *S = &seg[s];
+            for (int64_t i = row0; i < row0 + S->n_tokens; i++) {
+                float *row = qkv + i * width;
+                for (int64_t h = 0; h < H + KVH; h++) /* q and k heads */
+                    rotate(row + h * D, cos + i * m->rope_dims, sin + i * m->rope_dims, m->rope_dims, (int)m->neox);
+                for (int64_t h = 0; h < KVH; h++) {
+                    const int64_t at = (h * S->capacity + S->start + i - row0) * D;
+                    k->to_f16(row + (H + h) * D, S->keys[l] + at, D);
+                    k->to_f16(row + (H + KVH + h) * D, S->values[l] + at, D);
+                }
             }
+            if (lt_attention_f16(qkv + row0 * width, width, S->keys[l], S->values[l], att + row0 * H * D, S->n_tokens,
+                                 H, KVH, D, S->start, S->capacity, m->window, m->scale, nthreads))
+                return -1;
         }
-        if (lt_attention_f16(qkv, width, keys[l], values[l], att, M, H, KVH, D, start, capacity, m->window, m->scale,
-                             nthreads))
-            return -1;
         if (linear(&L->wo, att, sub, dim, M, nthreads)) return -1;
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->ffn_norm, xn + i * dim, dim, m->eps);
@@ -140,7 +160,19 @@ LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
     }
     if (n_logits == 0) return 0;
-    const float *last = x + (M - n_logits) * dim;
-    for (int64_t i = 0; i < n_logits; i++) rmsnorm(last + i * dim, m->out_norm, xn + i * dim, dim, m->eps);
+    /* The wanted rows, gathered (their residuals are no longer needed in place) */
+    int64_t out = 0;
+    for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++)
+        for (int64_t i = row0 + seg[s].n_tokens - seg[s].n_logits; i < row0 + seg[s].n_tokens; i++, out++)
+            rmsnorm(x + i * dim, m->out_norm, xn + out * dim, dim, m->eps);
     return linear(&m->output, xn, logits, m->vocab, n_logits, nthreads);
+}
+
+/* One sequence: tokens start .. start + M - 1 on its cache; the logits of its last `n_logits`
+ * tokens (0, 1 or M). */
+LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
+                 uint16_t *const *values, int64_t capacity, const float *cos, const float *sin, float *logits,
+                 int64_t n_logits, int nthreads) {
+    const lt_segment one = {M, start, capacity, n_logits, keys, values};
+    return lantern_step_batch(m, x, M, &one, 1, cos, sin, logits, nthreads);
 }

@@ -6,8 +6,9 @@ Two policies:
   call (exact float32 math; slow). Implemented in `lantern.weights.linear`.
 * ``"fast"`` (default on CPU), with the C library (`native`, sources in lantern/weights/csrc):
 
-  - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K stay in their file encoding, a view of the
-    memory map (no conversion at load), and are multiplied in place (`native.GGUFKernel`): small
+  - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS stay in their file
+    encoding, a view of the memory map (no conversion at load), and are multiplied in place
+    (`native.GGUFKernel`; IQ4's 4-bit codes index a table of 16 values in registers): small
     batches (decode, speculative verify) by the row kernels of the instruction-set level in use
     (avx512: x rounded to bfloat16; avx2, neon, portable: x as 15-bit integers per 32, exact
     integer dot products); prompt chunks as `native.PROMPT_ROUTES` says per level: slabs of rows

@@ -23,7 +23,7 @@ _lib = None
 _tried = False
 _error: LanternError | None = None  # why the library was refused: raised again on every call
 
-ABI_VERSION = 2  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
+ABI_VERSION = 3  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
 
 # Instruction-set levels (lantern.h); LANTERN_ISA names one.
 ISAS = ("portable", "avx2", "avx512", "neon")
@@ -43,6 +43,7 @@ def _bind(lib) -> None:
         ("lantern_gguf_expand", (ptr, cint, ptr, i64, i64, cint, cint), cint),
         ("lantern_attention_f16", (ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, cint), cint),
         ("lantern_step", (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, cint), cint),
+        ("lantern_step_batch", (ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, cint), cint),
     ):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
@@ -203,7 +204,8 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 
 # The types `lantern_gguf_matmul` reads: (elements, bytes) per block.
 GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1: (32, 24), QT.Q8_0: (32, 34),
-               QT.Q4_K: (256, 144), QT.Q5_K: (256, 176), QT.Q6_K: (256, 210)}
+               QT.Q4_K: (256, 144), QT.Q5_K: (256, 176), QT.Q6_K: (256, 210),
+               QT.IQ4_NL: (32, 18), QT.IQ4_XS: (256, 136)}
 
 
 def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: int, threads: int | None = None,

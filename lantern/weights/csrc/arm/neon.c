@@ -156,9 +156,42 @@ NI void qh_bits32(const uint8_t *p, uint8x16_t *lo, uint8x16_t *hi) {
     *hi = vandq_u8(vtstq_u8(vqtbl1q_u8(v, vld1q_u8(IH)), bit), s16);
 }
 
+/* IQ4: the table of the 16 values (kvalues_iq4nl) */
+NI int8x16_t iq4_table(void) {
+    static const int8_t KV[16] = LT_IQ4_VALUES_INIT;
+    return vld1q_s8(KV);
+}
+
+/* IQ4: the values of 16 code bytes' low nibbles (c[0]: elements 0-15) and high (c[1]: 16-31) */
+NI void iq4_codes(const uint8_t *qs, int8x16_t tab, int8x16_t *c) {
+    const uint8x16_t v = vld1q_u8(qs);
+    c[0] = vqtbl1q_s8(tab, vandq_u8(v, vdupq_n_u8(15)));
+    c[1] = vqtbl1q_s8(tab, vshrq_n_u8(v, 4));
+}
+
+/* IQ4_XS: the 8 scales d * (ls - 32) (sc[0]: sub-blocks 0-3, sc[1]: 4-7) */
+NI void iq4xs_scales(const uint8_t *blk, float32x4_t *sc) {
+    uint32_t sl;
+    uint16_t sh;
+    memcpy(&sl, blk + 4, 4);
+    memcpy(&sh, blk + 2, 2);
+    static const int32_t SL[8] = {0, -4, -8, -12, -16, -20, -24, -28}, SH[8] = {0, -2, -4, -6, -8, -10, -12, -14};
+    const float d = f16s(blk);
+    for (int i = 0; i < 2; i++) {
+        const uint32x4_t lo = vandq_u32(vshlq_u32(vdupq_n_u32(sl), vld1q_s32(SL + 4 * i)), vdupq_n_u32(15));
+        const uint32x4_t hi = vandq_u32(vshlq_u32(vdupq_n_u32((uint32_t)sh), vld1q_s32(SH + 4 * i)), vdupq_n_u32(3));
+        const int32x4_t ls = vsubq_s32(vreinterpretq_s32_u32(vorrq_u32(lo, vshlq_n_u32(hi, 4))), vdupq_n_s32(32));
+        sc[i] = vmulq_n_f32(vcvtq_f32_s32(ls), d);
+    }
+}
+
 /* The 32 codes of a 32-element block (elements 0-15 in c[0], 16-31 in c[1]), with d (and the
  * min m for Q4_1/Q5_1). */
 NI void q32_codes(const uint8_t *blk, const int qtype, int8x16_t *c) {
+    if (qtype == LT_IQ4_NL) {
+        iq4_codes(blk + 2, iq4_table(), c);
+        return;
+    }
     if (qtype == LT_Q8_0) {
         c[0] = vld1q_s8((const int8_t *)blk + 2);
         c[1] = vld1q_s8((const int8_t *)blk + 18);
@@ -283,14 +316,17 @@ NI void q15_group(const float *p, int16_t *q, float *qd, float *qs, int32x4_t *q
     float32x4_t mx = vabsq_f32(v[0]);
     for (int i = 1; i < 8; i++) mx = vmaxnmq_f32(mx, vabsq_f32(v[i]));
     const float amax = vmaxnmvq_f32(mx);
-    const float id = amax > 0.f ? 16383.f / amax : 0.f;
+    float32x4_t probe = vmulq_n_f32(v[0], 0.f); /* NaN when any x is NaN or infinite */
+    for (int i = 1; i < 8; i++) probe = vaddq_f32(probe, vmulq_n_f32(v[i], 0.f));
+    const int finite = vaddvq_f32(probe) == 0.f;
+    const float id = amax > 0.f && finite ? 16383.f / amax : 0.f;
     int32x4_t sum = vdupq_n_s32(0);
     for (int i = 0; i < 8; i++) {
         qi[i] = vcvtnq_s32_f32(vmulq_n_f32(v[i], id));
         sum = vaddq_s32(sum, qi[i]);
     }
     for (int i = 0; i < 4; i++) vst1q_s16(q + 8 * i, vcombine_s16(vmovn_s32(qi[2 * i]), vmovn_s32(qi[2 * i + 1])));
-    *qd = amax / 16383.f;
+    *qd = finite ? amax / 16383.f : NAN; /* a NaN or infinite x: NaN products, never silently 0 */
     *qs = *qd * (float)vaddvq_s32(sum);
 }
 
@@ -410,7 +446,7 @@ NI void emit16_sub(int8x16_t c, float dl, float ml, int sub, float *of, uint16_t
 NI void expand_block(int qtype, const uint8_t *blk, float *of, uint16_t *ob) {
 #define OUT_AT(e) (of ? of + (e) : NULL), (ob ? ob + (e) : NULL)
     switch (qtype) {
-    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: case LT_Q8_0: {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: case LT_Q8_0: case LT_IQ4_NL: {
         int8x16_t c[2];
         q32_codes(blk, qtype, c);
         const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
@@ -436,6 +472,21 @@ NI void expand_block(int qtype, const uint8_t *blk, float *of, uint16_t *ob) {
             emit16(c[1], s0, n0, 1, OUT_AT(64 * g + 16));
             emit16(c[2], s1, n1, 1, OUT_AT(64 * g + 32));
             emit16(c[3], s1, n1, 1, OUT_AT(64 * g + 48));
+        }
+        break;
+    }
+    case LT_IQ4_XS: {
+        float32x4_t scv[2];
+        iq4xs_scales(blk, scv);
+        float sc[8];
+        vst1q_f32(sc, scv[0]);
+        vst1q_f32(sc + 4, scv[1]);
+        const int8x16_t tab = iq4_table();
+        for (int ib = 0; ib < 8; ib++) {
+            int8x16_t c[2];
+            iq4_codes(blk + 8 + 16 * ib, tab, c);
+            emit16(c[0], sc[ib], 0.f, 0, OUT_AT(32 * ib));
+            emit16(c[1], sc[ib], 0.f, 0, OUT_AT(32 * ib + 16));
         }
         break;
     }
@@ -675,7 +726,8 @@ void lt_fill_neon(lt_kernels *k) {
     SET_ROWS(LT_Q4_0, rq40, "q4_0" nsfx, sfx) SET_ROWS(LT_Q4_1, rq41, "q4_1" nsfx, sfx)                      \
     SET_ROWS(LT_Q5_0, rq50, "q5_0" nsfx, sfx) SET_ROWS(LT_Q5_1, rq51, "q5_1" nsfx, sfx)                      \
     SET_ROWS(LT_Q8_0, rq80, "q8_0" nsfx, sfx) SET_ROWS(LT_Q4_K, rq4k, "q4_k" nsfx, sfx)                      \
-    SET_ROWS(LT_Q5_K, rq5k, "q5_k" nsfx, sfx) SET_ROWS(LT_Q6_K, rq6k, "q6_k" nsfx, sfx)
+    SET_ROWS(LT_Q5_K, rq5k, "q5_k" nsfx, sfx) SET_ROWS(LT_Q6_K, rq6k, "q6_k" nsfx, sfx)                      \
+    SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl" nsfx, sfx) SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs" nsfx, sfx)
     SET_ALL(, "_neon")
 #if LT_NEON_DP
     if (feat & NEON_DOTPROD) {
@@ -687,7 +739,8 @@ void lt_fill_neon(lt_kernels *k) {
 #endif
 #undef SET_ALL
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
+                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
     for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
         k->expand_bf16[expandable[i]] = expand_bf16_neon;
         k->expand_bf16_name[expandable[i]] = "expand_bf16_neon";
@@ -725,7 +778,7 @@ void lt_fill_neon(lt_kernels *k) {
 /* 32-element blocks */
 RATTR NI void RN(q32_rows)(const uint8_t *row, const lt_x *x, int64_t m0, float *out, const int M, const int qtype) {
     const int64_t K = x->K, G = x->G, nb = K / 32;
-    const int64_t bytes = qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+    const int64_t bytes = qtype == LT_Q4_0 || qtype == LT_IQ4_NL ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     XROWS;
     const float *xd = x->qd + m0 * G, *xs = x->qs + m0 * G;
@@ -836,6 +889,45 @@ RATTR NI void RN(q6k_rows)(const uint8_t *row, const lt_x *x, int64_t m0, float 
     for (int m = 0; m < M; m++) out[m] = vaddvq_f32(acc[m]);
 }
 
+/* IQ4_XS: 8 sub-blocks of 32 (no mins), two per step as Q4_K's pairs */
+RATTR NI void RN(iq4xs_rows)(const uint8_t *row, const lt_x *x, int64_t m0, float *out, const int M) {
+    const int64_t K = x->K, G = x->G, nb = K / 256;
+    XROWS;
+    const float *xd = x->qd + m0 * G;
+    const int8x16_t tab = iq4_table();
+    float32x4_t acc[8];
+    for (int m = 0; m < M; m++) acc[m] = vdupq_n_f32(0.f);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 136;
+        float32x4_t sc[2];
+        iq4xs_scales(blk, sc);
+        /* sub-blocks 2g (c[0..1]) and 2g + 1 (c[2..3]); their scales: lanes 2g % 4, + 1 of sc[g / 2] */
+#if RDP
+#define IQ4_WIDEN
+#else
+#define IQ4_WIDEN int16x8_t wl[4], wh[4]; widen32(c[0], c[1], wl); widen32(c[2], c[3], wh);
+#endif
+#define IQ4_G(g, SCV, LO)                                                                          \
+        {                                                                                          \
+            int8x16_t c[4];                                                                        \
+            iq4_codes(blk + 8 + 32 * (g), tab, c);                                                 \
+            iq4_codes(blk + 24 + 32 * (g), tab, c + 2);                                            \
+            IQ4_WIDEN                                                                              \
+            const float32x2_t sp = LO ? vget_low_f32(SCV) : vget_high_f32(SCV);                    \
+            for (int m = 0; m < M; m++) {                                                          \
+                const int64_t e = 256 * b + 64 * (g);                                              \
+                const float32x2_t f = vmul_f32(sp, vld1_f32(xd + m * G + 8 * b + 2 * (g)));        \
+                acc[m] = vfmaq_lane_f32(acc[m], vcvtq_f32_s32(DOT32(c, wl, m, e)), f, 0);          \
+                acc[m] = vfmaq_lane_f32(acc[m], vcvtq_f32_s32(DOT32(c + 2, wh, m, e + 32)), f, 1); \
+            }                                                                                      \
+        }
+        IQ4_G(0, sc[0], 1) IQ4_G(1, sc[0], 0) IQ4_G(2, sc[1], 1) IQ4_G(3, sc[1], 0)
+#undef IQ4_G
+#undef IQ4_WIDEN
+    }
+    for (int m = 0; m < M; m++) out[m] = vaddvq_f32(acc[m]);
+}
+
 #undef XROWS
 #undef DOT32
 #undef DOT16
@@ -860,6 +952,8 @@ RATTR NI void RN(q6k_rows)(const uint8_t *row, const lt_x *x, int64_t m0, float 
 #define R4K(M) RN(q4k_rows)(row, x, m0, out, M, 0)
 #define R5K(M) RN(q4k_rows)(row, x, m0, out, M, 1)
 #define R6K(M) RN(q6k_rows)(row, x, m0, out, M)
+#define RIQ4NL(M) RN(q32_rows)(row, x, m0, out, M, LT_IQ4_NL)
+#define RIQ4XS(M) RN(iq4xs_rows)(row, x, m0, out, M)
 INSTANCES(rq40, R40)
 INSTANCES(rq41, R41)
 INSTANCES(rq50, R50)
@@ -868,6 +962,8 @@ INSTANCES(rq80, R80)
 INSTANCES(rq4k, R4K)
 INSTANCES(rq5k, R5K)
 INSTANCES(rq6k, R6K)
+INSTANCES(riq4nl, RIQ4NL)
+INSTANCES(riq4xs, RIQ4XS)
 #undef ROW_ARGS
 #undef ROW_FALLBACK
 #undef INSTANCES
@@ -879,5 +975,7 @@ INSTANCES(rq6k, R6K)
 #undef R4K
 #undef R5K
 #undef R6K
+#undef RIQ4NL
+#undef RIQ4XS
 
 #endif /* LT_NEON_ROWS */

@@ -46,6 +46,21 @@ void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float
             }
         break;
     }
+    case LT_IQ4_NL: case LT_IQ4_XS: { /* codes into the table; IQ4_XS: 8 sub-blocks of 32 */
+        static const int8_t kv[16] = LT_IQ4_VALUES_INIT;
+        const float d = lt_rd_f16(b);
+        const int nsub = qtype == LT_IQ4_NL ? 1 : 8;
+        const uint8_t *qs = b + (qtype == LT_IQ4_NL ? 2 : 8);
+        for (int ib = 0; ib < nsub; ib++) {
+            scale[ib] = qtype == LT_IQ4_NL ? d : d * (float)lt_iq4xs_scale(b, ib);
+            minv[ib] = 0.f;
+            for (int l = 0; l < 16; l++) {
+                q[32 * ib + l] = kv[qs[16 * ib + l] & 15];
+                q[32 * ib + 16 + l] = kv[qs[16 * ib + l] >> 4];
+            }
+        }
+        break;
+    }
     default: { /* Q6_K: weight 128h + 32t + l; see llama.cpp's dequantize_row_q6_K */
         const uint8_t *ql = b, *qh = b + 128;
         const int8_t *sc = (const int8_t *)(b + 192);
@@ -70,16 +85,20 @@ void lt_x_prepare_q15_generic(const float *x, int64_t M, lt_x *xp) {
     float *qd = (float *)xp->qd, *qs = (float *)xp->qs;
     for (int64_t g = 0; g < M * xp->G; g++) {
         const float *p = x + 32 * g;
-        float amax = 0.f;
-        for (int i = 0; i < 32; i++) amax = fabsf(p[i]) > amax ? fabsf(p[i]) : amax;
-        const float id = amax > 0.f ? 16383.f / amax : 0.f;
+        float amax = 0.f, probe = 0.f;
+        for (int i = 0; i < 32; i++) {
+            amax = fabsf(p[i]) > amax ? fabsf(p[i]) : amax;
+            probe += p[i] * 0.f; /* NaN when any x is NaN or infinite */
+        }
+        const float id = amax > 0.f && probe == 0.f ? 16383.f / amax : 0.f;
         int32_t sum = 0;
         for (int i = 0; i < 32; i++) {
             const int32_t v = (int32_t)nearbyintf(p[i] * id);
             q[32 * g + i] = (int16_t)v;
             sum += v;
         }
-        qd[g] = amax / 16383.f;
+        /* a NaN or infinite x makes the group's products NaN, never silently 0 */
+        qd[g] = probe == 0.f ? amax / 16383.f : NAN;
         qs[g] = qd[g] * (float)sum;
     }
 }
@@ -177,6 +196,8 @@ ROW_INSTANCES(q8_0, LT_Q8_0)
 ROW_INSTANCES(q4_k, LT_Q4_K)
 ROW_INSTANCES(q5_k, LT_Q5_K)
 ROW_INSTANCES(q6_k, LT_Q6_K)
+ROW_INSTANCES(iq4_nl, LT_IQ4_NL)
+ROW_INSTANCES(iq4_xs, LT_IQ4_XS)
 
 /* ----- expansion (prompt chunks) -------------------------------------------------------------
  * The float32 weights are exactly lantern.weights.quants.dequantize's (same operations, same
@@ -277,8 +298,10 @@ void lt_fill_generic(lt_kernels *k) {
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = #name "_generic";
     SET_ROWS(LT_Q4_0, q4_0) SET_ROWS(LT_Q4_1, q4_1) SET_ROWS(LT_Q5_0, q5_0) SET_ROWS(LT_Q5_1, q5_1)
     SET_ROWS(LT_Q8_0, q8_0) SET_ROWS(LT_Q4_K, q4_k) SET_ROWS(LT_Q5_K, q5_k) SET_ROWS(LT_Q6_K, q6_k)
+    SET_ROWS(LT_IQ4_NL, iq4_nl) SET_ROWS(LT_IQ4_XS, iq4_xs)
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
+                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
     for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
         k->expand_bf16[expandable[i]] = expand_bf16_generic;
         k->expand_bf16_name[expandable[i]] = "expand_bf16_generic";

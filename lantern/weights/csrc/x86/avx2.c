@@ -98,7 +98,12 @@ static void x_prepare_avx2(const float *x, int64_t M, lt_x *xp) {
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_movehdup_ps(m));
         const float amax = _mm_cvtss_f32(m);
-        const float id = amax > 0.f ? 16383.f / amax : 0.f;
+        /* NaN when any x is NaN or infinite (x * 0) */
+        const __m256 zero = _mm256_setzero_ps();
+        const __m256 probe = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(x0, zero), _mm256_mul_ps(x1, zero)),
+                                           _mm256_add_ps(_mm256_mul_ps(x2, zero), _mm256_mul_ps(x3, zero)));
+        const int finite = _mm256_movemask_ps(_mm256_cmp_ps(probe, zero, _CMP_NEQ_UQ)) == 0;
+        const float id = amax > 0.f && finite ? 16383.f / amax : 0.f;
         const __m256 vid = _mm256_set1_ps(id);
         const __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(x0, vid)), v1 = _mm256_cvtps_epi32(_mm256_mul_ps(x1, vid));
         const __m256i v2 = _mm256_cvtps_epi32(_mm256_mul_ps(x2, vid)), v3 = _mm256_cvtps_epi32(_mm256_mul_ps(x3, vid));
@@ -107,7 +112,7 @@ static void x_prepare_avx2(const float *x, int64_t M, lt_x *xp) {
         const __m256i w23 = _mm256_packus_epi32(_mm256_and_si256(v2, lo16), _mm256_and_si256(v3, lo16));
         _mm256_storeu_si256((__m256i *)(q + 32 * g), _mm256_permute4x64_epi64(w01, 0xD8));
         _mm256_storeu_si256((__m256i *)(q + 32 * g + 16), _mm256_permute4x64_epi64(w23, 0xD8));
-        qd[g] = amax / 16383.f;
+        qd[g] = finite ? amax / 16383.f : NAN; /* a NaN or infinite x: NaN products, never silently 0 */
         qs[g] = qd[g] * (float)sum;
     }
 }
@@ -267,7 +272,20 @@ LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
 /* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
 
 LT_INLINE int64_t q32_bytes(int qtype) {
-    return qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+    return qtype == LT_Q4_0 || qtype == LT_IQ4_NL ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+}
+
+/* IQ4: the table's values of 16 code bytes' low nibbles (*lo: elements 0-15) and high nibbles
+ * (*hi: 16-31) as int16 words: vpshufb on the nibbles with the 16-byte table. */
+LT_INLINE __m128i iq4_table(void) {
+    static const int8_t kv[16] = LT_IQ4_VALUES_INIT;
+    return _mm_loadu_si128((const __m128i *)kv);
+}
+
+LT_INLINE void iq4_codes16(const uint8_t *qs, __m128i tab, __m256i *lo, __m256i *hi) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(0x0F);
+    *lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(tab, _mm_and_si128(v, m4)));
+    *hi = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(tab, _mm_and_si128(_mm_srli_epi16(v, 4), m4)));
 }
 
 /* The codes of one block as two vectors of 16 words (elements 0-15, 16-31). */
@@ -275,6 +293,10 @@ LT_INLINE void q32_codes(const uint8_t *blk, const int qtype, __m256i *lo, __m25
     if (qtype == LT_Q8_0) {
         *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
         *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
+        return;
+    }
+    if (qtype == LT_IQ4_NL) {
+        iq4_codes16(blk + 2, iq4_table(), lo, hi);
         return;
     }
     const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : 8;
@@ -372,6 +394,67 @@ LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
     }
 }
 
+/* IQ4_XS: the 8 scales d * (ls - 32) of one block (ls: 4 bits of scales_l, 2 of scales_h) */
+LT_INLINE __m256 iq4xs_scales(const uint8_t *blk) {
+    uint32_t sl;
+    uint16_t sh;
+    memcpy(&sl, blk + 4, 4);
+    memcpy(&sh, blk + 2, 2);
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)sl), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                        _mm256_set1_epi32(15));
+    const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                        _mm256_set1_epi32(3));
+    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+    return _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk)), _mm256_cvtepi32_ps(ls));
+}
+
+/* IQ4_XS: sub-blocks of 32 (qs[16 ib ..]: low nibbles elements 0-15, high 16-31), two at a
+ * time: one vpshufb per 32 codes on the 32 bytes of sub-blocks 2g and 2g + 1. */
+LT_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
+    const int NA = NACC(M);
+    const int64_t nb = K / 256;
+    (void)xs;
+    const __m256i tab = _mm256_broadcastsi128_si256(iq4_table()), m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 136;
+        const __m256 sc = iq4xs_scales(blk);
+        LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
+        UNROLL
+        for (int m = 0; m < M; m++) _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
+        READ_BACK(sq);
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 8 + 32 * g));
+            /* per 128-bit lane: lo = elements 0-15, hi = 16-31 of sub-block 2g (low lane), 2g + 1 (high) */
+            const __m256i lo = _mm256_shuffle_epi8(tab, _mm256_and_si256(v, m4));
+            const __m256i hi = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            const __m256i a0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), a1 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
+            const __m256i c0 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), c1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1));
+            UNROLL
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + b * 256 + 64 * g;
+                const __m256i d0 = _mm256_add_epi32(mwd(a0, x), mwd(a1, x + 16));
+                const __m256i d1 = _mm256_add_epi32(mwd(c0, x + 32), mwd(c1, x + 48));
+                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&sq[m][2 * g]), acc[m][(2 * g) % NA]);
+                acc[m][(2 * g + 1) % NA] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&sq[m][2 * g + 1]), acc[m][(2 * g + 1) % NA]);
+            }
+        }
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s);
+    }
+}
+
 #define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
 #define ROW_PASS row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, x->G, out
 #define INSTANCES(name, call)                                     \
@@ -388,6 +471,8 @@ LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
 #define Q50(args, M) q32_impl(args, M, LT_Q5_0)
 #define Q51(args, M) q32_impl(args, M, LT_Q5_1)
 #define Q80(args, M) q32_impl(args, M, LT_Q8_0)
+#define IQ4NL(args, M) q32_impl(args, M, LT_IQ4_NL)
+#define IQ4XS(args, M) iq4xs_impl(args, M)
 INSTANCES(rq4k, Q4K)
 INSTANCES(rq5k, Q5K)
 INSTANCES(rq6k, Q6K)
@@ -396,6 +481,8 @@ INSTANCES(rq41, Q41)
 INSTANCES(rq50, Q50)
 INSTANCES(rq51, Q51)
 INSTANCES(rq80, Q80)
+INSTANCES(riq4nl, IQ4NL)
+INSTANCES(riq4xs, IQ4XS)
 
 /* ----- expansion (prompt chunks) --------------------------------------------------------------
  * Bit-identical to the generic: w = scale * (float)q, then w + minv for the types with mins,
@@ -421,11 +508,12 @@ LT_INLINE void emit16(float *dst, __m256i q, float s, float mv, const int add_mi
 /* One block of any type lantern expands -> E floats. */
 LT_INLINE void expand_block(int qtype, const uint8_t *blk, float *y) {
     switch (qtype) {
-    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: case LT_Q8_0: {
+    case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: case LT_Q8_0: case LT_IQ4_NL: {
         __m256i lo, hi;
         const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
         const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
         if (qtype == LT_Q4_0) q32_codes(blk, LT_Q4_0, &lo, &hi);
+        else if (qtype == LT_IQ4_NL) q32_codes(blk, LT_IQ4_NL, &lo, &hi);
         else if (qtype == LT_Q4_1) q32_codes(blk, LT_Q4_1, &lo, &hi);
         else if (qtype == LT_Q5_0) q32_codes(blk, LT_Q5_0, &lo, &hi);
         else if (qtype == LT_Q5_1) q32_codes(blk, LT_Q5_1, &lo, &hi);
@@ -482,6 +570,18 @@ LT_INLINE void expand_block(int qtype, const uint8_t *blk, float *y) {
                 for (int t = 0; t < 4; t++)
                     emit16(y + 128 * h + 32 * t + 16 * half, _mm256_sub_epi16(c[t], k32), S[8 * h + 2 * t + half], 0.f, 0);
             }
+        }
+        break;
+    }
+    case LT_IQ4_XS: {
+        LT_ALIGN(32) float sc[8];
+        _mm256_store_ps(sc, iq4xs_scales(blk));
+        const __m128i tab = iq4_table();
+        for (int ib = 0; ib < 8; ib++) {
+            __m256i lo, hi;
+            iq4_codes16(blk + 8 + 16 * ib, tab, &lo, &hi);
+            emit16(y + 32 * ib, lo, sc[ib], 0.f, 0);
+            emit16(y + 32 * ib + 16, hi, sc[ib], 0.f, 0);
         }
         break;
     }
@@ -749,8 +849,10 @@ void lt_fill_avx2(lt_kernels *k) {
     SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
     SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
+    SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
+                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
     for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
         k->expand_f32[expandable[i]] = expand_f32_avx2;
         k->expand_f32_name[expandable[i]] = "expand_f32_avx2";

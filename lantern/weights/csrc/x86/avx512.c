@@ -42,6 +42,7 @@ static LT_ALIGN(64) uint16_t TAB_Q40[32];   /* (i & 15) - 8 */
 static LT_ALIGN(64) uint16_t TAB_Q50[32];   /* (i & 15) - 16 */
 static LT_ALIGN(64) uint16_t TAB_U5[32];    /* i */
 static LT_ALIGN(64) uint16_t TAB_Q6[64];    /* i - 32 */
+static LT_ALIGN(64) uint16_t TAB_IQ4[32];   /* kvalues_iq4nl[i & 15] (|v| <= 127: exact in bf16) */
 /* Q6_K: vpermps indices putting scale k in lanes 0-7 and k + 1 in lanes 8-15, k = 2 * (4h + t) */
 static LT_ALIGN(64) int32_t Q6_SIDX[8][16];
 
@@ -56,6 +57,8 @@ static void gguf_tables_init(void) {
         TAB_U5[i] = f32_to_bf16_rne((float)i);
     }
     for (int i = 0; i < 64; i++) TAB_Q6[i] = f32_to_bf16_rne((float)(i - 32));
+    static const int8_t kv[16] = LT_IQ4_VALUES_INIT;
+    for (int i = 0; i < 32; i++) TAB_IQ4[i] = f32_to_bf16_rne((float)kv[i & 15]);
     for (int k = 0; k < 8; k++)
         for (int l = 0; l < 16; l++) Q6_SIDX[k][l] = 2 * k + (l >= 8);
 }
@@ -219,7 +222,7 @@ TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, flo
     v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4); /* words 0-15 low nibbles, 16-31 high */
     __m512i w;
     if (biased) w = _mm512_ternarylogic_epi32(v, _mm512_set1_epi16(0x4300), _mm512_set1_epi16(0x000F), 0xEC); /* (v & 15) | 0x4300 */
-    else w = _mm512_permutexvar_epi16(v, _mm512_load_si512(qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4));
+    else w = _mm512_permutexvar_epi16(v, _mm512_load_si512(qtype == LT_Q5_0 ? TAB_Q50 : qtype == LT_IQ4_NL ? TAB_IQ4 : TAB_U4));
     if (qtype == LT_Q5_0 || qtype == LT_Q5_1) {
         uint32_t qh;
         memcpy(&qh, blk + (qtype == LT_Q5_0 ? 2 : 4), 4);
@@ -231,7 +234,7 @@ TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, flo
 /* The f16 scales (and mins) of up to 64 blocks are converted together first; blocks go two at a
  * time into two accumulators per row of x (kept in registers: no loop over the pair). */
 TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
-    const int64_t bytes = qtype == LT_Q4_0 ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+    const int64_t bytes = qtype == LT_Q4_0 || qtype == LT_IQ4_NL ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     /* Q4_0/Q4_1: q as bf16 128 + q (0x4300 | q: one ternlog, no table lookup); the 128 (Q4_0:
      * 136, with its -8) times the block's sum of bf16(x) is taken off per 16 blocks. The
@@ -287,6 +290,50 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
 }
 
 
+/* IQ4_XS: the 8 scales d * (ls - 32) of one block, stored to sc */
+TGT_BF16 static ALWAYS_INLINE void iq4xs_scales(const uint8_t *blk, float *sc) {
+    uint32_t sl;
+    uint16_t sh, dh;
+    memcpy(&dh, blk, 2);
+    memcpy(&sh, blk + 2, 2);
+    memcpy(&sl, blk + 4, 4);
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)sl), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                        _mm256_set1_epi32(15));
+    const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                        _mm256_set1_epi32(3));
+    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+    _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(dh)), _mm256_cvtepi32_ps(ls)));
+}
+
+/* IQ4: the bf16 values of one sub-block's 16 code bytes at qs (words 0-15: low nibbles, 16-31: high) */
+TGT_BF16 static ALWAYS_INLINE __m512i iq4_sub_bf16(const uint8_t *qs, __m512i T) {
+    __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs)));
+    v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
+    return _mm512_permutexvar_epi16(v, T); /* vpermw reads the low 5 bits; T repeats over bit 4 */
+}
+
+/* IQ4_XS: 8 sub-blocks of 32, each one vdpbf16ps per row of x and one FMA by its scale. */
+TGT_BF16 static ALWAYS_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
+    const __m512i T = _mm512_load_si512(TAB_IQ4);
+    const int64_t nb = K / 256;
+    __m512 acc[8][2];
+    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    (void)xf; (void)xs; (void)G;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 136;
+        LT_ALIGN(32) float sc[8];
+        iq4xs_scales(blk, sc);
+        READ_BACK(sc);
+        if (M * K > XAHEAD_MIN) for (int m = 0; m < M; m++) prefetch_x(xb + m * K + b * 256, 512);
+        for (int ib = 0; ib < 8; ib++) {
+            const __m512i w = iq4_sub_bf16(blk + 8 + 16 * ib, T);
+            const __m512 s = _mm512_set1_ps(sc[ib]);
+            for (int m = 0; m < M; m++) acc[m][ib & 1] = _mm512_fmadd_ps(dpbf(w, xb + m * K + b * 256 + 32 * ib), s, acc[m][ib & 1]);
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]);
+}
+
 #define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
 #define ROW_PASS(M) row, x->K, x->bf + m0 * x->K, x->f + m0 * x->K, x->bs + m0 * x->ld, x->ld, out
 #define INSTANCES(name, call)                                              \
@@ -303,6 +350,8 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
 #define Q50(args, M) q32_impl(args, M, LT_Q5_0)
 #define Q51(args, M) q32_impl(args, M, LT_Q5_1)
 #define Q80(args, M) q32_impl(args, M, LT_Q8_0)
+#define IQ4NL(args, M) q32_impl(args, M, LT_IQ4_NL)
+#define IQ4XS(args, M) iq4xs_impl(args, M)
 INSTANCES(rq4k, Q4K)
 INSTANCES(rq5k, Q5K)
 INSTANCES(rq6k, Q6K)
@@ -311,6 +360,8 @@ INSTANCES(rq41, Q41)
 INSTANCES(rq50, Q50)
 INSTANCES(rq51, Q51)
 INSTANCES(rq80, Q80)
+INSTANCES(riq4nl, IQ4NL)
+INSTANCES(riq4xs, IQ4XS)
 
 /* ---- expansion to bf16 (prompt chunks): w = scale * q + minv, rounded to nearest even ---- */
 
@@ -372,11 +423,21 @@ TGT_BF16 static void gguf_bf16_row_simd(int qtype, const uint8_t *row, int64_t K
         }
         return;
     }
+    if (qtype == LT_IQ4_XS) {
+        const __m512i T = _mm512_load_si512(TAB_IQ4);
+        for (int64_t b = 0; b < K / 256; b++) {
+            const uint8_t *blk = row + b * 136;
+            LT_ALIGN(32) float sc[8];
+            iq4xs_scales(blk, sc);
+            for (int ib = 0; ib < 8; ib++) emit32(out + b * 256 + 32 * ib, iq4_sub_bf16(blk + 8 + 16 * ib, T), sc[ib], sc[ib], 0.f, 0.f, 0);
+        }
+        return;
+    }
     /* 32-element blocks */
     int64_t E = 32, bytes = 0;
     lt_block_geometry(qtype, &E, &bytes);
     const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
-    const __m512i T0 = _mm512_load_si512(qtype == LT_Q4_0 ? TAB_Q40 : qtype == LT_Q5_0 ? TAB_Q50 : TAB_U4);
+    const __m512i T0 = _mm512_load_si512(qtype == LT_Q4_0 ? TAB_Q40 : qtype == LT_Q5_0 ? TAB_Q50 : qtype == LT_IQ4_NL ? TAB_IQ4 : TAB_U4);
     const __m512i T1 = _mm512_load_si512(qtype == LT_Q5_0 ? TAB_U4 : TAB_U4P16);
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     for (int64_t i = 0; i < K / 32; i++) {
@@ -569,6 +630,7 @@ void lt_fill_avx512(lt_kernels *k) {
     SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
     SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
+    SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
     static const lt_span_fn spans[3][4] = {{attn_span_4_1, attn_span_4_2, attn_span_4_3, attn_span_4_4},
                                            {attn_span_6_1, attn_span_6_2, attn_span_6_3, attn_span_6_4},
