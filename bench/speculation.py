@@ -24,9 +24,10 @@ import torch  # noqa: E402
 
 import lantern  # noqa: E402
 from lantern.benchmark import GROUNDED_TEXT  # noqa: E402
-from lantern.generation import encode_conversation, generate_tokens, messages_for  # noqa: E402
-from lantern.sampling import Sampler, SamplerSettings  # noqa: E402
-from lantern.speculative import PromptLookup, SpeculationStats, speculative_greedy_tokens  # noqa: E402
+from lantern.generate.decode import generate_tokens  # noqa: E402
+from lantern.generate.prompts import encode_conversation, messages_for  # noqa: E402
+from lantern.generate.sampling import Sampler, SamplerSettings  # noqa: E402
+from lantern.generate.speculative import PromptLookup, SpeculationStats, speculative_greedy_tokens  # noqa: E402
 
 TASKS = {
     "rewrite": "Rewrite the following text, keeping every sentence:\n\n" + GROUNDED_TEXT,

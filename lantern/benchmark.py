@@ -96,7 +96,7 @@ identities of the immediately contained objects are implied.""".split())
 
 def grounded_task_ids(path: str | os.PathLike) -> list[int]:
     """The chat-formatted rewriting task as the model's own tokenizer encodes it."""
-    from .generation import encode_conversation, messages_for
+    from .generate.prompts import encode_conversation, messages_for
     from .chat_template import ChatTemplate
     from .tokenizer import Tokenizer
     from .weights.gguf_file import GGUFFile
@@ -174,7 +174,7 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
     import torch
 
     import lantern
-    from .sampling import greedy
+    from .generate.sampling import greedy
 
     progress = progress or Progress("", enabled=False)
     torch.set_num_threads(cfg.threads)
@@ -224,7 +224,7 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
         del cache
 
         if cfg.task_ids:
-            from .speculative import PromptLookup, SpeculationStats, speculative_greedy_tokens
+            from .generate.speculative import PromptLookup, SpeculationStats, speculative_greedy_tokens
 
             progress.stage(f"grounded task, speculative decode ({len(cfg.task_ids)}-token prompt)")
             stats = SpeculationStats()

@@ -22,3 +22,16 @@ class UnsupportedModelError(ModelFileError):
 
 class ContextOverflowError(LanternError):
     """The prompt (plus what was asked to generate) does not fit in the model's context."""
+
+
+class TemplateError(LanternError):
+    """A chat template that cannot be rendered, or that broke a limit on time, size or arithmetic."""
+
+
+class NonFiniteError(LanternError):
+    """The model's math produced NaN or infinity: generation stops rather than sample from it."""
+
+
+class MemoryLimitError(LanternError):
+    """A sequence's KV cache would outgrow the memory available: ended before the system's
+    out-of-memory killer could act."""

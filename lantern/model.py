@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .errors import ContextOverflowError, LanternError
+from .errors import ContextOverflowError, LanternError, NonFiniteError
 from .models import architecture
 from .models.layers import KVCache, TensorSource
 from .weights.gguf_file import GGUFFile
@@ -93,19 +93,89 @@ class Model:
         """Feed `token_ids` after the cache's contents; float32 logits for every new token, or
         only the last one (what generation needs: skips most of the output head)."""
         ids = self._as_ids(token_ids)
+        start = cache.length
         if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
             with step_threads(len(ids), self._kernels_on_pool):
-                return self.transformer(ids, cache, outputs="last" if last_only else "all")
-        chunks = ids.split(PREFILL_CHUNK)
-        logits = []
-        for i, chunk in enumerate(chunks):
-            if not last_only:
-                logits.append(self.transformer(chunk, cache, outputs="all"))
-            elif i == len(chunks) - 1:
-                logits.append(self.transformer(chunk, cache, outputs="last"))
-            else:
-                self.transformer(chunk, cache, outputs="none")
-        return torch.cat(logits)
+                logits = self.transformer(ids, cache, outputs="last" if last_only else "all")
+        else:
+            chunks = ids.split(PREFILL_CHUNK)
+            parts = []
+            for i, chunk in enumerate(chunks):
+                if not last_only:
+                    parts.append(self.transformer(chunk, cache, outputs="all"))
+                elif i == len(chunks) - 1:
+                    parts.append(self.transformer(chunk, cache, outputs="last"))
+                else:
+                    self.transformer(chunk, cache, outputs="none")
+            logits = torch.cat(parts)
+        self._check_finite(logits, [(ids, cache, start)])
+        return logits
+
+    def forward_batch(self, passes: Sequence[tuple[Sequence[int], KVCache]]) -> list[torch.Tensor]:
+        """Feed several sequences at once: each `(token_ids, cache)` runs after its own cache's
+        contents. Returns, per sequence, float32 logits [1, vocab] of its last token.
+
+        Where the native step runs this model, the pass is one native call: the weights are read
+        once for every sequence's tokens, and each sequence attends to its own cache. Elsewhere
+        (other devices, the reference kernels, passes longer than the native batch limit) each
+        sequence runs alone, with the same results."""
+        ids = [self._as_ids(tokens) for tokens, _ in passes]
+        total = sum(len(i) for i in ids)
+        transformer, step = self.transformer, self.transformer.native_step
+        if (step is None or total > step.max_batch_tokens
+                or any(cache.keys[0].dtype != torch.float16 for _, cache in passes)):
+            return [self.forward(i, cache, last_only=True) for i, (_, cache) in zip(ids, passes)]
+        with torch.inference_mode(), step_threads(total, self._kernels_on_pool):
+            segments, cos, sin = [], [], []
+            for i, (_, cache) in zip(ids, passes):
+                cache.reserve(len(i))
+                c, s = transformer.rotary.tables(cache.length, len(i))
+                segments.append((cache, cache.length, len(i), 1))
+                cos.append(c)
+                sin.append(s)
+            x = transformer.embedding(torch.cat(ids))
+            logits = step.run_segments(x, segments, torch.cat(cos), torch.cat(sin))
+        for cache, start, n, _ in segments:
+            cache.length = start + n
+        self._check_finite(logits, [(i, cache, start) for i, (cache, start, _, _) in zip(ids, segments)])
+        return list(logits.split(1))
+
+    def _check_finite(self, logits: torch.Tensor, passes) -> None:
+        """Raise NonFiniteError, naming where the NaN or infinity first appeared, unless every
+        logit is finite: nothing is ever sampled from NaN. `passes`: (ids, cache, start) of the
+        tokens just run, re-run through the PyTorch blocks with a check after each to find it."""
+        if bool(torch.isfinite(logits).all()):
+            return
+        where = next(filter(None, (self._first_non_finite(*p) for p in passes)), "the output head")
+        raise NonFiniteError(
+            f"{self.file.path.name}: the model's math produced NaN or infinity, first in {where}; the "
+            f"file's weights or hyper-parameters overflow (check the file, or try another quantization)")
+
+    @torch.inference_mode()
+    def _first_non_finite(self, ids: torch.Tensor, cache: KVCache, start: int) -> str | None:
+        t = self.transformer
+        if not bool(torch.isfinite(t.embedding(ids)).all()):
+            return "the token embeddings"
+        found: list[str] = []
+
+        def check(name):
+            def hook(module, args, output):
+                if not found and torch.is_tensor(output) and not bool(torch.isfinite(output).all()):
+                    found.append(name)
+            return hook
+
+        modules = [(f"layer {i}", block) for i, block in enumerate(t.blocks)]
+        modules += [("the final norm", t.norm), ("the output head", t.output)]
+        hooks = [module.register_forward_hook(check(name)) for name, module in modules]
+        native, t.native_step = t.native_step, None  # the PyTorch blocks, one module at a time
+        try:
+            cache.truncate(start)
+            t(ids, cache, outputs="all")
+        finally:
+            t.native_step = native
+            for hook in hooks:
+                hook.remove()
+        return found[0] if found else None
 
     def decode_threads(self):
         """Context for a decode step together with the sampling of its logits: torch's own ops
@@ -159,20 +229,20 @@ class Model:
         return self.tokenizer.decode(list(ids))
 
     def generate(self, prompt_or_messages, **options):
-        """Stream a completion: iterate for text pieces; see lantern.generation.generate."""
-        from .generation import generate
+        """Stream a completion: iterate for text pieces; see lantern.generate.stream.generate."""
+        from .generate.stream import generate
 
         return generate(self, prompt_or_messages, **options)
 
     def complete(self, prompt_or_messages, **options):
         """Run a completion to the end and return it (text, token ids, finish reason, timings)."""
-        from .generation import complete
+        from .generate.stream import complete
 
         return complete(self, prompt_or_messages, **options)
 
     def chat(self, system: str | None = None, **options):
         """A multi-turn session that keeps earlier turns in the KV cache."""
-        from .chat import ChatSession
+        from .generate.chat import ChatSession
 
         return ChatSession(self, system=system, **options)
 

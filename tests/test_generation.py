@@ -10,8 +10,9 @@ import pytest
 import lantern
 from lantern.chat_template import ChatTemplate
 from lantern.errors import ContextOverflowError, LanternError
-from lantern.generation import StopStrings, complete, generate, generate_tokens
-from lantern.sampling import Sampler
+from lantern.generate.decode import generate_tokens
+from lantern.generate.stream import StopStrings, complete, generate
+from lantern.generate.sampling import Sampler
 
 QUESTION = "What is the capital of France?"
 # What SmolLM2's template makes of QUESTION (it adds its own default system message).
@@ -307,7 +308,7 @@ def test_generate_tokens_reuses_a_cached_prefix(model):
 
 
 def test_chat_session_feeds_only_the_new_part_of_each_turn(model, paris):
-    from lantern.chat import ChatSession, common_prefix_length
+    from lantern.generate.chat import ChatSession, common_prefix_length
 
     session = ChatSession(model, temperature=0, max_tokens=32)
     with CountingForward(model) as counter:
@@ -349,7 +350,7 @@ def test_chat_session_feeds_only_the_new_part_of_each_turn(model, paris):
 
 
 def test_chat_reset_forgets_the_conversation_but_reuses_the_shared_beginning(model):
-    from lantern.chat import ChatSession
+    from lantern.generate.chat import ChatSession
 
     session = ChatSession(model, temperature=0, max_tokens=1)
     session.send(QUESTION).complete()
@@ -366,7 +367,7 @@ def test_chat_reset_forgets_the_conversation_but_reuses_the_shared_beginning(mod
 
 
 def test_chat_session_drops_oldest_turns_when_the_context_fills(smollm2_path):
-    from lantern.chat import ChatContextWarning, ChatSession
+    from lantern.generate.chat import ChatContextWarning, ChatSession
 
     m = lantern.load(smollm2_path, context_length=64)
     session = ChatSession(m, system="Be brief.", temperature=0, max_tokens=3)
@@ -392,7 +393,7 @@ def test_chat_session_drops_oldest_turns_when_the_context_fills(smollm2_path):
 
 
 def test_chat_message_that_cannot_fit_is_an_error_and_the_session_goes_on(small_context_model):
-    from lantern.chat import ChatSession
+    from lantern.generate.chat import ChatSession
 
     session = ChatSession(small_context_model, system="Be brief.", temperature=0, max_tokens=2)
     with pytest.raises(ContextOverflowError, match="the message is too long"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lantern.errors import LanternError
-from lantern.sampling import (
+from lantern.generate.sampling import (
     Sampler,
     SamplerSettings,
     apply_frequency_presence,

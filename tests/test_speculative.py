@@ -12,9 +12,11 @@ import warnings
 import pytest
 
 import lantern
-from lantern.generation import SpeculationWarning
-from lantern.speculative import DraftLength, DraftModel, PromptLookup
+from lantern.generate.stream import SpeculationWarning
+from lantern.generate.speculative import DraftLength, DraftModel, PromptLookup
 from lantern.testing.synthetic import cached_reference
+
+from greedy_equality import assert_same_greedy_output
 
 MAX_TOKENS = 48
 
@@ -27,32 +29,6 @@ def model(smollm2_path):
 @pytest.fixture(scope="module")
 def rewrite_prompt(english_text):
     return "Rewrite the following text, keeping every sentence:\n\n" + english_text[:1500]
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def assert_same_greedy_output(model, prompt_ids, plain, speculative):
-    """Identical, or the first difference is a near-tie: the plain run's top two logits there are
-    closer than one-token decoding and a batched pass differ on those logits."""
-    i = first_divergence(plain, speculative)
-    if i is None:
-        return
-    context = prompt_ids + plain[:i]
-    cache = model.new_cache()
-    model.forward(context[:-1], cache)
-    single = model.forward(context[-1:], cache)[0]
-    batched = model.logits(context)[-1]
-    top2 = single.topk(2).values
-    noise = float((single - batched).abs().max())
-    assert float(top2[0] - top2[1]) <= 2 * noise, (
-        f"outputs differ at token {i} where the top-2 margin {float(top2[0] - top2[1]):.4f} is not a near-tie "
-        f"(one-token vs batched logits differ by {noise:.4f})"
-    )
 
 
 def test_draft_length_pays_for_itself_or_drafts_nothing():

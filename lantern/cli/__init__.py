@@ -118,7 +118,7 @@ def add_model_argument(parser: argparse.ArgumentParser, *, default: str = DEFAUL
 
 def add_device_argument(parser: argparse.ArgumentParser, *, default: str = "auto") -> None:
     """Add ``--device {auto,cpu,cuda,mps}`` and ``--threads N``."""
-    from .options import positive_int
+    from .options import thread_count
 
     parser.add_argument(
         "--device",
@@ -128,7 +128,7 @@ def add_device_argument(parser: argparse.ArgumentParser, *, default: str = "auto
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
         help=f"CPU threads (default: the available cores ({available_cores()} here) less those other "

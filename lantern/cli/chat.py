@@ -15,7 +15,8 @@ import argparse
 import signal
 import sys
 
-from ..errors import LanternError
+from ..chat_template import NO_CHAT_HINT
+from ..errors import LanternError, TemplateError
 from . import add_device_argument, add_model_argument
 from .run import (add_sampling_arguments, load_model, note, sampling_options, speculation, stats_line,
                   warnings_to_stderr)
@@ -23,6 +24,7 @@ from .run import (add_sampling_arguments, load_model, note, sampling_options, sp
 PROMPT = ">>> "
 DEFAULT_MAX_TOKENS = 1024
 HELP = "commands: /reset forgets the conversation, /exit quits (or Ctrl-D); Ctrl-C stops an answer"
+NO_TEMPLATE_HINT = "lantern chat needs the model's chat template; 'lantern run --no-chat PROMPT' sends raw text"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,7 +82,7 @@ def stream_answer(gen) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..chat import ChatSession
+    from ..generate.chat import ChatSession
 
     interactive = sys.stdin is not None and sys.stdin.isatty()
     if interactive:
@@ -123,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             try:
                 gen = session.send(text)
+            except TemplateError as exc:  # the template fails (or breaks a limit) on every message
+                message = " ".join(str(exc).replace(NO_CHAT_HINT, NO_TEMPLATE_HINT).split())
+                note(f"lantern: error: {message}")
+                return 1
             except LanternError as exc:  # e.g. a message too long for the context: keep chatting
                 note(f"lantern: error: {' '.join(str(exc).split())}")
                 continue

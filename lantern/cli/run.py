@@ -15,7 +15,7 @@ import time
 import warnings
 
 from ..errors import LanternError
-from ..sampling_settings import SamplerSettings
+from ..generate.settings import SamplerSettings
 from . import add_device_argument, add_model_argument
 from .options import non_negative_float, non_negative_int, positive_float, probability
 
@@ -98,11 +98,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_sampling_arguments(parser)
     parser.add_argument("--no-chat", action="store_true",
                         help="send the prompt as raw text, without the chat template")
+    add_structured_output_arguments(parser)
     add_device_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also print the model, the seed and token counts to stderr")
     parser.set_defaults(func=run)
     return parser
+
+
+def add_structured_output_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("structured output").add_mutually_exclusive_group()
+    g.add_argument("--json-schema", default=None, metavar="FILE",
+                   help="the answer is JSON that follows the JSON schema in FILE ('{\"type\": \"object\"}': "
+                        "any JSON object)")
+    g.add_argument("--grammar", default=None, metavar="FILE",
+                   help="the answer follows the grammar in FILE: Lark (llguidance's dialect, a 'start:' "
+                        "rule) or GBNF (llama.cpp's, a 'root ::=' rule)")
+
+
+def structured_output_options(args: argparse.Namespace) -> dict:
+    """`generate` options for --json-schema / --grammar: the file's text."""
+    options = {}
+    for flag, key in (("json_schema", "json_schema"), ("grammar", "grammar")):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                options[key] = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LanternError(f"--{flag.replace('_', '-')}: cannot read {path}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    return options
 
 
 def read_prompt(arg: str | None) -> str:
@@ -196,7 +223,7 @@ def speculation(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generation import generate
+    from ..generate.stream import generate
 
     prompt = read_prompt(args.prompt)
     if not args.no_chat:
@@ -205,13 +232,14 @@ def run(args: argparse.Namespace) -> int:
         raise LanternError("the prompt is empty; give some text")
     if args.no_chat and args.system:
         raise LanternError("--system needs the chat template; drop --no-chat or --system")
+    structured = structured_output_options(args)  # read before the model loads
 
     with warnings_to_stderr():
         model, load_seconds = load_model(args)
         gen = generate(
             model, prompt, max_tokens=args.max_tokens, stop=args.stop,
             chat=not args.no_chat, system=args.system, speculate=speculation(args),
-            **sampling_options(args),
+            **sampling_options(args), **structured,
         )
         if args.verbose:
             from ..weights.kernels import describe

@@ -15,15 +15,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Sequence
 
-from .errors import ContextOverflowError, LanternError
-from .generation import (
-    CANCELLED,
-    Generation,
-    context_limit,
-    encode_chat,
-    normalize_max_tokens,
-    normalize_stop,
-)
+from ..errors import ContextOverflowError, LanternError
+from .decode import context_limit
+from .prompts import encode_chat
+from .stream import CANCELLED, Generation, normalize_max_tokens, normalize_stop
 from .sampling import Sampler, SamplerSettings
 from .speculative import make_proposer
 

@@ -15,6 +15,16 @@ Temperature 0 is greedy decoding: the arg-max of the (penalised) logits, lowest 
 
 Sampling always runs on the CPU in float32, with a `torch.Generator` seeded from the settings,
 so a seed gives the same tokens whatever device computed the logits.
+
+Two optional parts of a `Sampler`:
+
+- `constraint` (a `lantern.generate.constrained.Constraint`): its mask is applied first, before
+  penalties and filters, so only tokens that keep the output valid can be drawn; each accepted
+  token advances it.
+- `logprobs=K` (an int >= 0): for every token drawn, its log-probability under the model's own
+  distribution (log-softmax of the raw logits: before the constraint, penalties and temperature,
+  as OpenAI reports it) and the K most likely tokens, appended to `sampler.logprobs` as a
+  `TokenLogprob` before the token is returned.
 """
 
 from __future__ import annotations
@@ -22,12 +32,12 @@ from __future__ import annotations
 import math
 import secrets
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import torch
 
-from .sampling_settings import SETTING_NAMES, SamplerSettings  # noqa: F401  (public here too)
+from .settings import SETTING_NAMES, SamplerSettings, check_top_logprobs  # noqa: F401  (public here too)
 
 NEG_INF = float("-inf")
 
@@ -173,9 +183,31 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> int
     return int(torch.multinomial(probs.to(torch.float32), 1, generator=generator))
 
 
+# ----- log-probabilities ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A drawn token's log-probability and the `top` most likely tokens, as (id, logprob) pairs,
+    most likely first (lowest id first among equal ones)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: torch.Tensor, token: int, k: int = 0) -> TokenLogprob:
+    """`token`'s log-probability under softmax(logits), and the `k` most likely tokens."""
+    lp = torch.log_softmax(logits.detach().reshape(-1).to("cpu", torch.float32), dim=-1)
+    top: tuple[tuple[int, float], ...] = ()
+    if k > 0:
+        k = min(k, lp.shape[-1])
+        order = torch.sort(lp, descending=True, stable=True)
+        top = tuple((int(i), float(v)) for v, i in zip(order.values[:k], order.indices[:k]))
+    return TokenLogprob(int(token), float(lp[int(token)]), top)
+
+
 # ----- settings and the chain ----------------------------------------------------------------
-
-
 
 
 class Sampler:
@@ -184,9 +216,14 @@ class Sampler:
     Usage: `sampler.reset(prompt_ids)`, then per step `tok = sampler(logits)` and
     `sampler.accept(tok)`. The random generator is seeded once, at construction (or `reseed`),
     so one seed reproduces one sequence of draws.
+
+    `constraint`: a `Constraint` whose mask comes before everything else (see the module doc).
+    `logprobs`: None (off) or K >= 0: `sampler.logprobs` gets one `TokenLogprob` per drawn token,
+    with the K most likely alternatives. `reset` restarts both.
     """
 
-    def __init__(self, settings: SamplerSettings | None = None, **overrides):
+    def __init__(self, settings: SamplerSettings | None = None, constraint=None, *,
+                 logprobs: int | None = None, **overrides):
         settings = settings or SamplerSettings()
         if overrides:
             unknown = set(overrides) - set(SETTING_NAMES)
@@ -199,6 +236,9 @@ class Sampler:
         self.reseed(settings.seed)
         self._window = settings.repeat_last_n if settings.repeat_last_n >= 0 else None
         self._recent: deque[int] = deque(maxlen=self._window)
+        self.constraint = constraint
+        self.top_logprobs = None if logprobs is None else check_top_logprobs(logprobs)
+        self.logprobs: list[TokenLogprob] = []
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the random stream; None draws a fresh random seed (kept in `self.seed`)."""
@@ -210,10 +250,15 @@ class Sampler:
         self._recent.clear()
         if self._window != 0:
             self._recent.extend(int(t) for t in history)
+        if self.constraint is not None:
+            self.constraint.reset()
+        self.logprobs = []
 
     def accept(self, token_id: int) -> None:
         if self._window != 0:
             self._recent.append(int(token_id))
+        if self.constraint is not None:
+            self.constraint.accept(token_id)
 
     @property
     def recent(self) -> list[int]:
@@ -228,6 +273,8 @@ class Sampler:
         """
         s = self.settings
         x = logits.detach().reshape(-1).to("cpu", torch.float32)
+        if self.constraint is not None:
+            x = self.constraint.mask(x)
         if s.penalties_on and self._recent:
             recent = torch.tensor(list(self._recent), dtype=torch.long)
             x = apply_repeat_penalty(x, recent, s.repeat_penalty)
@@ -254,6 +301,12 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor) -> int:
         """The next token id for `logits` ([vocab] or [1, vocab]). Does not `accept` it."""
+        token = self._draw(logits)
+        if self.top_logprobs is not None:
+            self.logprobs.append(token_logprob(logits, token, self.top_logprobs))
+        return token
+
+    def _draw(self, logits: torch.Tensor) -> int:
         x, ids = self._candidates(logits)
         if self.settings.greedy:
             return greedy(x)

@@ -1,6 +1,6 @@
 """`SamplerSettings`: how to pick the next token, validated; no torch needed.
 
-Kept apart from `lantern.sampling` (which re-exports it) so that the command line can build its
+Kept apart from `lantern.generate.sampling` (which re-exports it) so that the command line can build its
 parser, with these defaults in the help, without importing torch: `lantern --help` and
 `lantern --version` answer at once.
 """
@@ -11,7 +11,7 @@ import math
 import numbers
 from dataclasses import dataclass, fields
 
-from .errors import LanternError
+from ..errors import LanternError
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,14 @@ class SamplerSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(SamplerSettings))
+
+
+#: The most alternatives a token's log-probability record may list (OpenAI's `top_logprobs` limit).
+MAX_TOP_LOGPROBS = 20
+
+
+def check_top_logprobs(k) -> int:
+    """`k` as the number of alternatives per token's log-probability record (0..20)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise LanternError(f"top-logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}, got {k!r}")
+    return int(k)

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from .errors import LanternError
+from ..errors import LanternError
+from .decode import context_limit, prefill
 
 
 @dataclass
@@ -263,10 +264,8 @@ def speculative_greedy_tokens(
     on_prefill: Callable[[int, float], None] | None = None,
 ) -> Iterator[int]:
     """Greedy token ids continuing `prompt_ids`, with the contract of
-    `lantern.generation.generate_tokens`: when token t is yielded the cache holds the prompt and
+    `decode.generate_tokens`: when token t is yielded the cache holds the prompt and
     every token before t (drafts verified beyond that are dropped when the consumer stops)."""
-    from .generation import context_limit, prefill
-
     tokens = [int(t) for t in prompt_ids]
     stats = stats if stats is not None else SpeculationStats()
     cache = cache if cache is not None else model.new_cache()

@@ -1,21 +1,11 @@
-"""Generation: a generator of token ids on the model contract, with text streaming and stopping
-layered on top.
+"""Generation: text streamed and stopped on top of the token loop (`decode.py`).
 
-Layers, lowest first:
-
-- `generate_tokens(model, prompt_ids, sampler, cache)`: prefill (in chunks), then one token at a
-  time; yields sampled ids for ever, until the sequence fills the context. Knows nothing about
-  text or stopping. Chat sessions and speculative decoding build on it.
-- `Generation`: drives `generate_tokens`, stops at end-of-generation ids, `max_tokens`, the
-  context limit and user stop strings, and streams text through the tokenizer's `StreamDecoder`
-  (each token is decoded once; the output is never re-decoded as a whole).
-- `generate(model, prompt_or_messages, ...)` / `complete(...)`: the public API (also
-  `Model.generate` / `Model.complete`): builds the prompt (chat template or raw text), checks it
-  fits, and returns a `Generation`.
-
-Context rule (as llama-cpp-python's): the sequence, prompt plus generated tokens, never exceeds
-the context length. A prompt that leaves no room for one token raises `ContextOverflowError`
-before any compute; a generation that reaches the limit ends with finish reason "context".
+`Generation` drives `decode.generate_tokens` (or speculation's greedy tokens), stops at
+end-of-generation ids, `max_tokens`, the context limit and user stop strings, and streams text
+through the tokenizer's `StreamDecoder` (each token is decoded once; the output is never
+re-decoded as a whole). `generate(model, prompt_or_messages, ...)` / `complete(...)` are the
+public API (also `Model.generate` / `Model.complete`): they build the prompt, check it fits, and
+return a `Generation`.
 
 Finish reasons: "stop" (end-of-generation token or stop string), "length" (max_tokens),
 "context" (context full), "cancelled" (`Generation.cancel()`/`close()` or an exception).
@@ -23,14 +13,14 @@ Finish reasons: "stop" (end-of-generation token or stop string), "length" (max_t
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Sequence
 
-from .errors import ContextOverflowError, LanternError
-from .model import PREFILL_CHUNK  # prefill feeds one model chunk per call: cancellable between them
+from ..errors import LanternError
+from .decode import check_fits, generate_tokens
+from .prompts import prompt_ids_for
 from .sampling import Sampler, SamplerSettings
 from .speculative import SpeculationStats, make_proposer, speculative_greedy_tokens
 
@@ -40,104 +30,8 @@ STOP, LENGTH, CONTEXT, CANCELLED = "stop", "length", "context", "cancelled"
 class SpeculationWarning(UserWarning):
     """Speculative decoding was asked for but cannot apply (sampled decoding)."""
 
+
 _DEFAULTS = SamplerSettings()
-
-
-# ----- the token generator ---------------------------------------------------------------------
-
-
-def context_limit(model, cache=None) -> int:
-    """The most tokens a sequence may hold: the model's context, or a smaller cache's."""
-    limit = int(model.context_length)
-    cache_max = getattr(cache, "max_length", None)
-    return min(limit, int(cache_max)) if cache_max else limit
-
-
-def check_fits(model, n_prompt: int, cache=None) -> None:
-    """Raise ContextOverflowError unless a prompt of `n_prompt` tokens leaves room for one more."""
-    limit = context_limit(model, cache)
-    if n_prompt >= limit:
-        raise ContextOverflowError(
-            f"the prompt is {n_prompt} tokens but the context holds {limit} (prompt and answer "
-            f"together); shorten the prompt"
-        )
-
-
-def prefill(model, prompt_ids: list[int], cache, *, hold_last: bool = False,
-            should_stop: Callable[[], bool] | None = None,
-            on_prefill: Callable[[int, float], None] | None = None):
-    """Run the part of `prompt_ids` that `cache` lacks, in chunks; `(completed, logits)`.
-
-    The cache must hold a prefix of the prompt (the caller guarantees it). If it holds the whole
-    prompt, the last token is run again: its logits are what comes next. With `hold_last` the
-    last token is left for the caller to feed (with speculative drafts) and logits is None.
-    `should_stop()` is polled between chunks: a cancelled prefill returns (False, None).
-    `on_prefill(n_tokens, seconds)` is called once the prompt is processed.
-    """
-    if not prompt_ids:
-        raise LanternError("the prompt is empty; give some text")
-    check_fits(model, len(prompt_ids), cache)
-    if cache.length > len(prompt_ids):
-        raise ValueError(f"cache holds {cache.length} tokens, more than the {len(prompt_ids)}-token prompt")
-    if cache.length == len(prompt_ids):
-        cache.truncate(len(prompt_ids) - 1)
-    started = time.perf_counter()
-    todo = prompt_ids[cache.length : len(prompt_ids) - 1 if hold_last else None]
-    logits = None
-    for i in range(0, len(todo), PREFILL_CHUNK):
-        if should_stop is not None and should_stop():
-            return False, None
-        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
-    if on_prefill is not None:
-        on_prefill(len(todo) + hold_last, time.perf_counter() - started)
-    return True, None if hold_last else logits
-
-
-def generate_tokens(
-    model,
-    prompt_ids: Sequence[int],
-    sampler: Sampler,
-    cache=None,
-    *,
-    should_stop: Callable[[], bool] | None = None,
-    on_prefill: Callable[[int, float], None] | None = None,
-) -> Iterator[int]:
-    """Yield sampled token ids continuing `prompt_ids`, until the context is full.
-
-    `cache` (default: a new one) must hold a prefix of `prompt_ids` (the caller guarantees it,
-    e.g. a chat session after `cache.truncate(common_prefix)`); only the rest is run. When
-    token t is yielded the cache holds the prompt and every token before t: t itself is fed
-    when the consumer asks for the next one, so stopping after t costs nothing.
-
-    The sampler's penalty window is reset to the prompt; each yielded token is accepted.
-    `should_stop()` is polled between prefill chunks (a cancelled prefill returns early);
-    `on_prefill(n_tokens_run, seconds)` is called once the prompt is processed.
-    """
-    prompt_ids = [int(t) for t in prompt_ids]
-    if cache is None:
-        cache = model.new_cache()
-    limit = context_limit(model, cache)
-    sampler.reset(prompt_ids)
-    done, logits = prefill(model, prompt_ids, cache, should_stop=should_stop, on_prefill=on_prefill)
-    if not done:
-        return
-
-    length = len(prompt_ids)
-    threads = getattr(model, "decode_threads", contextlib.nullcontext)
-    with threads():
-        token = sampler(logits)
-    while True:
-        sampler.accept(token)
-        length += 1
-        yield token
-        if length >= limit:
-            return
-        with threads():  # the step and its sampling
-            logits = model.forward([token], cache, last_only=True)
-            token = sampler(logits)
-
-
-# ----- text, stopping, timings -----------------------------------------------------------------
 
 
 @dataclass
@@ -216,7 +110,7 @@ class StopStrings:
 
 
 def _stream_decoder(tokenizer, continuation: bool):
-    from .tokenizer import StreamDecoder
+    from ..tokenizer import StreamDecoder
 
     return StreamDecoder(tokenizer, continuation=continuation)
 
@@ -249,13 +143,17 @@ class Generation:
         build_seconds: float = 0.0,
         continuation: bool = True,
         proposer=None,
+        source=None,
     ):
         self.model = model
         self.prompt_ids = [int(t) for t in prompt_ids]
         self.sampler = sampler
         self.max_tokens = normalize_max_tokens(max_tokens)
         self.stop = normalize_stop(stop)
-        self.cache = cache if cache is not None else model.new_cache()
+        # `source`: where the tokens come from when another loop samples them (the batch
+        # engine's Handle: .tokens(), .finish_reason, .prompt_tokens_run); the cache is its own.
+        self.source = source
+        self.cache = cache if cache is not None or source is not None else model.new_cache()
         self.on_finish = on_finish
         self.continuation = continuation
         self.text = ""
@@ -327,7 +225,9 @@ class Generation:
             if self.max_tokens == 0:
                 reason = LENGTH
                 return
-            if self.proposer is not None:
+            if self.source is not None:
+                tokens = self.source.tokens()
+            elif self.proposer is not None:
                 tokens = speculative_greedy_tokens(
                     self.model, self.prompt_ids, self.proposer, self.cache, stats=self.speculation,
                     should_stop=lambda: self._cancel, on_prefill=on_prefill,
@@ -345,6 +245,8 @@ class Generation:
                 timings.generated_tokens += 1
                 if first_at is None:
                     first_at = now
+                    if self.source is not None:
+                        timings.prompt_tokens = self.source.prompt_tokens_run
                     timings.prompt_seconds = now - started
                     timings.first_token_seconds = timings.build_seconds + (now - started)
                 else:
@@ -367,7 +269,7 @@ class Generation:
                     reason = CANCELLED
                     break
             else:
-                reason = CANCELLED if self._cancel else CONTEXT
+                reason = CANCELLED if self._cancel else self._source_reason()
             if not stop_hit:
                 # Bytes the decoder still holds (an incomplete character) and held-back text.
                 tail, stop_hit = stops.push(decoder.flush())
@@ -383,6 +285,12 @@ class Generation:
             if tokens is not None:
                 tokens.close()
             self._finish(reason or CANCELLED)
+
+    def _source_reason(self) -> str:
+        """Why the tokens ran out: the context filled, or the source's own finish reason."""
+        if self.source is None:
+            return CONTEXT
+        return {"stop": STOP, "length": LENGTH, "context": CONTEXT}.get(self.source.finish_reason, CANCELLED)
 
     def _finish(self, reason: str) -> None:
         if self._finished:
@@ -413,57 +321,6 @@ def normalize_stop(stop: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(s for s in stop if s)
 
 
-# ----- prompts -----------------------------------------------------------------------------------
-
-
-def messages_for(prompt: str, system: str | None = None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
-    return messages
-
-
-def encode_chat(model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a conversation rendered with the model's chat template."""
-    return encode_conversation(model.tokenizer, model.chat_template, messages, add_generation_prompt)
-
-
-def encode_conversation(tokenizer, template, messages: Sequence[Mapping[str, Any]],
-                        add_generation_prompt: bool = True) -> list[int]:
-    """Render `messages` with `template` and tokenize the text.
-
-    Special tokens in the rendered text are parsed as such. BOS is added as the file says
-    (`tokenizer.ggml.add_bos_token`, as llama.cpp does), except when the template already
-    wrote it: never two BOS tokens.
-    """
-    text = template.render(messages, add_generation_prompt=add_generation_prompt)
-    add_bos = False if template.bos_token and text.startswith(template.bos_token) else None
-    return list(tokenizer.encode(text, add_bos=add_bos, special=True))
-
-
-def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str | None = None) -> list[int]:
-    """The prompt token ids for a string (chat: one user message; raw text otherwise) or a list
-    of message dicts (always chat)."""
-    if isinstance(prompt_or_messages, str):
-        if not prompt_or_messages.strip():
-            raise LanternError("the prompt is empty; give some text")
-        if not chat:
-            if system:
-                raise LanternError("a system message needs chat mode; drop --no-chat or --system")
-            ids = list(model.tokenizer.encode(prompt_or_messages, add_bos=None, special=True))
-        else:
-            ids = encode_chat(model, messages_for(prompt_or_messages, system))
-    else:
-        if not chat:
-            raise LanternError("a list of messages needs chat mode; pass a string for raw text")
-        messages = list(prompt_or_messages)
-        if system:
-            messages = messages_for("", system)[:1] + messages
-        ids = encode_chat(model, messages)
-    if not ids:
-        raise LanternError("the prompt is empty; give some text")
-    return ids
-
-
 def generate(
     model,
     prompt_or_messages,
@@ -481,6 +338,10 @@ def generate(
     chat: bool = True,
     system: str | None = None,
     speculate=None,
+    json_schema=None,
+    regex: str | None = None,
+    grammar: str | None = None,
+    logprobs: int | None = None,
 ) -> Generation:
     """Start a completion; iterate the returned Generation for text as it is produced.
 
@@ -494,7 +355,14 @@ def generate(
     ContextOverflowError (prompt too long) before any model compute.
 
     `speculate`: None, "lookup" (drafts looked up in the prompt and output), a draft Model of the
-    same vocabulary, or any proposer (see lantern.speculative). Applies to greedy decoding.
+    same vocabulary, or any proposer (see lantern.generate.speculative). Applies to greedy decoding.
+
+    Structured output (lantern.generate.constrained), at most one of: `json_schema` (a dict or
+    JSON text; {"type": "object"} for any JSON object), `regex`, `grammar` (Lark, or GBNF with a
+    `root ::=` rule). Every completion that finishes "stop" then parses; a "length" one may be
+    cut. Speculation is not combined with it (a SpeculationWarning says so).
+    `logprobs`: None, or K >= 0 to record each token's log-probability and its K most likely
+    alternatives in `generation.sampler.logprobs`.
     """
     started = time.perf_counter()
     settings = SamplerSettings(
@@ -506,8 +374,15 @@ def generate(
     stop = normalize_stop(stop)
     ids = prompt_ids_for(model, prompt_or_messages, chat=chat, system=system)
     check_fits(model, len(ids))
-    return Generation(model, ids, Sampler(settings), max_tokens=max_tokens, stop=stop,
-                      build_seconds=time.perf_counter() - started, continuation=not chat,
+    from .constrained import make_constraint
+
+    constraint = make_constraint(model, json_schema=json_schema, regex=regex, grammar=grammar)
+    if constraint is not None and speculate is not None:
+        warnings.warn("speculative decoding does not apply to constrained output; decoding without it",
+                      SpeculationWarning, stacklevel=2)
+        speculate = None
+    return Generation(model, ids, Sampler(settings, constraint, logprobs=logprobs), max_tokens=max_tokens,
+                      stop=stop, build_seconds=time.perf_counter() - started, continuation=not chat,
                       proposer=make_proposer(model, speculate))
 
 

@@ -1,0 +1,159 @@
+"""The batch engine: many sequences in one pass, each output as if it ran alone.
+
+Real model (SmolLM2-135M-Instruct Q4_1), real prompts. Budget: about 1 minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+import lantern
+from lantern.errors import ContextOverflowError
+from lantern.generate.batch import BatchEngine, QueueFull
+from lantern.generate.decode import generate_tokens
+from lantern.generate.prompts import encode_chat, messages_for
+from lantern.generate.sampling import Sampler, SamplerSettings
+
+from greedy_equality import assert_same_greedy_output
+
+QUESTIONS = [
+    "Write a haiku about a lantern.",
+    "What is the capital of France?",
+    "List three colours of the rainbow.",
+    "Explain what a CPU cache is in one sentence.",
+    "Give me a name for a grey cat.",
+    "How many legs does a spider have?",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue? Answer briefly.",
+]
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    return lantern.load(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    return [encode_chat(model, messages_for(q)) for q in QUESTIONS]
+
+
+def alone(model, prompt_ids, n=TOKENS):
+    tokens = generate_tokens(model, prompt_ids, Sampler(temperature=0))
+    return [next(tokens) for _ in range(n)]
+
+
+def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts):
+    """forward_batch over several caches equals each sequence's own forward pass, up to the
+    rounding of the weight kernels' multi-row forms (they add a row's float32 partial sums in
+    another order than the one-row form: about 1e-3 on logits of size 10-20) and, for a prompt,
+    of PyTorch's blocks against the native step (about 2e-2). A token attending to another
+    sequence's cache, or at a wrong position, moves logits by whole units."""
+    caches = [model.new_cache() for _ in prompts[:3]]
+    for ids, cache in zip(prompts, caches):
+        model.forward(ids[:-1], cache)
+    together = model.forward_batch([([ids[-1]], cache) for ids, cache in zip(prompts, caches)])
+    for ids, row in zip(prompts, together):
+        cache = model.new_cache()
+        model.forward(ids[:-1], cache)
+        single = model.forward([ids[-1]], cache, last_only=True)
+        assert row.shape == single.shape
+        torch.testing.assert_close(row, single, rtol=0, atol=1e-2)
+    # a prompt chunk riding along with decode tokens, in one pass
+    fresh = model.new_cache()
+    rows = model.forward_batch([([ids[-1]], cache) for ids, cache in zip(prompts, caches)] + [(prompts[5], fresh)])
+    reference = model.logits(prompts[5])[-1:]
+    torch.testing.assert_close(rows[-1], reference, rtol=0, atol=5e-2)
+    assert fresh.length == len(prompts[5])
+
+
+def test_eight_sequences_in_a_batch_match_their_outputs_alone(model, prompts):
+    passes = []
+    with BatchEngine(model, parallel=8, on_step=passes.append) as engine:
+        handles = [engine.submit(ids, SamplerSettings(temperature=0), max_tokens=TOKENS, ignore_eos=True)
+                   for ids in prompts]
+        outputs = [list(h.tokens()) for h in handles]
+    assert all(h.finish_reason == "length" for h in handles)
+    assert max(p.sequences for p in passes) == 8, "the sequences were not decoded together"
+    # one pass per token for all eight (alone: eight passes per token), the prompts read along
+    assert len(passes) <= TOKENS + 2
+    for ids, out in zip(prompts, outputs):
+        assert len(out) == TOKENS
+        assert_same_greedy_output(model, ids, alone(model, ids), out)
+
+
+def test_a_request_reuses_the_prefix_another_left_in_its_slot(model, prompts):
+    with BatchEngine(model, parallel=1) as engine:
+        first = engine.submit(prompts[0], SamplerSettings(temperature=0), max_tokens=4)
+        answer = list(first.tokens())
+        follow_up = prompts[0] + answer + prompts[1][1:]
+        second = engine.submit(follow_up, SamplerSettings(temperature=0), max_tokens=4)
+        list(second.tokens())
+    assert first.prompt_tokens_run == len(prompts[0])
+    # the first prompt and all but the last answer token were cached
+    assert second.prompt_tokens_run == len(follow_up) - (len(prompts[0]) + len(answer) - 1)
+
+
+def test_a_cancelled_request_frees_its_sequence_at_the_next_step(model, prompts):
+    with BatchEngine(model, parallel=2) as engine:
+        handle = engine.submit(prompts[0], SamplerSettings(temperature=0), max_tokens=None, ignore_eos=True)
+        tokens = handle.tokens()
+        next(tokens)
+        tokens.close()  # the consumer went away
+        deadline = time.monotonic() + 10
+        while engine.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.running == 0 and engine.reserved == 0
+    assert handle.finish_reason == "cancelled"
+
+
+def test_requests_wait_for_kv_budget_and_all_finish(model, prompts):
+    """A budget for one request at a time: the others queue, none is cut or refused."""
+    budget = max(len(p) for p in prompts[:3]) + 8
+    passes = []
+    with BatchEngine(model, parallel=3, ctx_size=budget, on_step=passes.append) as engine:
+        handles = [engine.submit(ids, SamplerSettings(temperature=0), max_tokens=8, ignore_eos=True)
+                   for ids in prompts[:3]]
+        outputs = [list(h.tokens()) for h in handles]
+    assert [len(o) for o in outputs] == [8, 8, 8]
+    assert max(p.sequences for p in passes) == 1
+
+
+def test_a_prompt_over_the_request_limit_is_refused_naming_both_counts(model, prompts):
+    with BatchEngine(model, parallel=2, ctx_size=16) as engine:
+        with pytest.raises(ContextOverflowError, match=rf"{len(prompts[0])} tokens.* 16 "):
+            engine.submit(prompts[0])
+
+
+def test_a_full_queue_refuses_new_requests(model, prompts):
+    with BatchEngine(model, parallel=1, queue_size=1) as engine:
+        running = engine.submit(prompts[0], max_tokens=None, ignore_eos=True)
+        next(running.tokens())
+        engine.submit(prompts[1], max_tokens=2)  # waits
+        with pytest.raises(QueueFull):
+            engine.submit(prompts[2], max_tokens=2)
+        running.cancel()
+
+
+def test_the_python_api_streams_text_from_the_engine(model):
+    with BatchEngine(model, parallel=2) as engine:
+        results = {}
+
+        def ask(i, question):
+            results[i] = engine.generate(question, max_tokens=16, temperature=0).complete()
+
+        threads = [threading.Thread(target=ask, args=(i, q)) for i, q in enumerate(QUESTIONS[:2])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, question in enumerate(QUESTIONS[:2]):
+        single = lantern.generate.stream.complete(model, question, max_tokens=16, temperature=0)
+        assert results[i].finish_reason == single.finish_reason
+        assert_same_greedy_output(model, single.prompt_ids, single.token_ids, results[i].token_ids)
+        assert results[i].timings.prompt_tokens == single.timings.prompt_tokens
