@@ -133,7 +133,7 @@ class Model:
                 segments.append((cache, cache.length, len(i), 1))
                 cos.append(c)
                 sin.append(s)
-            x = transformer.embedding(torch.cat(ids))
+            x = transformer.embed(torch.cat(ids))
             logits = step.run_segments(x, segments, torch.cat(cos), torch.cat(sin))
         for cache, start, n, _ in segments:
             cache.length = start + n
@@ -154,7 +154,7 @@ class Model:
     @torch.inference_mode()
     def _first_non_finite(self, ids: torch.Tensor, cache: KVCache, start: int) -> str | None:
         t = self.transformer
-        if not bool(torch.isfinite(t.embedding(ids)).all()):
+        if not bool(torch.isfinite(t.embed(ids)).all()):
             return "the token embeddings"
         found: list[str] = []
 

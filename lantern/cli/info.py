@@ -84,8 +84,53 @@ def describe(path) -> dict[str, Any]:
         "eos_token_id": eos,
         "eos_token": token_text(eos),
         "chat_template": f.get("tokenizer.chat_template"),
+        "hyperparameters": hyperparameters(f),
         "kernels": kernels_for(mix),
     }
+
+
+def hyperparameters(f) -> dict[str, Any] | str:
+    """The architecture's hyper-parameters as lantern reads them (its `Params`, metadata only), or
+    why they cannot be read (an unsupported architecture, a corrupt key)."""
+    from dataclasses import asdict
+
+    from ..errors import LanternError
+    from ..models import architecture
+
+    try:
+        params = architecture(f.architecture, f.path).Params.from_gguf(f)
+    except LanternError as exc:
+        return str(exc)
+    values = asdict(params)
+    values["local_layers"] = [i for i, local in enumerate(params.local_layers) if local]
+    return values
+
+
+def _hyperparameters(hp: dict[str, Any] | str) -> str:
+    """One line of what sets the architecture apart: head size, norms, rotary, windows, scales."""
+    if isinstance(hp, str):
+        return f"unreadable ({hp})"
+    parts = [f"head size {hp['head_dim']}", f"ffn {hp['ffn_dim']}", f"rms eps {hp['norm_eps']:g}"]
+    rope = f"rope base {hp['rope_base']:g}"
+    if hp["rope_dims"] != hp["head_dim"]:
+        rope += f" on {hp['rope_dims']} of {hp['head_dim']} features"
+    if hp["rope_scale"] != 1.0:
+        rope += f", positions x {hp['rope_scale']:g}"
+    if hp["rope_base_local"]:
+        rope += f" (local layers {hp['rope_base_local']:g}, unscaled)"
+    parts.append(rope)
+    if hp["sliding_window"]:
+        local = hp["local_layers"]
+        where = f"{len(local)} of {hp['n_layers']} layers (the rest global)" if local else "every layer"
+        parts.append(f"window {hp['sliding_window']} on {where}")
+    if hp["attention_scale"]:
+        parts.append(f"attention scale {hp['attention_scale']:.6g}")
+    if hp["embedding_scale"] != 1.0:
+        parts.append(f"embeddings x {hp['embedding_scale']:.6g}")
+    parts.append({"silu": "SwiGLU", "gelu_tanh": "GeGLU (tanh GELU)"}.get(hp["activation"], hp["activation"]))
+    if hp["logit_softcap"]:
+        parts.append(f"logit softcap {hp['logit_softcap']:g}")
+    return ", ".join(parts)
 
 
 def kernels_for(mix) -> dict[str, Any]:
@@ -163,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         ("embedding length", _show(info["embedding_length"])),
         ("layers", _show(info["block_count"])),
         ("heads", heads),
+        ("hyper-parameters", _hyperparameters(info["hyperparameters"])),
         ("vocab size", _show(info["vocab_size"])),
         ("tokenizer", tokenizer),
         ("BOS", _token(info["bos_token_id"], info["bos_token"])),

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence as Seq
 
 from ..errors import ContextOverflowError, LanternError
 from ..model import PREFILL_CHUNK
-from .decode import Sequence
+from .decode import Sequence, common_prefix_length
 from .sampling import Sampler, SamplerSettings
 
 # Tokens reserved for the answer of a request without max_tokens, at least.
@@ -125,14 +125,6 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)
     handle: Handle | None = None
     seq: Sequence | None = None
-
-
-def _common_prefix(a: Seq[int], b: Seq[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class BatchEngine:
@@ -270,10 +262,10 @@ class BatchEngine:
             if not free or self.reserved + handle.reserve > self.ctx_size:
                 return
             self._waiting.popleft()
-            slot = max(free, key=lambda s: _common_prefix(s.tokens, handle.prompt_ids))
+            slot = max(free, key=lambda s: common_prefix_length(s.tokens, handle.prompt_ids))
             if slot.cache is None:
                 slot.cache = self.model.new_cache(self.request_limit)
-            slot.cache.truncate(_common_prefix(slot.tokens, handle.prompt_ids))
+            slot.cache.truncate(common_prefix_length(slot.tokens, handle.prompt_ids))
             try:
                 slot.seq = Sequence(self.model, handle.prompt_ids, sampler, slot.cache)
             except LanternError as exc:

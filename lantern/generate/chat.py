@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Sequence
 
 from ..errors import ContextOverflowError, LanternError
-from .decode import context_limit
+from .decode import common_prefix_length, context_limit
 from .prompts import encode_chat
 from .stream import CANCELLED, Generation, normalize_max_tokens, normalize_stop
 from .sampling import Sampler, SamplerSettings
@@ -28,14 +28,6 @@ DEFAULT_MAX_TOKENS = 1024
 
 class ChatContextWarning(UserWarning):
     """Old turns were dropped from a chat because the context was full."""
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class ChatSession:

@@ -42,6 +42,15 @@ def check_fits(model, n_prompt: int, cache=None) -> None:
         )
 
 
+def common_prefix_length(a: Seq[int], b: Seq[int]) -> int:
+    """How many leading tokens two sequences share: what a cache holding `a` can keep for `b`."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _start_cache(model, prompt_ids: list[int], cache):
     """A cache that holds a prefix of `prompt_ids` and at least one token less than all of it
     (the last prompt token is run again when the whole prompt is cached: its logits are what

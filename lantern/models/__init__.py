@@ -11,7 +11,7 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 
-ARCHITECTURES = {"llama": "llama", "phi3": "phi3", "qwen2": "qwen2"}
+ARCHITECTURES = {"gemma3": "gemma3", "llama": "llama", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 
 def architecture(name: str, path="model") -> ModuleType:

@@ -7,6 +7,7 @@ names. Activations are float32 [tokens, features] for one sequence.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ContextOverflowError, ModelFileError, UnsupportedModelError
+from ..errors import ContextOverflowError, MemoryLimitError, ModelFileError, UnsupportedModelError
 from ..weights.gguf_file import GGUFFile, TensorData
 from ..weights.kernels import f16_attention, kernel_policy
 from ..weights.kernels.memory import release_pages
 from ..weights.linear import QuantizedEmbedding, QuantizedLinear, dense_vector
+from .memory import available_bytes
 
 # A pass of at most this many tokens over a float16 cache runs the native attention kernel
 # (float32 math on the stored halves); longer ones convert the keys/values they read to float32
@@ -55,6 +57,25 @@ class ModelParams:
     rope_attn_factor: float = 1.0  # cos/sin are multiplied by this (LongRoPE's attention factor)
     rope_original_context: int = 0  # LongRoPE: contexts above this use the long factors
     sliding_window: int = 0  # 0 = full causal attention
+    # Block variants (llama/phi3/qwen2 keep the defaults; see gemma3.py, qwen3.py):
+    # Interleaved local/global layers (Gemma 3): per layer, True where it is windowed ("local");
+    # empty: every layer takes `sliding_window` (Phi-3).
+    local_layers: tuple[bool, ...] = ()
+    rope_base_local: float = 0.0  # rope base of the local layers, unscaled (0: as the global ones)
+    attention_scale: float = 0.0  # scores are q.k times this (0: 1 / sqrt(head_dim))
+    embedding_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(dim))
+    activation: str = "silu"  # the gated feed-forward's activation: "silu" or "gelu_tanh" (GeGLU)
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap) when > 0 (Gemma 2 style)
+
+    def layer_is_local(self, layer: int) -> bool:
+        """Whether `layer` is a windowed layer of an interleaved local/global pattern."""
+        return bool(self.local_layers) and self.local_layers[layer]
+
+    def layer_window(self, layer: int) -> int:
+        """The attention window of `layer` (0: full causal attention)."""
+        if self.local_layers and not self.local_layers[layer]:
+            return 0
+        return self.sliding_window
 
     @classmethod
     def read_common(cls, f: GGUFFile, **overrides) -> dict:
@@ -80,8 +101,11 @@ class ModelParams:
         if key("attention.key_length") is None and dim % n_heads:
             raise bad("attention.head_count", n_heads, f"does not divide the width {dim}")
         head_dim = int(key("attention.key_length", dim // n_heads))
-        tokens = f.get("tokenizer.ggml.tokens")
-        vocab_size = int(key("vocab_size", len(tokens) if tokens is not None else 0))
+        # The token count from the array's length: decoding 262,144 token strings takes seconds.
+        reader = getattr(f, "reader", None)
+        tokens = reader.get_field("tokenizer.ggml.tokens") if reader is not None else f.get("tokenizer.ggml.tokens")
+        n_tokens = (len(tokens.data) if reader is not None else len(tokens)) if tokens is not None else 0
+        vocab_size = int(key("vocab_size", n_tokens))
         if vocab_size == 0 and f.has("token_embd.weight"):
             vocab_size = int(f.tensors["token_embd.weight"].shape[1])
         context_length = int(key("context_length", 2048))
@@ -239,11 +263,34 @@ class KVCache:
         if needed <= self.capacity:
             return
         capacity = min(max(needed, 2 * self.capacity), self.max_length)
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                grown = self._empty(capacity)
-                grown[:, : self.length] = old[:, : self.length]
-                store[i] = grown
+        room = available_bytes()
+        if room is not None and self._bytes(capacity) - self._bytes(self.capacity) > room:
+            capacity = needed  # doubling does not fit: exactly what is needed, if that does
+        if room is not None and self._bytes(capacity) - self._bytes(self.capacity) > room:
+            raise self._no_room(needed, room)
+        try:
+            for store in (self.keys, self.values):
+                for i, old in enumerate(store):
+                    grown = self._empty(capacity)
+                    grown[:, : self.length] = old[:, : self.length]
+                    store[i] = grown
+        except (RuntimeError, MemoryError):  # the allocator refused (a ulimit, a cgroup)
+            error = self._no_room(needed, room)
+            # Some layers grew and some did not: empty them all, so every layer agrees again.
+            self.keys = [self._empty(0) for _ in self.keys]
+            self.values = [self._empty(0) for _ in self.values]
+            self.length, self.native_view = 0, None
+            raise error from None
+
+    def _bytes(self, capacity: int) -> int:
+        heads, dim = self._shape
+        return 2 * len(self.keys) * heads * capacity * dim * torch.empty((), dtype=self._dtype).element_size()
+
+    def _no_room(self, needed: int, room: int | None) -> MemoryLimitError:
+        free = f"only {room >> 20} MiB is free" if room is not None else "the allocation failed"
+        return MemoryLimitError(
+            f"the KV cache for {needed} tokens needs {(self._bytes(needed) - self._bytes(self.capacity)) >> 20} "
+            f"MiB more memory but {free}; use a shorter prompt or max-tokens, a smaller --ctx-size, or free memory")
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k/v [T, kv_heads, head_dim] after the current length; return all keys/values so
@@ -331,13 +378,23 @@ class Projection(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, qkv: Projection, wo: QuantizedLinear, p: ModelParams, layer: int):
+    """Grouped-query attention over the KV cache.
+
+    Variants, all optional: `q_norm`/`k_norm` (RMSNorm over each head's features, before rotary:
+    Qwen3, Gemma 3), `rotary` (this layer's own rotary table, e.g. Gemma 3's local layers with
+    base 10000; None: the model's), the attention window (default `p.layer_window(layer)`) and
+    the score scale (default `p.attention_scale`, else 1 / sqrt(head_dim))."""
+
+    def __init__(self, qkv: Projection, wo: QuantizedLinear, p: ModelParams, layer: int, *,
+                 q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None, rotary: Rotary | None = None):
         super().__init__()
         self.qkv, self.wo = qkv, wo
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.n_kv_heads, p.head_dim
-        self.scale = 1.0 / math.sqrt(p.head_dim)
-        self.window = p.sliding_window
+        self.scale = p.attention_scale or 1.0 / math.sqrt(p.head_dim)
+        self.window = p.layer_window(layer)
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.rotary = rotary
         self.f16_attention = f16_attention()  # resolved once: used when the cache is float16
 
     def forward(self, x, rotary: Rotary, cos, sin, cache: KVCache, bias) -> torch.Tensor:
@@ -345,6 +402,10 @@ class Attention(nn.Module):
         # q, k and v heads side by side, [T, heads + 2 kv_heads, head_dim]: q and k are adjacent,
         # so one in-place rotary call turns both.
         qkv = self.qkv.joined(x).unflatten(-1, (heads + 2 * kv_heads, self.head_dim))
+        if self.q_norm is not None:
+            qkv[:, :heads] = self.q_norm(qkv[:, :heads])
+        if self.k_norm is not None:
+            qkv[:, heads : heads + kv_heads] = self.k_norm(qkv[:, heads : heads + kv_heads])
         rotary.apply_(qkv[:, : heads + kv_heads], cos, sin)
         q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
         start = cache.length
@@ -364,31 +425,46 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+    """down(act(gate(x)) * up(x)): act SiLU (SwiGLU) or tanh-approximated GELU (GeGLU, Gemma)."""
 
-    def __init__(self, gate_up: Projection, down: QuantizedLinear):
+    ACTIVATIONS = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
+
+    def __init__(self, gate_up: Projection, down: QuantizedLinear, activation: str = "silu"):
         super().__init__()
         self.gate_up, self.down = gate_up, down
+        self.activation = activation
+        self.act = self.ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x)  # fresh outputs (or views of one)
         # silu(gate) as a fresh contiguous tensor, then the joined gate|up output can go before
         # `down` runs (which would otherwise copy the strided view): a prompt chunk of 512
         # tokens holds 17 MB less for Phi-3-mini.
-        act = F.silu(gate).mul_(up)
+        act = self.act(gate).mul_(up)
         del gate, up
         return self.down(act)
 
 
 class Block(nn.Module):
-    def __init__(self, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: GatedMLP):
+    """Pre-norm residual block; `post_attn_norm`/`post_ffn_norm` (Gemma 2/3) normalise each
+    sub-block's output before it is added to the residual stream."""
+
+    def __init__(self, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: GatedMLP, *,
+                 post_attn_norm: RMSNorm | None = None, post_ffn_norm: RMSNorm | None = None):
         super().__init__()
         self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
+        self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm
 
     def forward(self, x, rotary, cos, sin, cache, bias):
         # Residual adds in place on the fresh sub-block outputs (a + x is x + a exactly).
-        h = self.attn(self.attn_norm(x), rotary, cos, sin, cache, bias).add_(x)
-        return self.mlp(self.ffn_norm(h)).add_(h)
+        a = self.attn(self.attn_norm(x), rotary, cos, sin, cache, bias)
+        if self.post_attn_norm is not None:
+            a = self.post_attn_norm(a)
+        h = a.add_(x)
+        m = self.mlp(self.ffn_norm(h))
+        if self.post_ffn_norm is not None:
+            m = self.post_ffn_norm(m)
+        return m.add_(h)
 
 
 class Transformer(nn.Module):
@@ -403,10 +479,34 @@ class Transformer(nn.Module):
         self.norm = norm
         self.output = output
         self.rotary = rotary
+        # Each layer's rotary table (its own, or the model's) and window, computed once per pass.
+        self._layer_rotary = [block.attn.rotary or rotary for block in self.blocks]
+        self._rotaries = list({id(r): r for r in self._layer_rotary}.values())
+        self._windows = sorted({block.attn.window for block in self.blocks})
         from .native_step import NativeStep  # imports this module
 
         # Short passes (decode steps, drafts) as one native call where every weight allows it.
         self.native_step, self.step_description = NativeStep.build(self)
+
+    @property
+    def variants(self) -> list[str]:
+        """The block variants this model uses beyond llama/phi3/qwen2's blocks, in words: what a
+        decode path must implement to run it (lantern info, tests/test_new_archs.py)."""
+        p, found = self.params, []
+        attn = [b.attn for b in self.blocks]
+        if any(a.q_norm is not None or a.k_norm is not None for a in attn):
+            found.append("per-head q/k RMSNorm")
+        if any(b.post_attn_norm is not None or b.post_ffn_norm is not None for b in self.blocks):
+            found.append("post-attention/post-FFN norms")
+        if any(b.mlp.activation != "silu" for b in self.blocks):
+            found.append(f"{self.blocks[0].mlp.activation} feed-forward")
+        if len(self._rotaries) > 1 or len(self._windows) > 1:
+            found.append("per-layer rope base/window")
+        if p.logit_softcap:
+            found.append("final logit softcapping")
+        if any(a.scale != 1.0 / math.sqrt(p.head_dim) for a in attn):
+            found.append("attention scale other than 1/sqrt(head_dim)")
+        return found
 
     def new_cache(self, max_length: int, device="cpu", half: bool = False) -> KVCache:
         """`half`: keys and values in float16, as llama.cpp keeps them, where the native attention
@@ -417,6 +517,13 @@ class Transformer(nn.Module):
         dtype = torch.float16 if half and f16_attention() is not None else torch.float32
         return KVCache(p.n_layers, p.n_kv_heads, p.head_dim, max_length, device=device, dtype=dtype)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The blocks' input for `tokens`: embedding rows, times `embedding_scale` (Gemma: sqrt(dim))."""
+        x = self.embedding(tokens)
+        if self.params.embedding_scale != 1.0:
+            x.mul_(self.params.embedding_scale)
+        return x
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, outputs: str = "all") -> torch.Tensor | None:
         """Run `tokens` (1-D ids) after what `cache` holds. Returns float32 logits for every token
@@ -424,22 +531,27 @@ class Transformer(nn.Module):
         n = tokens.shape[0]
         cache.reserve(n)
         start = cache.length
-        cos, sin = self.rotary.tables(start, n)
-        x = self.embedding(tokens)
+        x = self.embed(tokens)
         step = self.native_step
         if step is not None and n <= step.max_tokens and cache.keys[0].dtype == torch.float16:
+            cos, sin = self.rotary.tables(start, n)
             logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs])
             cache.length = start + n
             return logits
-        bias = attention_bias(start, n, self.params.sliding_window, tokens.device)
-        for block in self.blocks:
-            x = block(x, self.rotary, cos, sin, cache, bias)
+        tables = {id(r): r.tables(start, n) for r in self._rotaries}
+        biases = {w: attention_bias(start, n, w, tokens.device) for w in self._windows}
+        for block, rotary in zip(self.blocks, self._layer_rotary):
+            x = block(x, rotary, *tables[id(rotary)], cache, biases[block.attn.window])
         cache.length = start + n
         if outputs == "none":
             return None
         if outputs == "last":
             x = x[-1:]
-        return self.output(self.norm(x))
+        logits = self.output(self.norm(x))
+        if self.params.logit_softcap:
+            cap = self.params.logit_softcap
+            logits = torch.tanh(logits.div_(cap)).mul_(cap)
+        return logits
 
 
 # ----- assembling a model from GGUF tensors ----------------------------------------------------
@@ -481,8 +593,9 @@ class TensorSource:
     def vector(self, name: str, size: int) -> torch.Tensor:
         return dense_vector(self.file.tensor(name, (size,)), self.device)
 
-    def norm(self, name: str) -> RMSNorm:
-        return RMSNorm(self.vector(name, self.params.dim), self.params.norm_eps)
+    def norm(self, name: str, size: int | None = None) -> RMSNorm:
+        """An RMSNorm over `size` features (default the width; the head size for q/k norms)."""
+        return RMSNorm(self.vector(name, size or self.params.dim), self.params.norm_eps)
 
     def embedding(self) -> QuantizedEmbedding:
         p = self.params

@@ -35,13 +35,22 @@ class _Projection(ctypes.Structure):
 
 class _Layer(ctypes.Structure):
     _fields_ = [("attn_norm", ptr), ("ffn_norm", ptr), ("qkv", _Projection), ("gate_up", _Projection),
-                ("wo", _Linear), ("down", _Linear)]
+                ("wo", _Linear), ("down", _Linear), ("q_norm", ptr), ("k_norm", ptr), ("post_attn_norm", ptr),
+                ("post_ffn_norm", ptr), ("window", i64), ("local", i64)]
 
 
 class _Model(ctypes.Structure):
     _fields_ = [(name, i64) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
-                                         "rope_dims", "window", "vocab", "neox")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ptr), ("out_norm", ptr), ("output", _Linear)]
+                                         "rope_dims", "vocab", "neox", "act")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("layers", ptr),
+        ("out_norm", ptr), ("output", _Linear)]
+
+
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # csrc/step.c: LT_ACT_*
+
+
+def _norm(norm, size: int) -> int | None:
+    return None if norm is None else _vector(norm.weight, size)
 
 
 class _Segment(ctypes.Structure):
@@ -89,27 +98,52 @@ class NativeStep:
     max_batch_tokens = 64
 
     def __init__(self, transformer):
-        # Block variants step.c does not run yet (gemma3, qwen3: q/k norms, post norms, GeGLU,
-        # per-layer rope/window, ...): `Transformer.variants` names them; those models decode on
-        # the PyTorch blocks until step.c has them.
-        if getattr(transformer, "variants", None):
-            raise Unsupported(f"{', '.join(transformer.variants)}: not in the native step yet")
         p = transformer.params
         rotary = transformer.rotary
+        blocks = list(transformer.blocks)
+        # Layers rotate with the model's table or, with interleaved local layers (Gemma 3), one
+        # other table of the same size.
+        tables = list({id(r): r for r in (b.attn.rotary or rotary for b in blocks)}.values())
+        if len(tables) > 2 or any(t.dims != rotary.dims or t.neox != rotary.neox for t in tables):
+            raise Unsupported("rotary tables of different sizes")
+        self.local_rotary = next((t for t in tables if t is not rotary), None)
+        if any(b.mlp.activation not in ACTIVATIONS for b in blocks) or len({b.mlp.activation for b in blocks}) > 1:
+            raise Unsupported(f"the {blocks[0].mlp.activation} activation")
+        if len({b.attn.scale for b in blocks}) > 1:
+            raise Unsupported("attention scales that differ by layer")
         layers = (_Layer * p.n_layers)()
-        for i, block in enumerate(transformer.blocks):
+        for i, block in enumerate(blocks):
             attn, mlp = block.attn, block.mlp
             layers[i] = _Layer(
                 _vector(block.attn_norm.weight, p.dim), _vector(block.ffn_norm.weight, p.dim),
                 _projection(attn.qkv, [p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim, p.n_kv_heads * p.head_dim]),
-                _projection(mlp.gate_up, [p.ffn_dim, p.ffn_dim]), _linear(attn.wo), _linear(mlp.down))
+                _projection(mlp.gate_up, [p.ffn_dim, p.ffn_dim]), _linear(attn.wo), _linear(mlp.down),
+                _norm(attn.q_norm, p.head_dim), _norm(attn.k_norm, p.head_dim),
+                _norm(block.post_attn_norm, p.dim), _norm(block.post_ffn_norm, p.dim),
+                attn.window, int(attn.rotary is not None and attn.rotary is not rotary))
         self._layers = layers  # the description points into it: keep it alive
         self.desc = _Model(p.dim, p.n_layers, p.n_heads, p.n_kv_heads, p.head_dim, p.ffn_dim, rotary.dims,
-                           p.sliding_window, p.vocab_size, int(rotary.neox), p.norm_eps, 1.0 / p.head_dim ** 0.5,
-                           ctypes.addressof(layers), _vector(transformer.norm.weight, p.dim),
-                           _linear(transformer.output))
+                           p.vocab_size, int(rotary.neox), ACTIVATIONS[blocks[0].mlp.activation], p.norm_eps,
+                           blocks[0].attn.scale, p.logit_softcap, ctypes.addressof(layers),
+                           _vector(transformer.norm.weight, p.dim), _linear(transformer.output))
+        self.rotary = rotary
         self.vocab_size = p.vocab_size
         self._lib = native.library()
+
+    def _local_tables(self, spans) -> list:
+        """The local layers' (cos, sin) for positions [start, start + n) of each span, joined;
+        nothing where no layer is local."""
+        if self.local_rotary is None:
+            return []
+        local = [self.local_rotary.tables(start, n) for start, n in spans]
+        return [(torch.cat([c for c, _ in local]), torch.cat([s for _, s in local]))]
+
+    @staticmethod
+    def _pointers(tables) -> tuple:
+        """step.c's cos[2] / sin[2]: the model's tables, then the local layers' (or NULL)."""
+        cos = (ptr * 2)(*[c.data_ptr() for c, _ in tables])
+        sin = (ptr * 2)(*[s.data_ptr() for _, s in tables])
+        return cos, sin
 
     @classmethod
     def build(cls, transformer) -> "tuple[NativeStep | None, str]":
@@ -142,8 +176,10 @@ class NativeStep:
         n = x.shape[0]
         keys, values = self._cache_pointers(cache)
         logits = torch.empty(n_logits, self.vocab_size) if n_logits else None
+        tables = [(cos, sin)] + self._local_tables([(start, n)])  # alive until the call returns
+        cos_p, sin_p = self._pointers(tables)
         rc = self._lib.lantern_step(ctypes.addressof(self.desc), x.data_ptr(), n, start, keys, values,
-                                    cache.capacity, cos.data_ptr(), sin.data_ptr(),
+                                    cache.capacity, cos_p, sin_p,
                                     logits.data_ptr() if n_logits else None, n_logits, native.pool_threads())
         if rc != 0:
             raise RuntimeError("the native forward step failed (out of memory?)")
@@ -160,9 +196,10 @@ class NativeStep:
             described[i] = _Segment(n, start, cache.capacity, n_logits, ctypes.cast(keys, ptr),
                                     ctypes.cast(values, ptr))
         logits = torch.empty(sum(s[3] for s in segments), self.vocab_size)
+        tables = [(cos, sin)] + self._local_tables([(start, n) for _, start, n, _ in segments])
+        cos_p, sin_p = self._pointers(tables)
         rc = self._lib.lantern_step_batch(ctypes.addressof(self.desc), x.data_ptr(), x.shape[0], ctypes.addressof(described),
-                                          len(segments), cos.data_ptr(), sin.data_ptr(), logits.data_ptr(),
-                                          native.pool_threads())
+                                          len(segments), cos_p, sin_p, logits.data_ptr(), native.pool_threads())
         if rc != 0:
             raise RuntimeError("the native batch step failed (out of memory?)")
         return logits

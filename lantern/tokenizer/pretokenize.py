@@ -65,6 +65,27 @@ def _llama3_pattern(digits: str) -> str:
     )
 
 
+def _gpt4o_pattern() -> str:
+    c = _classes()
+    L, N, W = c["L"], c["N"], c["W"]
+    # llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT4O expression (llama-vocab.cpp), which rewrites o200k's
+    # `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+` as
+    #   ((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+
+    # and runs it through std::regex on the collapsed text, where every non-ASCII letter is the
+    # same placeholder byte. So: "upper" = A-Z or any non-ASCII letter, "lower" = a-z or any
+    # non-ASCII letter, and combining marks (\p{M}) are not part of a word.
+    #   [^\r\n\p{L}\p{N}]?U*Lo+C?|[^\r\n\p{L}\p{N}]?U+Lo*C?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*
+    #   |\s*[\r\n]+|\s+(?!\S)|\s+          (C: the ASCII-case-insensitive contractions)
+    non_ascii = char_class("L", ascii=False)
+    upper, lower = f"[A-Z{non_ascii}]", f"[a-z{non_ascii}]"
+    lead = rf"[^\r\n{L}{N}]?"
+    suffix = f"(?:{_CONTRACTIONS_CI})?"
+    return (
+        rf"{lead}{upper}*{lower}+{suffix}|{lead}{upper}+{lower}*{suffix}"
+        + rf"|[{N}]{{1,3}}| ?[^{W}{L}{N}]+[\r\n/]*|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
+    )
+
+
 def _regex_splitter(pattern: str) -> Callable[[list[str]], list[str]]:
     """Split every piece into the matches of `pattern` and the text between them
     (llama.cpp's unicode_regex_split_stl / custom matchers)."""
@@ -115,6 +136,8 @@ for _name in ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", 
 for _name in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
               "solar-open"):
     _PRE_TYPES[_name] = ("qwen2", False, None)
+for _name in ("gpt-4o", "llama4", "kanana2", "talkie"):
+    _PRE_TYPES[_name] = ("gpt4o", False, None)
 for _name in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
               "mellum2"):
     _PRE_TYPES[_name] = ("smollm", False, None)
@@ -131,6 +154,8 @@ def _family_splitter(family: str) -> Splitter:
         return _chain(_regex_splitter(_llama3_pattern("{1,3}")))
     if family == "qwen2":
         return _chain(_regex_splitter(_llama3_pattern("")))
+    if family == "gpt4o":
+        return _chain(_regex_splitter(_gpt4o_pattern()))
     if family == "smollm":
         # "\p{N}" (each number character alone), then the GPT-2 expression
         return _chain(_regex_splitter(rf"[{c['N']}]"), _regex_splitter(_gpt2_pattern()))

@@ -92,11 +92,14 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def char_class(classes: str, extra: str = "", whitespace: bool = False) -> str:
+def char_class(classes: str, extra: str = "", whitespace: bool = False, ascii: bool = True) -> str:
     """The body of a `re` character class (without brackets) matching every code point whose
     class letter is in `classes`, plus the characters of `extra`, plus llama.cpp's whitespace
-    set when `whitespace` is true."""
-    intervals = [(lo, hi) for lo, hi, cls in _ranges() if cls in classes]
+    set when `whitespace` is true. With `ascii=False` the class leaves out code points below
+    128 (llama.cpp's std::regex fallback sees those as themselves and every other code point
+    as its class)."""
+    lowest = 0 if ascii else 0x80
+    intervals = [(max(lo, lowest), hi) for lo, hi, cls in _ranges() if cls in classes and hi >= lowest]
     intervals += [(ord(c), ord(c)) for c in extra]
     if whitespace:
         intervals += [(cp, cp) for cp in WHITESPACE]

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* Bumped whenever an exported function or struct changes shape; native.py checks it. */
-#define LT_ABI_VERSION 3
+#define LT_ABI_VERSION 4
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define LT_X86 1

@@ -38,11 +38,19 @@ typedef struct {
     const float *attn_norm, *ffn_norm;
     lt_proj qkv, gate_up;
     lt_linear wo, down;
+    /* variants (NULL / 0 where the architecture has none): per-head RMSNorm of q and k before
+     * rotary (Qwen3, Gemma 3); RMSNorm of the attention and feed-forward outputs before the
+     * residual add (Gemma 2/3) */
+    const float *q_norm, *k_norm, *post_attn_norm, *post_ffn_norm;
+    int64_t window; /* this layer's attention window (0: full causal) */
+    int64_t local;  /* 1: this layer rotates with the local rotary tables (Gemma 3's local layers) */
 } lt_layer;
 
+enum { LT_ACT_SILU = 0, LT_ACT_GELU_TANH = 1 };
+
 typedef struct {
-    int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, rope_dims, window, vocab, neox;
-    float eps, scale; /* RMSNorm epsilon; attention's 1 / sqrt(head_dim) */
+    int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, rope_dims, vocab, neox, act;
+    float eps, scale, softcap; /* RMSNorm epsilon; attention's score scale; logit softcap (0: none) */
     const lt_layer *layers;
     const float *out_norm;
     lt_linear output;
@@ -80,6 +88,14 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t dims, i
     }
 }
 
+/* out = gelu_tanh(g) * u (GeGLU: Gemma's feed-forward), as torch's gelu(approximate="tanh") */
+static void gelu_tanh_mul(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i];
+        out[i] = 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
+
 static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
     if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, nthreads)) return -1;
     if (l->bias)
@@ -108,12 +124,13 @@ typedef struct {
 /* Run a pass over the tokens of `nseg` sequences at once (embedding rows x [M, dim], the segments'
  * rows one after another, overwritten: the residual stream). The weights are read once for all M
  * rows; keys and values go to each segment's own cache and each segment attends to its own.
- * cos/sin: the rotary tables of every row's position ([M, rope_dims] each). Writes the logits
+ * cos/sin: the rotary tables of every row's position ([M, rope_dims] each): [0] the model's,
+ * [1] the local layers' (Gemma 3; may be NULL where no layer is local). Writes the logits
  * wanted by the segments, in their order, to `logits` [sum of n_logits, vocab]. Returns 0, -1 on
  * a bad description (a weight type the kernels do not take, a segment that overflows its cache)
  * or no memory. */
 LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const lt_segment *seg, int64_t nseg,
-                                 const float *cos, const float *sin, float *logits, int nthreads) {
+                                 const float *const *cos, const float *const *sin, float *logits, int nthreads) {
     const int64_t dim = m->dim, H = m->n_heads, KVH = m->n_kv_heads, D = m->head_dim, F = m->ffn_dim;
     const int64_t width = (H + 2 * KVH) * D; /* q|k|v of one token */
     int64_t rows = 0, n_logits = 0;
@@ -133,14 +150,20 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
 
     for (int64_t l = 0; l < m->n_layers; l++) {
         const lt_layer *L = &m->layers[l];
+        const float *lcos = cos[L->local ? 1 : 0], *lsin = sin[L->local ? 1 : 0];
+        if (!lcos || !lsin) return -1;
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->attn_norm, xn + i * dim, dim, m->eps);
         if (project(&L->qkv, xn, qkv, width, M, nthreads)) return -1;
         for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++) {
             const lt_segment *S = &seg[s];
             for (int64_t i = row0; i < row0 + S->n_tokens; i++) {
                 float *row = qkv + i * width;
+                if (L->q_norm)
+                    for (int64_t h = 0; h < H; h++) rmsnorm(row + h * D, L->q_norm, row + h * D, D, m->eps);
+                if (L->k_norm)
+                    for (int64_t h = H; h < H + KVH; h++) rmsnorm(row + h * D, L->k_norm, row + h * D, D, m->eps);
                 for (int64_t h = 0; h < H + KVH; h++) /* q and k heads */
-                    rotate(row + h * D, cos + i * m->rope_dims, sin + i * m->rope_dims, m->rope_dims, (int)m->neox);
+                    rotate(row + h * D, lcos + i * m->rope_dims, lsin + i * m->rope_dims, m->rope_dims, (int)m->neox);
                 for (int64_t h = 0; h < KVH; h++) {
                     const int64_t at = (h * S->capacity + S->start + i - row0) * D;
                     k->to_f16(row + (H + h) * D, S->keys[l] + at, D);
@@ -148,15 +171,25 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
                 }
             }
             if (lt_attention_f16(qkv + row0 * width, width, S->keys[l], S->values[l], att + row0 * H * D, S->n_tokens,
-                                 H, KVH, D, S->start, S->capacity, m->window, m->scale, nthreads))
+                                 H, KVH, D, S->start, S->capacity, L->window, m->scale, nthreads))
                 return -1;
         }
         if (linear(&L->wo, att, sub, dim, M, nthreads)) return -1;
+        if (L->post_attn_norm)
+            for (int64_t i = 0; i < M; i++) rmsnorm(sub + i * dim, L->post_attn_norm, sub + i * dim, dim, m->eps);
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->ffn_norm, xn + i * dim, dim, m->eps);
         if (project(&L->gate_up, xn, gu, 2 * F, M, nthreads)) return -1;
-        for (int64_t i = 0; i < M; i++) k->silu_mul(gu + i * 2 * F, gu + i * 2 * F + F, act + i * F, F);
+        for (int64_t i = 0; i < M; i++) {
+            const float *g = gu + i * 2 * F, *u = g + F;
+            if (m->act == LT_ACT_GELU_TANH)
+                gelu_tanh_mul(g, u, act + i * F, F);
+            else
+                k->silu_mul(g, u, act + i * F, F);
+        }
         if (linear(&L->down, act, sub, dim, M, nthreads)) return -1;
+        if (L->post_ffn_norm)
+            for (int64_t i = 0; i < M; i++) rmsnorm(sub + i * dim, L->post_ffn_norm, sub + i * dim, dim, m->eps);
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
     }
     if (n_logits == 0) return 0;
@@ -165,14 +198,17 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
     for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++)
         for (int64_t i = row0 + seg[s].n_tokens - seg[s].n_logits; i < row0 + seg[s].n_tokens; i++, out++)
             rmsnorm(x + i * dim, m->out_norm, xn + out * dim, dim, m->eps);
-    return linear(&m->output, xn, logits, m->vocab, n_logits, nthreads);
+    if (linear(&m->output, xn, logits, m->vocab, n_logits, nthreads)) return -1;
+    if (m->softcap > 0.f)
+        for (int64_t i = 0; i < n_logits * m->vocab; i++) logits[i] = m->softcap * tanhf(logits[i] / m->softcap);
+    return 0;
 }
 
 /* One sequence: tokens start .. start + M - 1 on its cache; the logits of its last `n_logits`
  * tokens (0, 1 or M). */
 LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
-                 uint16_t *const *values, int64_t capacity, const float *cos, const float *sin, float *logits,
-                 int64_t n_logits, int nthreads) {
+                 uint16_t *const *values, int64_t capacity, const float *const *cos, const float *const *sin,
+                 float *logits, int64_t n_logits, int nthreads) {
     const lt_segment one = {M, start, capacity, n_logits, keys, values};
     return lantern_step_batch(m, x, M, &one, 1, cos, sin, logits, nthreads);
 }

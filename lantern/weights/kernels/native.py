@@ -23,7 +23,7 @@ _lib = None
 _tried = False
 _error: LanternError | None = None  # why the library was refused: raised again on every call
 
-ABI_VERSION = 3  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
+ABI_VERSION = 4  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
 
 # Instruction-set levels (lantern.h); LANTERN_ISA names one.
 ISAS = ("portable", "avx2", "avx512", "neon")
