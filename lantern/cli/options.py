@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+
+from ..generate.settings import SMALLEST_SCALE  # the Python API's limit too
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -30,6 +33,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """A positive thread count, capped at the cores this process may run on: more threads than
+    cores only wait on each other at every step (a note on stderr says so)."""
+    from . import available_cores
+
+    value = positive_int(text)
+    cores = available_cores()
+    if value > cores:
+        print(f"lantern: note: --threads {text} is more than the {cores} CPU core{'s' if cores != 1 else ''} "
+              f"available here; using {cores}", file=sys.stderr)
+        return cores
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (top-k where 0 disables it, seeds, repeat windows)."""
     value = int(_number(text, int))
@@ -46,19 +63,30 @@ def probability(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """Any finite float (penalties that may be negative)."""
+    return float(_number(text, float))
+
+
+
+
 def non_negative_float(text: str) -> float:
-    """A finite float >= 0 (temperature, where 0 means greedy; penalties)."""
+    """A finite float >= 0 (temperature, where 0 means greedy; penalties); 0 or >= SMALLEST_SCALE."""
     value = float(_number(text, float))
     if value < 0.0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    if 0.0 < value < SMALLEST_SCALE:
+        raise argparse.ArgumentTypeError(f"must be 0 or at least {SMALLEST_SCALE:g}, got {text!r}")
     return value
 
 
 def positive_float(text: str) -> float:
-    """A finite float > 0 (repeat penalty, timeouts)."""
+    """A finite float >= SMALLEST_SCALE (repeat penalty, timeouts)."""
     value = float(_number(text, float))
     if value <= 0.0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    if value < SMALLEST_SCALE:
+        raise argparse.ArgumentTypeError(f"must be at least {SMALLEST_SCALE:g}, got {text!r}")
     return value
 
 

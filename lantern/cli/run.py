@@ -17,7 +17,7 @@ import warnings
 from ..errors import LanternError
 from ..generate.settings import SamplerSettings
 from . import add_device_argument, add_model_argument
-from .options import non_negative_float, non_negative_int, positive_float, probability
+from .options import finite_float, non_negative_float, non_negative_int, positive_float, probability
 
 DEFAULT_MAX_TOKENS = 256
 _D = SamplerSettings()
@@ -35,8 +35,11 @@ def max_tokens_type(text: str) -> int:
 
 
 def repeat_last_n_type(text: str) -> int:
-    """An integer >= 0 (0 disables the penalties), or -1 for the whole sequence."""
-    return max_tokens_type(text)
+    """An integer >= 0 (0 disables the penalties) below 2**31, or -1 for the whole sequence."""
+    value = max_tokens_type(text)
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be below 2**31, or -1 for the whole sequence, got {text!r}")
+    return value
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
@@ -59,9 +62,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_tokens: int =
                    help=f"penalise tokens seen recently, e.g. 1.1; 1 = off (default: {_D.repeat_penalty})")
     g.add_argument("--repeat-last-n", type=repeat_last_n_type, default=_D.repeat_last_n, metavar="N",
                    help=f"how many recent tokens the penalties look at; -1 = all (default: {_D.repeat_last_n})")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X",
+    g.add_argument("--frequency-penalty", type=finite_float, default=0.0, metavar="X",
                    help="subtract X times a token's recent count from its logit (default: 0)")
-    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
+    g.add_argument("--presence-penalty", type=finite_float, default=0.0, metavar="X",
                    help="subtract X from the logit of every recently seen token (default: 0)")
     g.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
                    help="random seed; the same seed gives the same text (default: a random one)")
@@ -132,14 +135,24 @@ def structured_output_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def valid_text(text: str) -> str:
+    """Text as UTF-8 can hold it: bytes that were not UTF-8 (Python's lone surrogates, from argv
+    or stdin) become U+FFFD, as a terminal shows them."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # argv's undecodable bytes, back as bytes
+    except UnicodeEncodeError:  # other lone surrogates
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def read_prompt(arg: str | None) -> str:
     if arg is not None and arg != "-":
-        return arg
+        return valid_text(arg)
     if arg is None and sys.stdin is not None and sys.stdin.isatty():
         raise LanternError("no prompt; give it as an argument, e.g. lantern run \"Hello\", or pipe it on stdin")
     if sys.stdin is None:
         raise LanternError("no prompt; give it as an argument or on standard input")
-    text = sys.stdin.read()
+    text = valid_text(sys.stdin.read())
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -238,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         model, load_seconds = load_model(args)
         gen = generate(
             model, prompt, max_tokens=args.max_tokens, stop=args.stop,
-            chat=not args.no_chat, system=args.system, speculate=speculation(args),
+            chat=not args.no_chat, system=valid_text(args.system) if args.system else None, speculate=speculation(args),
             **sampling_options(args), **structured,
         )
         if args.verbose:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, fields
 from ..errors import LanternError
 
 
+#: The smallest non-zero temperature or repeat penalty: logits are float32 (see validate).
+SMALLEST_SCALE = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to pick the next token. Defaults are llama.cpp's (common/common.h):
@@ -61,19 +65,20 @@ class SamplerSettings:
                 raise LanternError(f"{name.replace('_', '-')} must be an integer, got {value!r}")
             return int(value)
 
-        if number("temperature") < 0:
-            raise LanternError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if number("temperature") < 0 or 0 < self.temperature < SMALLEST_SCALE:
+            # logits are float32: dividing them by less makes them infinite, every probability NaN
+            raise LanternError(f"temperature must be 0 (greedy) or at least {SMALLEST_SCALE:g}, got {self.temperature}")
         if integer("top_k") < 0:
             raise LanternError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 <= number("top_p") <= 1.0:
             raise LanternError(f"top-p must be between 0 and 1 (1 = off), got {self.top_p}")
         if not 0.0 <= number("min_p") <= 1.0:
             raise LanternError(f"min-p must be between 0 and 1 (0 = off), got {self.min_p}")
-        if number("repeat_penalty") <= 0:
-            raise LanternError(f"repeat-penalty must be > 0 (1 = off), got {self.repeat_penalty}")
-        if integer("repeat_last_n") < -1:
+        if number("repeat_penalty") < SMALLEST_SCALE:
+            raise LanternError(f"repeat-penalty must be at least {SMALLEST_SCALE:g} (1 = off), got {self.repeat_penalty}")
+        if not -1 <= integer("repeat_last_n") < 2**31:
             raise LanternError(
-                f"repeat-last-n must be >= 0, or -1 for the whole sequence, got {self.repeat_last_n}"
+                f"repeat-last-n must be between 0 and 2**31-1, or -1 for the whole sequence, got {self.repeat_last_n}"
             )
         number("frequency_penalty")
         number("presence_penalty")

@@ -97,6 +97,9 @@ class ModelParams:
         if dim < 1 or n_heads < 1:
             name, value = ("embedding_length", dim) if dim < 1 else ("attention.head_count", n_heads)
             raise bad(name, value, "is not a positive count")
+        embeddings = f.tensors.get("token_embd.weight") if hasattr(f, "tensors") else None
+        if embeddings is not None and int(embeddings.shape[0]) != dim:  # before any table is sized by it
+            raise bad("embedding_length", dim, f"differs from token_embd.weight's width {int(embeddings.shape[0])}")
         n_kv_heads = int(key("attention.head_count_kv", n_heads))
         if key("attention.key_length") is None and dim % n_heads:
             raise bad("attention.head_count", n_heads, f"does not divide the width {dim}")

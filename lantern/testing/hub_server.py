@@ -3,7 +3,8 @@
 Tests point ``HF_ENDPOINT`` (or ``huggingface_hub.constants.ENDPOINT``) at it and let the real
 ``huggingface_hub`` client download from it: the metadata ``HEAD``, the ``GET`` (with ``Range``
 resumption), the error headers for missing repositories, files and gated repositories. What the
-client sends is recorded, and a transfer can be cut off part-way to prove resumption.
+client sends is recorded, and a transfer can be cut off part-way to prove resumption, or held
+open part-way until the test releases it (to interrupt the client mid-download, deterministically).
 
 What it answers (as huggingface_hub 2.4's ``file_download.py`` expects):
 
@@ -92,6 +93,9 @@ class HubServer:
         self.chunk_delay = chunk_delay  # seconds to wait after each 1 MiB sent: a slow network
         self._repos: dict[str, _Repo] = {}
         self._interruptions: dict[str, list[int]] = {}
+        self._holds: dict[str, int] = {}
+        self._held = threading.Event()  # a transfer has reached its hold point
+        self._release = threading.Event()
         self._lock = threading.Lock()
         self.requests: list[RequestRecord] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -130,6 +134,27 @@ class HubServer:
         with self._lock:
             self._interruptions.setdefault(filename, []).extend([after_bytes] * times)
 
+    def hold(self, filename: str, after_bytes: int) -> None:
+        """Stop every GET of `filename` after `after_bytes` body bytes and keep the connection open,
+        sending nothing more, until `release()` (or until the client goes away)."""
+        with self._lock:
+            self._holds[filename] = after_bytes
+
+    def wait_until_held(self, timeout: float) -> bool:
+        """Whether a transfer reached its hold point within `timeout` seconds: the client has
+        received part of the file and is waiting for the rest."""
+        return self._held.wait(timeout)
+
+    def release(self) -> None:
+        """Let held transfers go on (and later ones run through)."""
+        with self._lock:
+            self._holds.clear()
+        self._release.set()
+
+    def _hold_point(self, filename: str) -> int | None:
+        with self._lock:
+            return self._holds.get(filename)
+
     def _take_interruption(self, filename: str) -> int | None:
         with self._lock:
             pending = self._interruptions.get(filename)
@@ -164,6 +189,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._release.set()  # a held transfer must not keep the server from shutting down
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -303,9 +329,19 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return
         cut = self.hub._take_interruption(filename)
+        hold = self.hub._hold_point(filename)
         sent = 0
         try:
             for chunk in f.read(start, end):
+                if hold is not None and sent + len(chunk) >= hold:
+                    first, chunk = chunk[: hold - sent], chunk[hold - sent :]
+                    self.wfile.write(first)
+                    self.wfile.flush()
+                    sent += len(first)
+                    self._record.bytes_sent = sent
+                    hold = None
+                    self.hub._held.set()
+                    self.hub._release.wait()
                 if cut is not None and sent + len(chunk) >= cut:
                     self.wfile.write(chunk[: cut - sent])
                     sent = cut

@@ -51,3 +51,32 @@ def fidelity(logits: np.ndarray, reference: np.ndarray) -> Fidelity:
     per_position = np.abs(logits - reference).max(axis=1) / reference.std(axis=1)
     agree = int((logits.argmax(axis=1) == reference.argmax(axis=1)).sum())
     return Fidelity(float(per_position.max()), agree, logits.shape[0])
+
+
+def reference_dir():
+    """Where F32 exact-math copies are kept: lantern's test fixtures folder, never the model cache."""
+    from .synthetic import fixture_dir
+
+    return fixture_dir().parent / "references"
+
+
+def cached_reference(path: str | os.PathLike):
+    """The F32 exact-math copy of `path` (every tensor dequantized by gguf.quants), built once.
+
+    It is kept under `reference_dir()`, keyed by the source's path, size and modification time,
+    and not beside the source: a copy written next to a model in ``$LANTERN_CACHE/models`` is
+    listed by ``lantern ls`` as one of the user's models (SmolLM2's is 540 MB).
+    """
+    import hashlib
+    from pathlib import Path
+
+    from .synthetic import f32_reference
+
+    source = Path(path).resolve()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = reference_dir() / f"{source.stem}.{key}.ref-f32.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        f32_reference(source, target)  # written to a temporary name and renamed: never half-written
+    return target

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,13 @@ GEMMA3_270M = Spec(arch="gemma3", dim=256, n_layers=6, n_heads=4, n_kv_heads=1, 
 QWEN3_06B = Spec(arch="qwen3", dim=256, n_layers=2, n_heads=16, n_kv_heads=8, key_length=128, ffn_dim=768,
                  vocab_size=151936, vocab="qwen3", context_length=40960, rope_base=1e6, tied_output=True,
                  name="qwen3-0.6b-synthetic")
+
+# Full-size shapes of the two, for decode speed beside llama.cpp (bench/compare_llamacpp.py): the
+# real width, depth and feed-forward size (Gemma-3-270M: 640 x 18, 2048; Qwen3-0.6B: 1024 x 28,
+# 3072) and the real window.
+GEMMA3_270M_FULL = replace(GEMMA3_270M, dim=640, n_layers=18, ffn_dim=2048, sliding_window=512, source_type="F16",
+                           name="gemma-3-270m-shaped")
+QWEN3_06B_FULL = replace(QWEN3_06B, dim=1024, n_layers=28, ffn_dim=3072, source_type="F16", name="qwen3-0.6b-shaped")
 
 # A Phi-3-mini-4k-instruct-shaped model: 3.8B parameters, the real file's shapes and metadata.
 PHI3_MINI = Spec(arch="phi3", dim=3072, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=8192,
@@ -316,8 +323,8 @@ def cached_model(spec: Spec, ftype: str = "F32") -> Path:
 
 
 def cached_reference(path: Path) -> Path:
-    """The F32 exact-math copy of `path`, built once next to it."""
-    target = Path(path).with_suffix(".ref-f32.gguf")
-    if not target.exists():
-        f32_reference(path, target)
-    return target
+    """The F32 exact-math copy of `path`, built once among the fixtures (never beside a model in
+    the user's cache, where `lantern ls` would list it)."""
+    from .oracle import cached_reference as in_fixtures
+
+    return Path(in_fixtures(path))

@@ -27,7 +27,7 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_TYPES = frozenset(
     GGMLQuantizationType[name]
     for name in (
-        "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K".split()
+        "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS".split()
     )
 )
 
@@ -62,7 +62,6 @@ class GGUFFile:
         self.reader = _open_reader(self.path)
         self.tensors = {t.name: t for t in self.reader.tensors}
         self._values: dict[str, Any] = {}
-        self._check_tensor_extents()
 
     # ----- metadata -----------------------------------------------------------------------
 
@@ -102,6 +101,7 @@ class GGUFFile:
         """The tensor `name`, checked for presence, type and (when given) shape."""
         info = self.tensors.get(name)
         if info is None:
+            self._refuse_mixture_of_experts()
             raise ModelFileError(
                 f"{self.path}: tensor {name!r} is missing; the file is incomplete or not a "
                 f"{self.architecture} model"
@@ -126,6 +126,23 @@ class GGUFFile:
             raw = raw.view(torch.bfloat16)
         return TensorData(name, info.tensor_type, actual, raw)
 
+    def _refuse_mixture_of_experts(self) -> None:
+        """A file with expert tensors (Mixtral-style `*_exps`, a router `ffn_gate_inp`) or an
+        `{arch}.expert_count` above 0 is a mixture-of-experts model: say so, in one line, where
+        a tensor of a dense model is looked for and is missing."""
+        experts = sorted(n for n in self.tensors if n.endswith(("_exps.weight", "_shexp.weight"))
+                         or ".ffn_gate_inp." in n)
+        count = self.get(f"{self.architecture}.expert_count", 0)
+        if not experts and not (isinstance(count, int) and count > 0):
+            return
+        from ..models import ARCHITECTURES
+
+        what = f"expert tensors such as {experts[0]!r}" if experts else f"{self.architecture}.expert_count = {count}"
+        raise UnsupportedModelError(
+            f"{self.path}: this is a mixture-of-experts {self.architecture} model ({what}), which lantern "
+            f"does not run; lantern runs dense {', '.join(sorted(ARCHITECTURES))} models"
+        )
+
     def tensor_types(self) -> dict[str, int]:
         """How many tensors of each type the file holds (its quant mix)."""
         counts: dict[str, int] = {}
@@ -135,17 +152,6 @@ class GGUFFile:
 
     def parameter_count(self) -> int:
         return sum(int(info.n_elements) for info in self.tensors.values())
-
-    def _check_tensor_extents(self) -> None:
-        size = self.path.stat().st_size
-        for info in self.tensors.values():
-            block, type_size = GGML_QUANT_SIZES[info.tensor_type]
-            end = info.data_offset + info.n_elements // block * type_size
-            if end > size:
-                raise ModelFileError(
-                    f"{self.path}: file is truncated (tensor {info.name!r} ends at byte {end}, "
-                    f"file has {size}); download it again"
-                )
 
 
 class _String(bytes):
@@ -159,15 +165,90 @@ class _String(bytes):
         return len(self)
 
 
+# ggml's limit on tensor dimensions (GGML_MAX_DIMS) and on element counts (int64_t ne).
+GGML_MAX_DIMS = 4
+INT64_MAX = 2**63 - 1
+
+
+class _BadTensor(ValueError):
+    """A tensor table entry that does not fit the file: `what` completes "tensor NAME ..."."""
+
+    def __init__(self, name: str | None, what: str, *, truncated: bool = False):
+        super().__init__(f"tensor {name!r} {what}" if name is not None else f"tensor table entry {what}")
+        self.name = name
+        self.what = what
+        self.truncated = truncated
+
+
+class _BadAlignment(ValueError):
+    pass
+
+
 class _Reader(GGUFReader):
-    """gguf's memory-mapped reader with a fast path for metadata arrays.
+    """gguf's memory-mapped reader with a fast path for metadata arrays and a checked tensor table.
 
     The stock reader builds several numpy views per array item, which takes seconds for a
     vocabulary of 50k tokens and 50k merges. Here a scalar array is one numpy view and a string
     array is walked with struct over the map. Fields come out exactly as the stock reader's.
+
+    The stock reader adds each tensor's offset to the data section's start in uint64 (so an
+    offset near 2**64 wraps round to point into the header) and never compares tensors with one
+    another; `_build_tensors` here checks the whole table first (see `_check_tensor_table`).
     """
 
     _last_str = b""  # the last string read: the key of the field being read
+    _alignment = 32  # GGUF_DEFAULT_ALIGNMENT
+
+    @property
+    def alignment(self) -> int:
+        return self._alignment
+
+    @alignment.setter
+    def alignment(self, value) -> None:
+        # Set from general.alignment before the data section is located; 0 would divide by zero.
+        value = int(value)
+        if value <= 0 or value & (value - 1):
+            raise _BadAlignment(f"metadata general.alignment = {value} is not a power of two")
+        self._alignment = value
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        # The stock reader returns a short array for a read past the end of the file and fails
+        # later with numpy's words ("index 0 is out of bounds"); this says where and what.
+        count = int(count)
+        itemsize = np.dtype(dtype).itemsize
+        if offset < 0 or offset + itemsize * count > len(self.data):
+            raise ValueError(f"a read of {count} x {np.dtype(dtype).name} at byte {offset} runs past the end of "
+                             f"the file")
+        return super()._get(offset, dtype, count, override_order)
+
+    def _build_fields(self, offs, count):
+        try:
+            return super()._build_fields(offs, count)
+        except ValueError as exc:
+            if "metadata" in str(exc):
+                raise
+            entry = sum(not key.startswith("GGUF.") for key in self.fields) + 1
+            raise ValueError(f"metadata entry {entry} of the {int(count)} the header declares: {exc}") from None
+
+    def _get_tensor_info_field(self, orig_offs: int):
+        # The dimension count decides where the rest of the entry lies: a wrong one shifts every
+        # later field, so it is checked before the stock reader walks on.
+        try:
+            _length, name = self._get_str(orig_offs)
+            n_dims = self._get(orig_offs + 8 + len(name), np.uint32)
+        except (IndexError, ValueError):
+            raise _BadTensor(None, f"at byte {orig_offs} is cut off by the end of the file", truncated=True) from None
+        label = bytes(name).decode("utf-8", "replace")
+        if len(n_dims) == 1 and not 1 <= int(n_dims[0]) <= GGML_MAX_DIMS:
+            raise _BadTensor(label, f"has {int(n_dims[0])} dimensions (ggml allows 1 to {GGML_MAX_DIMS})")
+        try:
+            return super()._get_tensor_info_field(orig_offs)
+        except (IndexError, ValueError) as exc:
+            raise _BadTensor(label, f"has a table entry cut off or corrupt ({exc})", truncated=True) from None
+
+    def _build_tensors(self, start_offs: int, fields) -> None:
+        _check_tensor_table(fields, int(start_offs), self.alignment, len(self.data))
+        super()._build_tensors(start_offs, fields)
 
     def _get_str(self, offset: int):
         length, data = super()._get_str(offset)
@@ -175,9 +256,23 @@ class _Reader(GGUFReader):
         return length, data
 
     def _get_field_parts(self, orig_offs: int, raw_type: int):
+        # The stock reader fails here with numpy's words (an index out of bounds, "not a valid
+        # GGUFValueType"); these say which key, so that the error names it.
+        key = bytes(self._last_str).decode("utf-8", "replace")
+        try:
+            GGUFValueType(int(raw_type))
+        except ValueError:
+            raise ValueError(f"metadata key {key!r} has unknown value type {int(raw_type)}") from None
+        try:
+            return self._field_parts(orig_offs, raw_type, key)
+        except (IndexError, ValueError) as exc:
+            if repr(key) in str(exc):
+                raise
+            raise ValueError(f"metadata key {key!r} is cut off or corrupt ({exc})") from None
+
+    def _field_parts(self, orig_offs: int, raw_type: int, key: str):
         if raw_type != GGUFValueType.ARRAY or self.byte_order != "I" or sys.byteorder != "little":
             return super()._get_field_parts(orig_offs, raw_type)
-        key = bytes(self._last_str).decode("utf-8", "replace")
         offs = orig_offs
         raw_itype = self._get(offs, np.uint32)
         alen = self._get(offs + 4, np.uint64)
@@ -188,9 +283,9 @@ class _Reader(GGUFReader):
         nptype = self.gguf_scalar_to_np.get(item_type)
         size = len(self.data)
         if nptype is not None:
+            if offs + count * np.dtype(nptype).itemsize > len(self.data):
+                raise ValueError(f"metadata array {key!r} declares {count} items, which run past the end of the file")
             values = self._get(offs, nptype, count)
-            if len(values) != count:
-                raise ValueError(f"metadata array {key!r} declares {count} items but the file ends after {len(values)}")
             return offs + int(values.nbytes) - orig_offs, [raw_itype, alen, values], [2], types
         if item_type != GGUFValueType.STRING:
             return super()._get_field_parts(orig_offs, raw_type)
@@ -208,6 +303,59 @@ class _Reader(GGUFReader):
         return offs - orig_offs, parts, list(range(2, 2 + count)), types
 
 
+def _check_tensor_table(fields, data_start: int, alignment: int, file_size: int) -> None:
+    """Check every tensor's name, type, dimensions, offset and size, in Python integers (no
+    wrap-around), against ggml's limits, the alignment, the end of the file and each other:
+    what llama.cpp's gguf_init checks, without requiring its back-to-back layout."""
+    extents: list[tuple[int, int, str]] = []
+    names: set[str] = set()
+    for index, field in enumerate(fields):
+        _name_len, name_data, n_dims, dims, raw_type, offset = field.parts
+        try:
+            name = bytes(name_data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadTensor(f"#{index}", "has a name that is not UTF-8") from None
+        if name in names:
+            raise _BadTensor(name, "appears twice in the tensor table")
+        names.add(name)
+        shape = [int(d) for d in dims.tolist()]
+        if not 1 <= int(n_dims[0]) <= GGML_MAX_DIMS or len(shape) != int(n_dims[0]):
+            raise _BadTensor(name, f"has {int(n_dims[0])} dimensions (ggml allows 1 to {GGML_MAX_DIMS})")
+        try:
+            qtype = GGMLQuantizationType(int(raw_type[0]))
+        except ValueError:
+            raise _BadTensor(name, f"has unknown tensor type {int(raw_type[0])}") from None
+        if qtype not in GGML_QUANT_SIZES:
+            raise _BadTensor(name, f"has tensor type {qtype.name}, which has no known block size")
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        elements = 1
+        for d in shape:
+            elements *= d
+        if elements > INT64_MAX:
+            raise _BadTensor(name, f"has dimensions {shape} whose product overflows 64 bits")
+        if shape[0] % block:
+            raise _BadTensor(name, f"has a row of {shape[0]} elements, not a whole number of "
+                                   f"{qtype.name} blocks of {block}")
+        rel = int(offset[0])
+        if rel % alignment:
+            raise _BadTensor(name, f"has offset {rel}, not a multiple of the file's alignment {alignment}")
+        start = data_start + rel
+        end = start + elements // block * type_size
+        if start >= 2**64 or end >= 2**64:
+            raise _BadTensor(name, f"has offset {rel}, which wraps past 2**64")
+        if end > file_size:
+            raise _BadTensor(name, f"ends at byte {end}, past the end of the file ({file_size} bytes)",
+                             truncated=True)
+        extents.append((start, end, name))
+    extents.sort()
+    reach, reach_name = 0, ""  # the furthest end of the tensors before, and whose it is
+    for start, end, name in extents:
+        if start < reach and end > start:
+            raise _BadTensor(name, f"overlaps tensor {reach_name!r} (its bytes {start}..{end} against ..{reach})")
+        if end > reach:
+            reach, reach_name = end, name
+
+
 def _open_reader(path: Path) -> GGUFReader:
     if not path.exists():
         raise ModelFileError(f"{path}: no such file; check the path or use a model alias such as 'smollm2'")
@@ -223,6 +371,12 @@ def _open_reader(path: Path) -> GGUFReader:
         )
     try:
         return _Reader(path, "r")
+    except _BadTensor as exc:
+        if exc.truncated:
+            raise ModelFileError(f"{path}: file is truncated ({exc}); download it again") from None
+        raise ModelFileError(f"{path}: {exc}; the file is corrupt, download it again") from None
+    except _BadAlignment as exc:
+        raise ModelFileError(f"{path}: {exc}; the file is corrupt, download it again") from None
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, struct.error) as exc:
         size = path.stat().st_size
         raise ModelFileError(
