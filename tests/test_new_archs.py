@@ -226,6 +226,25 @@ def test_qwen3_think_template(qwen3_model):
     assert t.render(apart, add_generation_prompt=False) == t.render(last, add_generation_prompt=False)
 
 
+def test_generation_passes_template_options(qwen3_model):
+    """generate(..., template_options={"enable_thinking": False}) reaches the template: the prompt
+    ends in the empty think block, so the answer comes without reasoning."""
+    from lantern.errors import LanternError
+    from lantern.generate.prompts import prompt_ids_for
+
+    plain = prompt_ids_for(qwen3_model, "3+3?")
+    no_think = prompt_ids_for(qwen3_model, "3+3?", template_options={"enable_thinking": False})
+    assert no_think[: len(plain)] == plain
+    assert qwen3_model.detokenize(no_think[len(plain):]) == "<think>\n\n</think>\n\n"
+    generation = qwen3_model.generate("3+3?", max_tokens=2, temperature=0,
+                                      template_options={"enable_thinking": False})
+    assert generation.prompt_ids == no_think
+    with pytest.raises(LanternError, match="set by lantern itself"):
+        prompt_ids_for(qwen3_model, "3+3?", template_options={"messages": []})
+    with pytest.raises(LanternError, match="need chat mode"):
+        prompt_ids_for(qwen3_model, "3+3?", chat=False, template_options={"enable_thinking": False})
+
+
 # ----- the model around the blocks --------------------------------------------------------------
 
 

@@ -14,27 +14,38 @@ def messages_for(prompt: str, system: str | None = None) -> list[dict[str, str]]
     return messages
 
 
-def encode_chat(model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+def encode_chat(model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                **template_options: Any) -> list[int]:
     """Token ids of a conversation rendered with the model's chat template."""
-    return encode_conversation(model.tokenizer, model.chat_template, messages, add_generation_prompt)
+    return encode_conversation(model.tokenizer, model.chat_template, messages, add_generation_prompt,
+                               **template_options)
 
 
 def encode_conversation(tokenizer, template, messages: Sequence[Mapping[str, Any]],
-                        add_generation_prompt: bool = True) -> list[int]:
-    """Render `messages` with `template` and tokenize the text.
+                        add_generation_prompt: bool = True, **template_options: Any) -> list[int]:
+    """Render `messages` with `template` and tokenize the text. `template_options` are variables
+    the template reads besides the messages (Qwen3's `enable_thinking`, as HF's
+    `apply_chat_template` passes them).
 
     Special tokens in the rendered text are parsed as such. BOS is added as the file says
     (`tokenizer.ggml.add_bos_token`, as llama.cpp does), except when the template already
     wrote it: never two BOS tokens.
     """
-    text = template.render(messages, add_generation_prompt=add_generation_prompt)
+    text = template.render(messages, add_generation_prompt=add_generation_prompt, **template_options)
     add_bos = False if template.bos_token and text.startswith(template.bos_token) else None
     return list(tokenizer.encode(text, add_bos=add_bos, special=True))
 
 
-def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str | None = None) -> list[int]:
+def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str | None = None,
+                   template_options: Mapping[str, Any] | None = None) -> list[int]:
     """The prompt token ids for a string (chat: one user message; raw text otherwise) or a list
-    of message dicts (always chat)."""
+    of message dicts (always chat); `template_options`: see `encode_conversation`."""
+    options = dict(template_options or {})
+    if options and not chat:
+        raise LanternError("template options need chat mode; drop --no-chat or the options")
+    reserved = {"messages", "add_generation_prompt"} & set(options)
+    if reserved:
+        raise LanternError(f"template option {sorted(reserved)[0]!r} is set by lantern itself; leave it out")
     if isinstance(prompt_or_messages, str):
         if not prompt_or_messages.strip():
             raise LanternError("the prompt is empty; give some text")
@@ -43,14 +54,14 @@ def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str 
                 raise LanternError("a system message needs chat mode; drop --no-chat or --system")
             ids = list(model.tokenizer.encode(prompt_or_messages, add_bos=None, special=True))
         else:
-            ids = encode_chat(model, messages_for(prompt_or_messages, system))
+            ids = encode_chat(model, messages_for(prompt_or_messages, system), **options)
     else:
         if not chat:
             raise LanternError("a list of messages needs chat mode; pass a string for raw text")
         messages = list(prompt_or_messages)
         if system:
             messages = messages_for("", system)[:1] + messages
-        ids = encode_chat(model, messages)
+        ids = encode_chat(model, messages, **options)
     if not ids:
         raise LanternError("the prompt is empty; give some text")
     return ids

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import LanternError
 from .decode import check_fits, generate_tokens
@@ -342,6 +342,7 @@ def generate(
     regex: str | None = None,
     grammar: str | None = None,
     logprobs: int | None = None,
+    template_options: Mapping[str, Any] | None = None,
 ) -> Generation:
     """Start a completion; iterate the returned Generation for text as it is produced.
 
@@ -363,6 +364,8 @@ def generate(
     cut. Speculation is not combined with it (a SpeculationWarning says so).
     `logprobs`: None, or K >= 0 to record each token's log-probability and its K most likely
     alternatives in `generation.sampler.logprobs`.
+    `template_options`: variables for the chat template besides the messages, e.g.
+    {"enable_thinking": False} for Qwen3 (an empty think block: the answer without reasoning).
     """
     started = time.perf_counter()
     settings = SamplerSettings(
@@ -372,7 +375,7 @@ def generate(
     )
     max_tokens = normalize_max_tokens(max_tokens)
     stop = normalize_stop(stop)
-    ids = prompt_ids_for(model, prompt_or_messages, chat=chat, system=system)
+    ids = prompt_ids_for(model, prompt_or_messages, chat=chat, system=system, template_options=template_options)
     check_fits(model, len(ids))
     from .constrained import make_constraint
 
