@@ -119,7 +119,7 @@ class Handle:
 
 @dataclass
 class _Slot:
-    """A KV cache and the tokens it holds; `active` while a sequence runs on it."""
+    """A KV cache and the tokens it holds; `handle` and `seq` are set while a request runs on it."""
 
     cache: object
     tokens: list[int] = field(default_factory=list)
@@ -292,11 +292,11 @@ class BatchEngine:
             for slot in self._slots:
                 if slot.handle is not None and slot.handle.cancelled:
                     self._release(slot, "cancelled")
+            # With nothing running every slot and the whole budget are free, and no reservation
+            # exceeds the budget: whatever waits was admitted above, so an empty pass never spins.
             running = [slot for slot in self._slots if slot.handle is not None]
             if running:
                 self._step(running)
-            elif self._waiting:  # nothing can run until a slot or budget frees: never here
-                time.sleep(0.001)
         for slot in self._slots:
             if slot.handle is not None:
                 self._release(slot, "cancelled")

@@ -152,15 +152,10 @@ def generate_tokens(
     `on_prefill(n_tokens_run, seconds)` is called once the prompt is processed.
     """
     seq = Sequence(model, prompt_ids, sampler, cache)
-    started = time.perf_counter()
-    to_prefill = len(seq.prompt_ids) - seq.cache.length
+    done, logits = prefill(model, seq.prompt_ids, seq.cache, should_stop=should_stop, on_prefill=on_prefill)
+    if not done:
+        return
     threads = getattr(model, "decode_threads", contextlib.nullcontext)
-    while seq.prefilling:
-        if should_stop is not None and should_stop():
-            return
-        logits = model.forward(seq.pending(), seq.cache, last_only=True)
-    if on_prefill is not None:
-        on_prefill(to_prefill, time.perf_counter() - started)
     with threads():
         token = seq.advance(logits)
     while True:

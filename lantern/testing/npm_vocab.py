@@ -170,24 +170,13 @@ def write_vocab_gguf(path: str | Path, name: str) -> Path:
     enough for `llama_cpp.Llama(model_path=..., vocab_only=True)`."""
     from gguf import GGUFWriter
 
-    from .synthetic import GEMMA3_270M, QWEN3_06B
+    from .synthetic import GEMMA3_270M, QWEN3_06B, add_hyperparameters
 
     spec = {"gemma3": GEMMA3_270M, "qwen3": QWEN3_06B}[name]
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     w = GGUFWriter(str(tmp), spec.arch)
-    w.add_name(spec.name)
-    w.add_context_length(spec.context_length)
-    w.add_embedding_length(spec.dim)
-    w.add_feed_forward_length(spec.ffn_dim)
-    w.add_block_count(spec.n_layers)
-    w.add_head_count(spec.n_heads)
-    w.add_head_count_kv(spec.n_kv_heads)
-    w.add_key_length(spec.key_length)
-    w.add_value_length(spec.key_length)
-    w.add_layer_norm_rms_eps(1e-6)
-    if spec.sliding_window:
-        w.add_sliding_window(spec.sliding_window)
+    add_hyperparameters(w, spec)
     add_tokenizer(w, METADATA[name]())
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -199,11 +188,8 @@ def write_vocab_gguf(path: str | Path, name: str) -> Path:
 
 def cached_vocab_gguf(name: str) -> Path:
     """`{name}-vocab.gguf`, written once into lantern's cache."""
-    path = phi3_vocab.fixtures_dir() / f"{name}-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_vocab_gguf(path, name)
-    return path
+    return phi3_vocab.cached_fixture(f"{name}-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf",
+                                     lambda path: write_vocab_gguf(path, name))
 
 
 def vocab_size(name: str) -> int:

