@@ -48,12 +48,11 @@ def alone(model, prompt_ids, n=TOKENS):
     return [next(tokens) for _ in range(n)]
 
 
-def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts):
+def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts, smollm2_path):
     """forward_batch over several caches equals each sequence's own forward pass, up to the
     rounding of the weight kernels' multi-row forms (they add a row's float32 partial sums in
-    another order than the one-row form: about 1e-3 on logits of size 10-20) and, for a prompt,
-    of PyTorch's blocks against the native step (about 2e-2). A token attending to another
-    sequence's cache, or at a wrong position, moves logits by whole units."""
+    another order than the one-row form: about 1e-3 on logits of size 10-20). A token attending
+    to another sequence's cache, or at a wrong position, moves logits by whole units."""
     caches = [model.new_cache() for _ in prompts[:3]]
     for ids, cache in zip(prompts, caches):
         model.forward(ids[:-1], cache)
@@ -64,11 +63,19 @@ def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts):
         single = model.forward([ids[-1]], cache, last_only=True)
         assert row.shape == single.shape
         torch.testing.assert_close(row, single, rtol=0, atol=1e-2)
-    # a prompt chunk riding along with decode tokens, in one pass
+    # A prompt chunk riding along with decode tokens, in one pass. Its route (the native step over
+    # the whole chunk) differs from the prompt path's (PyTorch blocks over the weight kernels), so
+    # each is held to the exact math rather than to the other: the activations' rounding differs
+    # by level (Q15 at avx2 and portable: 0.001 std from the exact logits; bf16 at avx512: 0.015
+    # to 0.04 std, the prompt path about half that), within the fidelity rule's 0.07 (llama.cpp
+    # on this file: 0.07 to 0.15). Attending to another sequence's cache is about 1 std away.
     fresh = model.new_cache()
-    rows = model.forward_batch([([ids[-1]], cache) for ids, cache in zip(prompts, caches)] + [(prompts[5], fresh)])
-    reference = model.logits(prompts[5])[-1:]
-    torch.testing.assert_close(rows[-1], reference, rtol=0, atol=5e-2)
+    decoding = [([ids[-1]], cache) for ids, cache in zip(prompts, caches)]
+    rows = model.forward_batch(decoding + [(prompts[5], fresh)])
+    exact = lantern.load(smollm2_path, kernels="reference").logits(prompts[5])[-1]
+    distance = float((rows[-1][0] - exact).pow(2).mean().sqrt() / exact.std())
+    assert distance < 0.07, f"the batched prompt chunk is {distance:.3f} std from the exact logits"
+    assert int(rows[-1][0].argmax()) == int(exact.argmax())
     assert fresh.length == len(prompts[5])
 
 

@@ -90,6 +90,12 @@ def test_bad_options_are_usage_errors():
     result = lantern_cli("run", "--no-chat", "--system", "be brief", QUESTION)
     assert result.returncode == 1
     assert result.stderr == "lantern: error: --system needs the chat template; drop --no-chat or --system\n"
+    result = lantern_cli("run", "--chat-template-kwargs", "[1]", QUESTION)
+    assert result.returncode == 2
+    assert "argument --chat-template-kwargs: expected a JSON object" in result.stderr
+    result = lantern_cli("run", "--chat-template-kwargs", '{"messages": []}', QUESTION)
+    assert result.returncode == 1
+    assert result.stderr == "lantern: error: template option 'messages' is set by lantern itself; leave it out\n"
 
 
 def test_missing_model_file_is_a_one_line_error(tmp_path):
@@ -102,6 +108,6 @@ def test_help_lists_the_flags():
     result = lantern_cli("run", "--help")
     assert result.returncode == 0
     for flag in ("--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
-                 "--repeat-last-n", "--seed", "--system", "--stop", "--no-chat", "--device", "--threads",
-                 "--verbose"):
+                 "--repeat-last-n", "--seed", "--system", "--chat-template-kwargs", "--stop", "--no-chat", "--device",
+                 "--threads", "--verbose"):
         assert flag in result.stdout

@@ -245,6 +245,55 @@ def test_generation_passes_template_options(qwen3_model):
         prompt_ids_for(qwen3_model, "3+3?", chat=False, template_options={"enable_thinking": False})
 
 
+def test_template_options_in_chat_cli_and_server(qwen3_model):
+    """The same variables reach the template from a ChatSession, `lantern run
+    --chat-template-kwargs`, and the server: its --chat-template-kwargs default, a request's
+    chat_template_kwargs (OpenAI, as vLLM and llama-server take it) and Ollama's `think`."""
+    import subprocess
+    import sys
+
+    import ollama
+    import openai
+
+    from lantern.generate.batch import BatchEngine
+    from lantern.generate.chat import ChatSession
+    from lantern.generate.prompts import prompt_ids_for
+    from lantern.serve import create_app
+    from test_serve import Server
+
+    plain = prompt_ids_for(qwen3_model, "3+3?")
+    no_think = prompt_ids_for(qwen3_model, "3+3?", template_options={"enable_thinking": False})
+    assert len(no_think) > len(plain)
+    session = ChatSession(qwen3_model, max_tokens=1, temperature=0, template_options={"enable_thinking": False})
+    assert session.send("3+3?").prompt_ids == no_think
+
+    path = str(cached_model(SPECS["qwen3"], "Q8_0"))
+    run = subprocess.run([sys.executable, "-m", "lantern", "run", "-m", path, "-n", "1", "--temperature", "0",
+                          "--verbose", "--chat-template-kwargs", '{"enable_thinking": false}', "3+3?"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"prompt {len(no_think)} tokens" in run.stderr
+
+    engine = BatchEngine(qwen3_model, parallel=2, ctx_size=512)
+    server = Server(create_app(qwen3_model, engine, name="qwen3-test", template_options={"enable_thinking": False}))
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        ask = [{"role": "user", "content": "3+3?"}]
+        assert client.chat.completions.create(model="qwen3-test", messages=ask, max_tokens=1).usage.prompt_tokens \
+            == len(no_think)  # the server's default
+        thinking = client.chat.completions.create(model="qwen3-test", messages=ask, max_tokens=1,
+                                                  extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+        assert thinking.usage.prompt_tokens == len(plain)
+        with pytest.raises(openai.BadRequestError, match="set by lantern itself"):
+            client.chat.completions.create(model="qwen3-test", messages=ask, max_tokens=1,
+                                           extra_body={"chat_template_kwargs": {"messages": []}})
+        answer = ollama.Client(host=server.url).chat(model="qwen3-test", messages=ask, think=True, options={"num_predict": 1})
+        assert answer.prompt_eval_count == len(plain)
+    finally:
+        server.stop()
+        engine.close()
+
+
 # ----- the model around the blocks --------------------------------------------------------------
 
 

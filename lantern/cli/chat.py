@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         model, load_seconds = load_model(args)
         system = valid_text(args.system) if args.system else None
         session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=args.stop,
-                              speculate=speculation(args), **sampling_options(args))
+                              speculate=speculation(args), template_options=args.chat_template_kwargs,
+                              **sampling_options(args))
         if interactive:
             name = getattr(getattr(model, "file", None), "name", None) or args.model
             note(f"lantern chat: {name} (loaded in {load_seconds:.1f} s). {HELP}.")

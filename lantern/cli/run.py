@@ -15,9 +15,11 @@ import time
 import warnings
 
 from ..errors import LanternError
+from ..generate.prompts import checked_template_options
 from ..generate.settings import SamplerSettings
 from . import add_device_argument, add_model_argument
-from .options import finite_float, non_negative_float, non_negative_int, positive_float, probability
+from .options import (finite_float, non_negative_float, non_negative_int, positive_float, probability,
+                      template_variables)
 
 DEFAULT_MAX_TOKENS = 256
 _D = SamplerSettings()
@@ -71,11 +73,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_tokens: int =
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the text produces TEXT (not printed); repeatable")
     g.add_argument("--system", default=None, metavar="TEXT", help="a system message for the chat template")
+    add_template_variables_argument(g)
     g.add_argument("--speculate", action="store_true",
                    help="speculative decoding for greedy runs (--temperature 0): draft tokens are looked "
                         "up in the prompt and output, or made by --draft-model; same output, fewer passes")
     g.add_argument("--draft-model", default=None, metavar="MODEL",
                    help="with --speculate: a smaller model of the same vocabulary drafts the tokens")
+
+
+def add_template_variables_argument(group) -> None:
+    group.add_argument("--chat-template-kwargs", type=template_variables, default=None, metavar="JSON",
+                       help="more variables for the chat template, as a JSON object, e.g. "
+                            "'{\"enable_thinking\": false}' (Qwen3: answer without thinking first)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -245,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
         raise LanternError("the prompt is empty; give some text")
     if args.no_chat and args.system:
         raise LanternError("--system needs the chat template; drop --no-chat or --system")
+    if args.no_chat and args.chat_template_kwargs:
+        raise LanternError("--chat-template-kwargs needs the chat template; drop --no-chat or --chat-template-kwargs")
+    checked_template_options(args.chat_template_kwargs)  # before the model loads
     structured = structured_output_options(args)  # read before the model loads
 
     with warnings_to_stderr():
@@ -252,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         gen = generate(
             model, prompt, max_tokens=args.max_tokens, stop=args.stop,
             chat=not args.no_chat, system=valid_text(args.system) if args.system else None, speculate=speculation(args),
-            **sampling_options(args), **structured,
+            template_options=args.chat_template_kwargs, **sampling_options(args), **structured,
         )
         if args.verbose:
             from ..weights.kernels import describe

@@ -29,7 +29,7 @@ import time
 
 from ..errors import LanternError
 from . import add_device_argument, add_model_argument
-from .options import non_negative_int, port, positive_float, positive_int
+from .options import non_negative_int, port, positive_float, positive_int, template_variables
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -75,6 +75,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              f"cancelled (default: {SHUTDOWN_GRACE:g})")
     parser.add_argument("--alias", action="append", default=[], metavar="NAME",
                         help="another name the model answers to; repeatable")
+    parser.add_argument("--chat-template-kwargs", type=template_variables, default=None, metavar="JSON",
+                        help="chat template variables for every request, as a JSON object, e.g. "
+                             "'{\"enable_thinking\": false}'; a request's chat_template_kwargs (OpenAI) or "
+                             "think (Ollama) takes precedence")
     parser.add_argument("--quiet", action="store_true", help="no access log (one line per request on stderr)")
     add_device_argument(parser)
     parser.set_defaults(func=run)
@@ -130,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.app import abort_requests, attach, create_app, fail
     from ..serve.metrics import Metrics
 
+    from ..generate.prompts import checked_template_options
+
+    checked_template_options(args.chat_template_kwargs)  # a one-line error before anything starts
     if not is_loopback(args.host):
         exposure = "with an API key" if args.api_key else "WITHOUT an API key: anyone who can reach it can use it"
         note(f"warning: --host {args.host} exposes the server to the network, {exposure}")
@@ -139,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     state: dict = {"engine": None}
     app = create_app(api_key=args.api_key, cors_origins=args.cors_origin, timeout=args.timeout,
-                     metrics=Metrics(), on_shutdown=[lambda: _close(state)])
+                     metrics=Metrics(), on_shutdown=[lambda: _close(state)], template_options=args.chat_template_kwargs)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     note(f"listening on http://{shown}:{bound_port} (OpenAI API: /v1, Ollama API: /api); loading {args.model}...")
 

@@ -13,11 +13,11 @@ dropped (the system message is kept), the prompt is run again, and a `ChatContex
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ContextOverflowError, LanternError
 from .decode import common_prefix_length, context_limit
-from .prompts import encode_chat
+from .prompts import checked_template_options, encode_chat
 from .stream import CANCELLED, Generation, normalize_max_tokens, normalize_stop
 from .sampling import Sampler, SamplerSettings
 from .speculative import make_proposer
@@ -36,6 +36,8 @@ class ChatSession:
     `sampling` takes the keyword arguments of `SamplerSettings` (temperature, top_k, top_p,
     min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed). One seeded
     sampler serves the whole session, so a seed reproduces a whole conversation.
+    `template_options`: more variables for the chat template at every turn, e.g.
+    `{"enable_thinking": False}` for Qwen3.
     """
 
     def __init__(
@@ -46,12 +48,14 @@ class ChatSession:
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         stop: Sequence[str] | str = (),
         speculate=None,
+        template_options: Mapping[str, Any] | None = None,
         **sampling: Any,
     ):
         self.model = model
         self.system = system or None
         self.max_tokens = normalize_max_tokens(max_tokens)
         self.stop = normalize_stop(stop)
+        self.template_options = checked_template_options(template_options)
         self.sampler = Sampler(SamplerSettings(**sampling))
         self.proposer = make_proposer(model, speculate)
         self.cache = model.new_cache()
@@ -127,7 +131,7 @@ class ChatSession:
     def _fitting_prompt(self, max_tokens: int | None) -> list[int]:
         limit = context_limit(self.model, self.cache)
         reserve = max(1, min(max_tokens if max_tokens else limit, limit // 4))
-        ids = encode_chat(self.model, self.messages)
+        ids = encode_chat(self.model, self.messages, **self.template_options)
         dropped = 0
         while len(ids) + reserve > limit and len(self.turns) > 1:
             # Drop the oldest exchange: the first user message and everything up to the next one.
@@ -136,7 +140,7 @@ class ChatSession:
                 break
             del self.turns[:nxt]
             dropped += 1
-            ids = encode_chat(self.model, self.messages)
+            ids = encode_chat(self.model, self.messages, **self.template_options)
         if dropped:
             self.dropped_turns += dropped
             warnings.warn(

@@ -36,16 +36,25 @@ def encode_conversation(tokenizer, template, messages: Sequence[Mapping[str, Any
     return list(tokenizer.encode(text, add_bos=add_bos, special=True))
 
 
+def checked_template_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`options` as a dict of template variables, or LanternError for names lantern sets itself."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise LanternError("template options must be a mapping of names to values, e.g. {\"enable_thinking\": false}")
+    reserved = sorted({"messages", "add_generation_prompt", "tools"} & set(options))
+    if reserved:
+        raise LanternError(f"template option {reserved[0]!r} is set by lantern itself; leave it out")
+    return dict(options)
+
+
 def prompt_ids_for(model, prompt_or_messages, *, chat: bool = True, system: str | None = None,
                    template_options: Mapping[str, Any] | None = None) -> list[int]:
     """The prompt token ids for a string (chat: one user message; raw text otherwise) or a list
     of message dicts (always chat); `template_options`: see `encode_conversation`."""
-    options = dict(template_options or {})
+    options = checked_template_options(template_options)
     if options and not chat:
         raise LanternError("template options need chat mode; drop --no-chat or the options")
-    reserved = {"messages", "add_generation_prompt"} & set(options)
-    if reserved:
-        raise LanternError(f"template option {sorted(reserved)[0]!r} is set by lantern itself; leave it out")
     if isinstance(prompt_or_messages, str):
         if not prompt_or_messages.strip():
             raise LanternError("the prompt is empty; give some text")

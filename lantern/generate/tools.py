@@ -390,13 +390,14 @@ class ToolPlan:
 
 def prepare(model, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
             tool_choice: Any = None, *, json_schema: Any = None, parallel_tool_calls: bool = True,
-            add_generation_prompt: bool = True) -> ToolPlan:
+            add_generation_prompt: bool = True, template_options: Mapping[str, Any] | None = None) -> ToolPlan:
     """Render `messages` (OpenAI shapes) with `tools` for `model` and say how to decode and parse.
 
     `json_schema`: the reply must follow it (OpenAI `response_format`); with tools in play the
     generic format carries it (its `response` field). Raises LanternError for malformed tools,
-    tool_choice or messages, and for schemas that cannot be compiled."""
-    from .prompts import encode_conversation
+    tool_choice or messages, and for schemas that cannot be compiled. `template_options`: more
+    variables for the chat template (see `prompts.encode_conversation`)."""
+    from .prompts import checked_template_options
 
     tools_list = normalize_tools(tools)
     choice = normalize_tool_choice(tool_choice, tools_list)
@@ -408,7 +409,7 @@ def prepare(model, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mappin
     if family == LLAMA3:
         parallel = False  # Llama 3.x templates take one call per turn
     rendered = template_messages(messages, family, parallel)
-    extra: dict[str, Any] = {}
+    extra = checked_template_options(template_options)
     if family in (HERMES, LLAMA3):
         extra["tools"] = tools_list
     if family == LLAMA3:
@@ -446,7 +447,7 @@ def _render(template, messages: list[dict], add_generation_prompt: bool, extra: 
 
 
 def generate(model, messages, tools=None, tool_choice=None, *, parallel_tool_calls: bool = True,
-             json_schema: Any = None, **options):
+             json_schema: Any = None, template_options: Mapping[str, Any] | None = None, **options):
     """A single-sequence `Generation` with tools, and the parser to read it with:
     `(generation, parser)`. `options` are `lantern.generate.stream.generate`'s sampling and
     stopping options (max_tokens, temperature, seed, stop, logprobs, ...)."""
@@ -458,7 +459,7 @@ def generate(model, messages, tools=None, tool_choice=None, *, parallel_tool_cal
 
     started = time.perf_counter()
     plan = prepare(model, messages, tools, tool_choice, json_schema=json_schema,
-                   parallel_tool_calls=parallel_tool_calls)
+                   parallel_tool_calls=parallel_tool_calls, template_options=template_options)
     logprobs = options.pop("logprobs", None)
     max_tokens = normalize_max_tokens(options.pop("max_tokens", 256))
     stop = normalize_stop(options.pop("stop", ()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -102,16 +102,20 @@ class _Gate:
 def create_app(model=None, engine=None, *, name: str | None = None, names: Sequence[str] = (),
                api_key: str | None = None, cors_origins: Sequence[str] = (), timeout: float | None = None,
                metrics: Metrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               on_shutdown: Sequence[Callable[[], None]] = ()) -> FastAPI:
+               on_shutdown: Sequence[Callable[[], None]] = (),
+               template_options: Mapping[str, Any] | None = None) -> FastAPI:
     """The server's ASGI app over `model` and its `BatchEngine` (both None: not loaded yet).
 
     name: what the model answers to first (the spec it was loaded by; default the file's stem);
     names: more names. api_key: Bearer auth. cors_origins: origins allowed by CORS ("*" for
     any). timeout: seconds a request may run before it is cancelled (None: no limit).
-    on_shutdown: callables run when the server stops (the CLI closes the engine there)."""
+    on_shutdown: callables run when the server stops (the CLI closes the engine there).
+    template_options: chat template variables for every request, e.g. {"enable_thinking": False}
+    (a request's chat_template_kwargs, or Ollama's think, take precedence)."""
     from . import ollama, openai
 
-    service = Service(metrics=metrics or Metrics(), timeout=timeout, api_key=api_key or None)
+    service = Service(metrics=metrics or Metrics(), timeout=timeout, api_key=api_key or None,
+                      template_options=dict(template_options or {}))
 
     async def lifespan(app):
         yield

@@ -68,6 +68,7 @@ class ChatRequest(_Strict):
     tools: list[dict[str, Any]] | None = None
     keep_alive: str | int | float | None = None
     ignore_eos: bool = False
+    think: bool | None = None
 
 
 class GenerateRequest(_Strict):
@@ -84,6 +85,13 @@ class GenerateRequest(_Strict):
     images: list[str] | None = None
     keep_alive: str | int | float | None = None
     ignore_eos: bool = False
+    think: bool | None = None
+
+
+def _template_variables(service, think: bool | None) -> dict:
+    """Ollama's `think` is the template variable `enable_thinking` (Qwen3's; templates without
+    it ignore it), over the server's --chat-template-kwargs."""
+    return service.template_variables(None if think is None else {"enable_thinking": think})
 
 
 def _now() -> str:
@@ -164,6 +172,7 @@ async def chat(request: Request, service: Service):
     model = service.model
     settings, max_tokens, stops = _settings(service, req.options)
     messages = _template_messages(req.messages)
+    variables = _template_variables(service, req.think)
 
     def build():
         from ..generate.prompts import encode_chat
@@ -172,9 +181,9 @@ async def chat(request: Request, service: Service):
             from ..generate import tools
 
             schema = req.format if isinstance(req.format, dict) else ({"type": "object"} if req.format == "json" else None)
-            plan = tools.prepare(model, messages, req.tools, "auto", json_schema=schema)
+            plan = tools.prepare(model, messages, req.tools, "auto", json_schema=schema, template_options=variables)
             return plan.prompt_ids, plan.constraint, plan
-        return encode_chat(model, messages), _constraint(model, req.format), None
+        return encode_chat(model, messages, **variables), _constraint(model, req.format), None
 
     ids, constraint, plan = await service.tokenize(build, param="messages")
     started = time.perf_counter()
@@ -253,6 +262,7 @@ async def generate(request: Request, service: Service):
         return JSONResponse({"model": name, "created_at": _now(), "response": "", "done_reason": "load", "done": True})
     model = service.model
     settings, max_tokens, stops = _settings(service, req.options)
+    variables = _template_variables(service, req.think)
 
     def build():
         from ..generate.prompts import encode_chat, messages_for
@@ -265,7 +275,7 @@ async def generate(request: Request, service: Service):
             text_ids = model.tokenizer.encode(req.prompt, add_bos=None if not context else False, special=True) \
                 if req.prompt else []
         else:
-            text_ids = encode_chat(model, messages_for(req.prompt, req.system)) if req.prompt else []
+            text_ids = encode_chat(model, messages_for(req.prompt, req.system), **variables) if req.prompt else []
         ids = context + list(text_ids)
         if not ids:
             raise LanternError("the prompt is empty; give some text")

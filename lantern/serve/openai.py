@@ -105,6 +105,7 @@ class ChatRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # as vLLM and llama-server take it
 
 
 class CompletionRequest(_Sampling):
@@ -312,6 +313,7 @@ async def chat_completions(request: Request, service: Service):
     use_tools = bool(req.tools) and req.tool_choice != "none"
     if req.tool_choice not in (None, "none") and not req.tools:
         raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+    variables = service.template_variables(req.chat_template_kwargs)
 
     def build():
         from ..generate.constrained import from_response_format
@@ -322,9 +324,10 @@ async def chat_completions(request: Request, service: Service):
             from ..generate import tools
 
             plan = tools.prepare(model, messages, req.tools, req.tool_choice, json_schema=schema,
-                                 parallel_tool_calls=req.parallel_tool_calls is not False)
+                                 parallel_tool_calls=req.parallel_tool_calls is not False,
+                                 template_options=variables)
             return plan.prompt_ids, plan.constraint, plan
-        ids = encode_chat(model, messages)
+        ids = encode_chat(model, messages, **variables)
         try:
             constraint = from_response_format(model, req.response_format) if schema is not None else None
         except LanternError as exc:

@@ -21,7 +21,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
 from starlette.requests import Request
@@ -502,6 +502,7 @@ class Service:
     info: ModelInfo | None = None
     timeout: float | None = None
     api_key: str | None = None
+    template_options: dict = field(default_factory=dict)  # `serve --chat-template-kwargs`
     load_error: str | None = None
     started: float = field(default_factory=time.time)
     runs: "weakref.WeakSet[Run]" = field(default_factory=lambda: weakref.WeakSet())
@@ -510,6 +511,15 @@ class Service:
     @property
     def ready(self) -> bool:
         return self.engine is not None
+
+    def template_variables(self, request_options: Mapping[str, Any] | None) -> dict:
+        """The chat template's extra variables for one request: the server's, then the request's."""
+        from ..generate.prompts import checked_template_options
+
+        try:
+            return {**self.template_options, **checked_template_options(request_options)}
+        except LanternError as exc:
+            raise ApiError(400, str(exc), param="chat_template_kwargs", code="invalid_value") from None
 
     def attach(self, model, engine, spec: str | None = None, names: Sequence[str] = ()) -> None:
         self.info = ModelInfo.of(model, spec, names)

@@ -34,6 +34,11 @@
 #define BH_SI256(v) ((__m256i)(v))
 #define READ_BACK(p) __asm__ volatile("" : : "r"(p) : "memory")
 #endif
+#if defined(__GNUC__) || defined(__clang__)
+#define OPAQUE(v) __asm__("" : "+v"(v)) /* no fusing of the product before it into an FMA */
+#else
+#define OPAQUE(v) ((void)0)
+#endif
 
 /* bf16 tables indexed by code (vpermw: low 5 bits; vpermt2w: low 6 bits) */
 static LT_ALIGN(64) uint16_t TAB_U4[32];    /* i & 15 */
@@ -369,13 +374,14 @@ INSTANCES(riq4xs, IQ4XS)
 TGT_BF16 static ALWAYS_INLINE void emit32(uint16_t *dst, __m512i W, float s0, float s1, float m0, float m1, int has_min) {
     const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(W)), 16));
     const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(W, 1)), 16));
-    __m512 a, b;
+    /* scale * q rounded, then + minv (not one FMA): the generic expansion's two roundings, so
+     * the bf16 weights are bit-identical (a sign of zero included) */
+    __m512 a = _mm512_mul_ps(lo, _mm512_set1_ps(s0)), b = _mm512_mul_ps(hi, _mm512_set1_ps(s1));
     if (has_min) {
-        a = _mm512_fmadd_ps(lo, _mm512_set1_ps(s0), _mm512_set1_ps(m0));
-        b = _mm512_fmadd_ps(hi, _mm512_set1_ps(s1), _mm512_set1_ps(m1));
-    } else {
-        a = _mm512_mul_ps(lo, _mm512_set1_ps(s0));
-        b = _mm512_mul_ps(hi, _mm512_set1_ps(s1));
+        OPAQUE(a);
+        OPAQUE(b);
+        a = _mm512_add_ps(a, _mm512_set1_ps(m0));
+        b = _mm512_add_ps(b, _mm512_set1_ps(m1));
     }
     _mm512_storeu_si512(dst, BH_SI512(_mm512_cvtne2ps_pbh(b, a)));
 }
@@ -388,7 +394,7 @@ TGT_BF16 static void gguf_bf16_row_simd(int qtype, const uint8_t *row, int64_t K
             const uint8_t *blk = row + b * (five ? 176 : 144);
             LT_ALIGN(32) float sc[8];
             LT_ALIGN(32) float mn[8];
-            _mm256_store_ps(mn, _mm256_sub_ps(_mm256_setzero_ps(), k4_scales(blk, sc)));
+            _mm256_store_ps(mn, _mm256_xor_ps(_mm256_set1_ps(-0.f), k4_scales(blk, sc))); /* -(dmin * m): -0 for 0 */
             const uint8_t *qs = blk + (five ? 48 : 16);
             const __m512i qh = five ? zext32(blk + 16) : _mm512_setzero_si512();
             for (int g = 0; g < 4; g++) {
