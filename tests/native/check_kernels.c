@@ -11,7 +11,7 @@
  *               against the generic row of the same x form (Q15: row_q15; BF16:
  *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
- *   attention   lt_attention_f16, head dims 64, 80, 96, 128, groups 1-5, windows, positions
+ *   attention   lt_attention_f16, head dims 64, 80, 96, 128, 256, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
  *               the head's largest |output|
  *   vec         exp_sum and silu_mul within 1e-6 relative, to_f16 bit-exact on finite values
@@ -201,7 +201,7 @@ static void x_free(xbuf *b) { free(b->mem); }
 
 static lt_kernels GEN; /* the generic table */
 
-static void check_x_prepare(const char *lvl, const lt_kernels *k) {
+static void check_x_prepare_form(const char *lvl, int format, void (*prep)(const float *, int64_t, lt_x *)) {
     static const int64_t Ks[] = {32, 256, 576, 3072};
     double worst = 0.0;
     int ok = 1;
@@ -213,10 +213,10 @@ static void check_x_prepare(const char *lvl, const lt_kernels *k) {
             float *x = (float *)xmalloc((size_t)(M * K) * 4);
             rnd_x(x, M * K);
             xbuf a, r;
-            x_prepare(&a, k->x_format, k->x_prepare, x, M, K);
-            x_prepare(&r, k->x_format, NULL, x, M, K);
+            x_prepare(&a, format, prep, x, M, K);
+            x_prepare(&r, format, NULL, x, M, K);
             const int64_t G = K / 32;
-            if (k->x_format == LT_X_Q15) {
+            if (format == LT_X_Q15) {
                 for (int64_t i = 0; i < M * K; i++)
                     if (a.x.q[i] != r.x.q[i]) {
                         const double e = fabs((double)a.x.q[i] - r.x.q[i]);
@@ -253,7 +253,13 @@ static void check_x_prepare(const char *lvl, const lt_kernels *k) {
             x_free(&r);
             free(x);
         }
-    report(ok, lvl, k->x_format == LT_X_Q15 ? "x_prepare_q15" : "x_prepare_bf16", worst, detail);
+    report(ok, lvl, format == LT_X_Q15 ? "x_prepare_q15" : "x_prepare_bf16", worst, detail);
+}
+
+/* the level's x_prepare, and the Q15 one of its types that read that form at a bf16 level */
+static void check_x_prepare(const char *lvl, const lt_kernels *k) {
+    check_x_prepare_form(lvl, k->x_format, k->x_prepare);
+    if (k->q15_types) check_x_prepare_form(lvl, LT_X_Q15, k->x_prepare_q15);
 }
 
 /* the reference rows: y[m, n] of the generic row kernel on x in the level's form, and sum |w * x| */
@@ -300,11 +306,12 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
         rnd_x(x, MX * K);
         float *yref = (float *)xmalloc((size_t)(MX * N) * 4);
         double *mag = (double *)xmalloc((size_t)(MX * N) * 8);
-        rows_reference(qt, k->x_format, w, rowbytes, N, K, x, MX, yref, mag);
+        const int format = lt_x_format_of(k, qt);
+        rows_reference(qt, format, w, rowbytes, N, K, x, MX, yref, mag);
 
         /* each row count directly, at a few m0 */
         xbuf a;
-        x_prepare(&a, k->x_format, k->x_prepare, x, MX, K);
+        x_prepare(&a, format, format == k->x_format ? k->x_prepare : k->x_prepare_q15, x, MX, K);
         for (int ci = 0; ci < LT_ROW_COUNTS; ci++) {
             const int cnt = LT_ROW_M[ci];
             const int64_t m0s[3] = {0, 1, MX - cnt};
@@ -674,8 +681,8 @@ static void check_level(int isa, const char *require) {
         check_rows(lvl, k, ROW_TYPES[i]);
     }
     for (int i = 0; i < N_EXPAND_TYPES; i++) check_expand(lvl, k, EXPAND_TYPES[i]);
-    static const int64_t Ds[] = {64, 80, 96, 128};
-    for (int i = 0; i < 4; i++) check_attention(lvl, isa, Ds[i]);
+    static const int64_t Ds[] = {64, 80, 96, 128, 256};
+    for (int i = 0; i < 5; i++) check_attention(lvl, isa, Ds[i]);
     lantern_set_isa(isa);
     check_vec(lvl, lt_kernels_get());
 }

@@ -81,7 +81,7 @@ typedef struct {
 } attn_job;
 
 static lt_span_fn const *span_fns(const lt_kernels *k, int64_t D) {
-    const int i = D == 64 ? 0 : D == 96 ? 1 : D == 128 ? 2 : -1;
+    const int i = D == 64 ? 0 : D == 96 ? 1 : D == 128 ? 2 : D == 256 ? 3 : -1;
     return i < 0 || !k->attn_span[i][0] ? NULL : k->attn_span[i];
 }
 

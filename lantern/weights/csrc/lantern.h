@@ -105,25 +105,36 @@ typedef void (*lt_expand_f32_fn)(int qtype, const uint8_t *row, int64_t K, float
 typedef void (*lt_span_fn)(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
                            float *s, float *part);
 #define LT_ATTN_HEADS 4 /* query heads per span task */
-#define LT_ATTN_DIMS 3  /* head dims with span kernels: 64, 96, 128 */
+#define LT_ATTN_DIMS 4  /* head dims with span kernels: 64, 96, 128, 256 (Gemma 3) */
 
 typedef struct {
     const char *isa;                                 /* the level's name */
     int x_format;                                    /* LT_X_BF16 or LT_X_Q15 */
     void (*x_prepare)(const float *x, int64_t M, lt_x *xp); /* fills what x_format names */
+    /* Types whose row kernels read LT_X_Q15 at a level whose x_format is LT_X_BF16 (bit t: type
+     * t), and the function that fills that form for them. AVX-512: Q8_0, whose 8-bit codes
+     * widen to int16 for vpmaddwd in fewer instructions than to float32 (nor are they exact in
+     * bf16 with one instruction), and 15-bit activations are 64x finer than bf16. */
+    uint32_t q15_types;
+    void (*x_prepare_q15)(const float *x, int64_t M, lt_x *xp);
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
     const char *row_name[LT_NTYPES];
     lt_expand_bf16_fn expand_bf16[LT_NTYPES];
     const char *expand_bf16_name[LT_NTYPES];
     lt_expand_f32_fn expand_f32[LT_NTYPES];
     const char *expand_f32_name[LT_NTYPES];
-    lt_span_fn attn_span[LT_ATTN_DIMS][LT_ATTN_HEADS]; /* by head dim (64, 96, 128), heads - 1 */
+    lt_span_fn attn_span[LT_ATTN_DIMS][LT_ATTN_HEADS]; /* by head dim (64, 96, 128, 256), heads - 1 */
     const char *attn_name;
     float (*exp_sum)(float *s, int64_t T, float mx); /* s[t] = exp(s[t] - mx); returns the sum */
     void (*silu_mul)(const float *g, const float *u, float *out, int64_t n);
     void (*to_f16)(const float *src, uint16_t *dst, int64_t n);
     const char *vec_name; /* of exp_sum / silu_mul / to_f16 */
 } lt_kernels;
+
+/* The form of x that `qtype`'s row kernels read at this level (LT_X_BF16 or LT_X_Q15). */
+static inline int lt_x_format_of(const lt_kernels *k, int qtype) {
+    return k->x_format == LT_X_BF16 && (k->q15_types >> qtype & 1u) ? LT_X_Q15 : k->x_format;
+}
 
 /* The table in use (dispatch.c); never NULL once lt_kernels_get() has run. */
 const lt_kernels *lt_kernels_get(void);
@@ -133,6 +144,7 @@ void lt_fill_generic(lt_kernels *k);
 #ifdef LT_X86
 void lt_fill_avx2(lt_kernels *k);
 void lt_fill_avx512(lt_kernels *k);
+void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp); /* the avx2 level's, for avx512's Q8_0 */
 #endif
 #ifdef LT_ARM64
 void lt_fill_neon(lt_kernels *k);

@@ -124,14 +124,15 @@ static void gmm_task(void *p, int64_t t) {
     }
 }
 
-/* x [M, K] -> the table's form, in this thread's scratch. NULL without memory. */
-static const lt_x *prepare_x(const lt_kernels *k, const float *x, int64_t M, int64_t K, lt_x *xp) {
+/* x [M, K] -> the form the type's row kernels read, in this thread's scratch. NULL without memory. */
+static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int64_t M, int64_t K, lt_x *xp) {
     const int64_t G = K / 32, Gp = (G + 15) / 16 * 16, ld = 2 * Gp;
     xp->K = K;
     xp->G = G;
     xp->ld = ld;
     xp->f = x;
-    if (k->x_format == LT_X_BF16) {
+    const int format = lt_x_format_of(k, qtype);
+    if (format == LT_X_BF16) {
         /* bf16 x [M, K], then per row of x the sums per 32 [M, ld] (+ padding for masked loads) */
         uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(M * K * 2 + (M * ld + 64) * 4));
         if (!s) return NULL;
@@ -144,7 +145,7 @@ static const lt_x *prepare_x(const lt_kernels *k, const float *x, int64_t M, int
         xp->qd = (const float *)(s + M * K * 2);
         xp->qs = xp->qd + M * G + 16;
     }
-    k->x_prepare(x, M, xp);
+    (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
     return xp;
 }
 
@@ -156,7 +157,7 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
         M <= 0 || N <= 0)
         return -1;
     lt_x xp = {0};
-    if (!prepare_x(k, x, M, K, &xp)) return -1;
+    if (!prepare_x(k, qtype, x, M, K, &xp)) return -1;
     gmm_args a = {w, k->row[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
     if (nthreads < 1) nthreads = 1;
     int64_t rpt;

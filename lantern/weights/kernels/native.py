@@ -211,7 +211,8 @@ GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1:
 def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: int, threads: int | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """x float32 [M, cols] @ W.T for the GGUF blocks `raw` ([rows, bytes per row], contiguous):
-    float32 [M, rows]. x is rounded to bfloat16 inside (Q8_0: used as float32)."""
+    float32 [M, rows]. x is rounded inside to the form the level's row kernels read (bfloat16 at
+    avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0: lantern.h)."""
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.float().contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out

@@ -642,7 +642,7 @@ NI void ldh8(const uint16_t *p, float32x4_t *lo, float32x4_t *hi) {
  * (max, sum of exp, unnormalised outputs) per head to part. */
 NI void attn_span_neon(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
                        float *s, float *part, const int D, const int HN) {
-    float qs[LT_ATTN_HEADS][128];
+    float qs[LT_ATTN_HEADS][256];
     for (int j = 0; j < HN; j++)
         for (int d = 0; d < D; d += 4) vst1q_f32(qs[j] + d, vmulq_n_f32(vld1q_f32(q[j] + d), scale));
     int64_t t = 0;
@@ -712,6 +712,7 @@ NI void attn_span_neon(const float *const *q, const uint16_t *k, const uint16_t 
 SPAN(64, 1) SPAN(64, 2) SPAN(64, 3) SPAN(64, 4)
 SPAN(96, 1) SPAN(96, 2) SPAN(96, 3) SPAN(96, 4)
 SPAN(128, 1) SPAN(128, 2) SPAN(128, 3) SPAN(128, 4)
+SPAN(256, 1) SPAN(256, 2) SPAN(256, 3) SPAN(256, 4)
 
 /* ----- the level ------------------------------------------------------------------------------ */
 
@@ -747,9 +748,10 @@ void lt_fill_neon(lt_kernels *k) {
         k->expand_f32[expandable[i]] = expand_f32_neon;
         k->expand_f32_name[expandable[i]] = "expand_f32_neon";
     }
-    static const lt_span_fn spans[3][4] = {{attn_span_64_1, attn_span_64_2, attn_span_64_3, attn_span_64_4},
+    static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {{attn_span_64_1, attn_span_64_2, attn_span_64_3, attn_span_64_4},
                                            {attn_span_96_1, attn_span_96_2, attn_span_96_3, attn_span_96_4},
-                                           {attn_span_128_1, attn_span_128_2, attn_span_128_3, attn_span_128_4}};
+                                           {attn_span_128_1, attn_span_128_2, attn_span_128_3, attn_span_128_4},
+                                           {attn_span_256_1, attn_span_256_2, attn_span_256_3, attn_span_256_4}};
     memcpy(k->attn_span, spans, sizeof(spans));
     k->attn_name = "attention_neon";
     k->exp_sum = exp_sum_neon;

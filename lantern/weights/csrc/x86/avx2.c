@@ -79,7 +79,7 @@ LT_INLINE int32_t hsum_i32(__m256i v) {
 /* As lt_x_prepare_q15_generic, 32 elements at a time: the same float32 products x * (16383 /
  * max|x|) rounded to nearest even (cvtps2dq under the default MXCSR = nearbyintf), the low 16
  * bits kept (as the generic's cast), the same qd and qs. */
-static void x_prepare_avx2(const float *x, int64_t M, lt_x *xp) {
+void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp) {
     int16_t *q = (int16_t *)xp->q;
     float *qd = (float *)xp->qd, *qs = (float *)xp->qs;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -749,7 +749,7 @@ LT_INLINE __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 LT_INLINE void attn_span(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
                          float *s, float *part, const int DV, const int HN) {
     const int64_t D = 8 * DV;
-    LT_ALIGN(32) float qv[LT_ATTN_HEADS][128];
+    LT_ALIGN(32) float qv[LT_ATTN_HEADS][256];
     UNROLL
     for (int j = 0; j < HN; j++)
         UNROLL
@@ -839,10 +839,11 @@ LT_INLINE void attn_span(const float *const *q, const uint16_t *k, const uint16_
 SPAN(8, 1) SPAN(8, 2) SPAN(8, 3) SPAN(8, 4)
 SPAN(12, 1) SPAN(12, 2) SPAN(12, 3) SPAN(12, 4)
 SPAN(16, 1) SPAN(16, 2) SPAN(16, 3) SPAN(16, 4)
+SPAN(32, 1) SPAN(32, 2) SPAN(32, 3) SPAN(32, 4)
 
 void lt_fill_avx2(lt_kernels *k) {
     k->x_format = LT_X_Q15;
-    k->x_prepare = x_prepare_avx2;
+    k->x_prepare = lt_x_prepare_q15_avx2;
 #define SET_ROWS(qt, name, label)                                                              \
     k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx2";
@@ -862,7 +863,8 @@ void lt_fill_avx2(lt_kernels *k) {
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
         {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
         {attn_span_12_1, attn_span_12_2, attn_span_12_3, attn_span_12_4},
-        {attn_span_16_1, attn_span_16_2, attn_span_16_3, attn_span_16_4}};
+        {attn_span_16_1, attn_span_16_2, attn_span_16_3, attn_span_16_4},
+        {attn_span_32_1, attn_span_32_2, attn_span_32_3, attn_span_32_4}};
     memcpy(k->attn_span, spans, sizeof(spans));
     k->attn_name = "attention_avx2";
     k->exp_sum = exp_sum_avx2;

@@ -6,7 +6,8 @@
  * Row kernels: q becomes bf16 in registers by a table lookup (vpermw / vpermt2w on the nibble or
  * 6-bit codes; the table bakes in Q4_0's -8, Q5_0's -16, Q6_K's -32), vdpbf16ps gives 16
  * partial dot products per 32 weights, one FMA by the sub-block's scale adds them to float32
- * accumulators. Q8_0 multiplies float32 x. */
+ * accumulators. Q8_0 reads x as 15-bit integers (LT_X_Q15, as the avx2 level) for vpmaddwd on
+ * its sign-extended codes: q80_impl. */
 
 #include "../blocks.h"
 #include "../lantern.h"
@@ -205,7 +206,7 @@ TGT_BF16 static ALWAYS_INLINE float rd_f16_vec(const uint8_t *p) { /* F16C: one 
     return _cvtsh_ss(h);
 }
 
-/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1 (bf16 dot products), Q8_0 (float32). */
+/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (bf16 dot products; Q8_0: q80_impl). */
 
 /* One block into acc[m] for the M rows of x. */
 TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, float dscale, __m512 *acc, int64_t K,
@@ -213,16 +214,7 @@ TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, flo
     const int biased = qtype == LT_Q4_0 || qtype == LT_Q4_1;
     const int qs_off = qtype == LT_Q4_0 ? 2 : qtype == LT_Q4_1 ? 4 : qtype == LT_Q5_0 ? 6 : qtype == LT_Q5_1 ? 8 : 2;
     const __m512 d = _mm512_set1_ps(dscale);
-    if (qtype == LT_Q8_0) {
-        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
-        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
-        for (int m = 0; m < M; m++) {
-            const float *x = xf + m * K + e0;
-            const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
-            acc[m] = _mm512_fmadd_ps(t, d, acc[m]);
-        }
-        return;
-    }
+    (void)xf;
     __m512i v = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + qs_off))));
     v = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4); /* words 0-15 low nibbles, 16-31 high */
     __m512i w;
@@ -271,11 +263,8 @@ TGT_BF16 static ALWAYS_INLINE void q32_impl(ROW_ARGS, const int M, const int qty
         }
         int i = 0;
         for (; i + 2 <= n; i += 2) {
-            if (M * K * (qtype == LT_Q8_0 ? 2 : 1) > XAHEAD_MIN)
-                for (int m = 0; m < M; m++) {
-                    if (qtype == LT_Q8_0) prefetch_x((const uint16_t *)(xf + m * K + (c0 + i) * 32), 256);
-                    else prefetch_x(xb + m * K + (c0 + i) * 32, 128);
-                }
+            if (M * K > XAHEAD_MIN)
+                for (int m = 0; m < M; m++) prefetch_x(xb + m * K + (c0 + i) * 32, 128);
             q32_block(base + i * bytes, (c0 + i) * 32, df[i], acc0, K, xb, xf, M, qtype);
             q32_block(base + (i + 1) * bytes, (c0 + i + 1) * 32, df[i + 1], acc1, K, xb, xf, M, qtype);
         }
@@ -339,6 +328,46 @@ TGT_BF16 static ALWAYS_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
     for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]);
 }
 
+/* Q8_0 on 15-bit x (LT_X_Q15: lt_kernels.q15_types): per block the 32 codes sign-extended to
+ * words once for all M rows of x, then per row one vpmaddwd (exact int32 pair sums), one
+ * conversion and one FMA by d * qd, read from a table of 16 blocks' products per row. (As
+ * float32 products, 7 instructions per block and row of x: compute-bound at 9.5 GB/s of
+ * blocks per Zen 4 core, under the memory's speed with two cores.) */
+TGT_BF16 static ALWAYS_INLINE void q80_block(const uint8_t *blk, const int16_t *xq, int64_t K, const float *sq,
+                                             __m512 *acc, const int M) {
+    const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    for (int m = 0; m < M; m++) {
+        const __m512i p = _mm512_madd_epi16(w, _mm512_loadu_si512(xq + m * K));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(sq[16 * m]), acc[m]);
+    }
+}
+
+TGT_BF16 static ALWAYS_INLINE void q80_impl(const uint8_t *row, int64_t K, const int16_t *xq, const float *xd,
+                                            int64_t G, float *out, const int M) {
+    const int64_t nb = K / 32;
+    __m512 acc0[8], acc1[8];
+    for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 16) {
+        const int n = nb - b < 16 ? (int)(nb - b) : 16;
+        const __mmask16 km = (__mmask16)(n == 16 ? 0xFFFF : (1u << n) - 1);
+        LT_ALIGN(64) float df[16];
+        LT_ALIGN(64) float sq[8][16];
+        for (int i = 0; i < n; i++) df[i] = rd_f16_vec(row + (b + i) * 34);
+        const __m512 dv = _mm512_maskz_load_ps(km, df);
+        for (int m = 0; m < M; m++) _mm512_store_ps(sq[m], _mm512_mul_ps(dv, _mm512_maskz_loadu_ps(km, xd + m * G + b)));
+        READ_BACK(sq);
+        const uint8_t *base = row + b * 34;
+        const int16_t *xb = xq + b * 32;
+        int i = 0;
+        for (; i + 2 <= n; i += 2) {
+            q80_block(base + i * 34, xb + i * 32, K, &sq[0][i], acc0, M);
+            q80_block(base + (i + 1) * 34, xb + (i + 1) * 32, K, &sq[0][i + 1], acc1, M);
+        }
+        if (i < n) q80_block(base + i * 34, xb + i * 32, K, &sq[0][i], acc0, M);
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum2(acc0[m], acc1[m]);
+}
+
 #define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
 #define ROW_PASS(M) row, x->K, x->bf + m0 * x->K, x->f + m0 * x->K, x->bs + m0 * x->ld, x->ld, out
 #define INSTANCES(name, call)                                              \
@@ -354,7 +383,6 @@ TGT_BF16 static ALWAYS_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
 #define Q41(args, M) q32_impl(args, M, LT_Q4_1)
 #define Q50(args, M) q32_impl(args, M, LT_Q5_0)
 #define Q51(args, M) q32_impl(args, M, LT_Q5_1)
-#define Q80(args, M) q32_impl(args, M, LT_Q8_0)
 #define IQ4NL(args, M) q32_impl(args, M, LT_IQ4_NL)
 #define IQ4XS(args, M) iq4xs_impl(args, M)
 INSTANCES(rq4k, Q4K)
@@ -364,9 +392,14 @@ INSTANCES(rq40, Q40)
 INSTANCES(rq41, Q41)
 INSTANCES(rq50, Q50)
 INSTANCES(rq51, Q51)
-INSTANCES(rq80, Q80)
 INSTANCES(riq4nl, IQ4NL)
 INSTANCES(riq4xs, IQ4XS)
+#define Q80_PASS(M) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->G, out
+TGT_BF16 static void rq80q_1(ROW_ARGS_X) { q80_impl(Q80_PASS(1), 1); }
+TGT_BF16 static void rq80q_2(ROW_ARGS_X) { q80_impl(Q80_PASS(2), 2); }
+TGT_BF16 static void rq80q_3(ROW_ARGS_X) { q80_impl(Q80_PASS(3), 3); }
+TGT_BF16 static void rq80q_4(ROW_ARGS_X) { q80_impl(Q80_PASS(4), 4); }
+TGT_BF16 static void rq80q_8(ROW_ARGS_X) { q80_impl(Q80_PASS(8), 8); }
 
 /* ---- expansion to bf16 (prompt chunks): w = scale * q + minv, rounded to nearest even ---- */
 
@@ -568,22 +601,31 @@ TGT_BF16 static ALWAYS_INLINE __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m5
 TGT_BF16 static ALWAYS_INLINE __m512 ldh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
 /* Scores, softmax and weighted values of HN query heads over positions [t0, t1) of one KV head;
- * writes (max, sum of exp, unnormalised outputs) per head to part. DV = D / 16. */
+ * writes (max, sum of exp, unnormalised outputs) per head to part. DV = D / 16. q is scaled into
+ * registers where it fits (D <= 128); Gemma's D = 256 reads it from a scaled copy in L1. The
+ * outputs are summed over all positions in chunks of CV vectors per head (at most 24
+ * accumulators: one pass over the values for D <= 128, two to four for D = 256). */
 TGT_BF16 static ALWAYS_INLINE void attn_span(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T,
                                              float scale, float *s, float *part, const int DV, const int HN) {
     const int64_t D = 16 * DV;
+    LT_ALIGN(64) float qs[ATTN_HEADS][256];
     __m512 qv[ATTN_HEADS][8];
     for (int j = 0; j < HN; j++)
-        for (int d = 0; d < DV; d++) qv[j][d] = _mm512_mul_ps(_mm512_loadu_ps(q[j] + 16 * d), _mm512_set1_ps(scale));
+        for (int d = 0; d < DV; d++) {
+            const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(q[j] + 16 * d), _mm512_set1_ps(scale));
+            if (DV <= 8) qv[j][d & 7] = scaled;
+            else _mm512_store_ps(qs[j] + 16 * d, scaled);
+        }
+#define QV(j, d) (DV <= 8 ? qv[j][(d) & 7] : _mm512_load_ps(qs[j] + 16 * (d)))
     int64_t t = 0;
     for (; t + 4 <= T; t += 4) {
         __m512 acc[ATTN_HEADS][4];
         for (int u = 0; u < 4; u++) {
             const uint16_t *kr = k + (t + u) * D;
-            for (int j = 0; j < HN; j++) acc[j][u] = _mm512_mul_ps(qv[j][0], ldh(kr));
+            for (int j = 0; j < HN; j++) acc[j][u] = _mm512_mul_ps(QV(j, 0), ldh(kr));
             for (int d = 1; d < DV; d++) {
                 const __m512 kd = ldh(kr + 16 * d);
-                for (int j = 0; j < HN; j++) acc[j][u] = _mm512_fmadd_ps(qv[j][d], kd, acc[j][u]);
+                for (int j = 0; j < HN; j++) acc[j][u] = _mm512_fmadd_ps(QV(j, d), kd, acc[j][u]);
             }
         }
         for (int j = 0; j < HN; j++) _mm_storeu_ps(s + j * T + t, hsum4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
@@ -591,8 +633,8 @@ TGT_BF16 static ALWAYS_INLINE void attn_span(const float *const *q, const uint16
     for (; t < T; t++) {
         const uint16_t *kr = k + t * D;
         for (int j = 0; j < HN; j++) {
-            __m512 acc = _mm512_mul_ps(qv[j][0], ldh(kr));
-            for (int d = 1; d < DV; d++) acc = _mm512_fmadd_ps(qv[j][d], ldh(kr + 16 * d), acc);
+            __m512 acc = _mm512_mul_ps(QV(j, 0), ldh(kr));
+            for (int d = 1; d < DV; d++) acc = _mm512_fmadd_ps(QV(j, d), ldh(kr + 16 * d), acc);
             s[j * T + t] = _mm512_reduce_add_ps(acc);
         }
     }
@@ -602,18 +644,22 @@ TGT_BF16 static ALWAYS_INLINE void attn_span(const float *const *q, const uint16
         part[j * (D + 2)] = mx;
         part[j * (D + 2) + 1] = exp_sum_avx512(s + j * T, T, mx);
     }
-    __m512 o[ATTN_HEADS][8];
-    for (int j = 0; j < HN; j++)
-        for (int d = 0; d < DV; d++) o[j][d] = _mm512_setzero_ps();
-    for (t = 0; t < T; t++) {
-        const uint16_t *vr = v + t * D;
-        for (int d = 0; d < DV; d++) {
-            const __m512 vd = ldh(vr + 16 * d);
-            for (int j = 0; j < HN; j++) o[j][d] = _mm512_fmadd_ps(_mm512_set1_ps(s[j * T + t]), vd, o[j][d]);
+    const int CV = HN * DV <= 24 ? DV : HN * DV <= 48 ? DV / 2 : DV / 4;
+    for (int c = 0; c < DV; c += CV) {
+        __m512 o[ATTN_HEADS][16];
+        for (int j = 0; j < HN; j++)
+            for (int d = 0; d < CV; d++) o[j][d] = _mm512_setzero_ps();
+        for (t = 0; t < T; t++) {
+            const uint16_t *vr = v + t * D + 16 * c;
+            for (int d = 0; d < CV; d++) {
+                const __m512 vd = ldh(vr + 16 * d);
+                for (int j = 0; j < HN; j++) o[j][d] = _mm512_fmadd_ps(_mm512_set1_ps(s[j * T + t]), vd, o[j][d]);
+            }
         }
+        for (int j = 0; j < HN; j++)
+            for (int d = 0; d < CV; d++) _mm512_storeu_ps(part + j * (D + 2) + 2 + 16 * (c + d), o[j][d]);
     }
-    for (int j = 0; j < HN; j++)
-        for (int d = 0; d < DV; d++) _mm512_storeu_ps(part + j * (D + 2) + 2 + 16 * d, o[j][d]);
+#undef QV
 }
 
 #define SPAN(DV, HN)                                                                                                 \
@@ -624,23 +670,27 @@ TGT_BF16 static ALWAYS_INLINE void attn_span(const float *const *q, const uint16
 SPAN(4, 1) SPAN(4, 2) SPAN(4, 3) SPAN(4, 4)
 SPAN(6, 1) SPAN(6, 2) SPAN(6, 3) SPAN(6, 4)
 SPAN(8, 1) SPAN(8, 2) SPAN(8, 3) SPAN(8, 4)
+SPAN(16, 1) SPAN(16, 2) SPAN(16, 3) SPAN(16, 4)
 
 void lt_fill_avx512(lt_kernels *k) {
     gguf_tables_init();
     k->x_format = LT_X_BF16;
     k->x_prepare = x_prepare_avx512;
+    k->q15_types = 1u << LT_Q8_0;
+    k->x_prepare_q15 = lt_x_prepare_q15_avx2;
 #define SET_ROWS(qt, name, label)                                                              \
     k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx512";      \
     k->expand_bf16[qt] = gguf_bf16_row_simd; k->expand_bf16_name[qt] = "expand_bf16_avx512";
     SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
-    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
+    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80q, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
     SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
-    static const lt_span_fn spans[3][4] = {{attn_span_4_1, attn_span_4_2, attn_span_4_3, attn_span_4_4},
+    static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {{attn_span_4_1, attn_span_4_2, attn_span_4_3, attn_span_4_4},
                                            {attn_span_6_1, attn_span_6_2, attn_span_6_3, attn_span_6_4},
-                                           {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4}};
+                                           {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
+                                           {attn_span_16_1, attn_span_16_2, attn_span_16_3, attn_span_16_4}};
     memcpy(k->attn_span, spans, sizeof(spans));
     k->attn_name = "attention_avx512";
     k->exp_sum = exp_sum_avx512;
