@@ -127,8 +127,11 @@ typedef struct {
     const char *attn_name;
     float (*exp_sum)(float *s, int64_t T, float mx); /* s[t] = exp(s[t] - mx); returns the sum */
     void (*silu_mul)(const float *g, const float *u, float *out, int64_t n);
+    /* out = gelu_tanh(g) * u (Gemma's GeGLU), as g * sigmoid(2 * 0.79788456 * (g + 0.044715 g^3)):
+     * torch's 0.5 g (1 + tanh(...)) without its cancellation for negative g */
+    void (*gelu_mul)(const float *g, const float *u, float *out, int64_t n);
     void (*to_f16)(const float *src, uint16_t *dst, int64_t n);
-    const char *vec_name; /* of exp_sum / silu_mul / to_f16 */
+    const char *vec_name; /* of exp_sum / silu_mul / gelu_mul / to_f16 */
 } lt_kernels;
 
 /* The form of x that `qtype`'s row kernels read at this level (LT_X_BF16 or LT_X_Q15). */

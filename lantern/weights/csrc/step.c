@@ -88,14 +88,6 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t dims, i
     }
 }
 
-/* out = gelu_tanh(g) * u (GeGLU: Gemma's feed-forward), as torch's gelu(approximate="tanh") */
-static void gelu_tanh_mul(const float *g, const float *u, float *out, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        const float x = g[i];
-        out[i] = 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
-    }
-}
-
 static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
     if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, nthreads)) return -1;
     if (l->bias)
@@ -182,10 +174,7 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
         if (project(&L->gate_up, xn, gu, 2 * F, M, nthreads)) return -1;
         for (int64_t i = 0; i < M; i++) {
             const float *g = gu + i * 2 * F, *u = g + F;
-            if (m->act == LT_ACT_GELU_TANH)
-                gelu_tanh_mul(g, u, act + i * F, F);
-            else
-                k->silu_mul(g, u, act + i * F, F);
+            (m->act == LT_ACT_GELU_TANH ? k->gelu_mul : k->silu_mul)(g, u, act + i * F, F);
         }
         if (linear(&L->down, act, sub, dim, M, nthreads)) return -1;
         if (L->post_ffn_norm)

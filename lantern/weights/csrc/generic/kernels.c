@@ -284,6 +284,13 @@ static void silu_mul_generic(const float *g, const float *u, float *out, int64_t
     for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+static void gelu_mul_generic(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
+    }
+}
+
 static void to_f16_generic(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = lt_f32_to_f16(src[i]);
 }
@@ -311,6 +318,7 @@ void lt_fill_generic(lt_kernels *k) {
     k->attn_name = "attention_generic";
     k->exp_sum = exp_sum_generic;
     k->silu_mul = silu_mul_generic;
+    k->gelu_mul = gelu_mul_generic;
     k->to_f16 = to_f16_generic;
     k->vec_name = "vec_generic";
 }

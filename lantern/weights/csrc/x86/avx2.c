@@ -723,6 +723,21 @@ static void silu_mul_avx2(const float *g, const float *u, float *out, int64_t n)
     for (; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+static void gelu_mul_avx2(const float *g, const float *u, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 z = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                                       _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), x), _mm256_mul_ps(x, x), x));
+        const __m256 e = exp_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.f), z));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e)), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
+    }
+}
+
 static void to_f16_avx2(const float *src, uint16_t *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -869,6 +884,7 @@ void lt_fill_avx2(lt_kernels *k) {
     k->attn_name = "attention_avx2";
     k->exp_sum = exp_sum_avx2;
     k->silu_mul = silu_mul_avx2;
+    k->gelu_mul = gelu_mul_avx2;
     k->to_f16 = to_f16_avx2;
     k->vec_name = "vec_avx2";
 }

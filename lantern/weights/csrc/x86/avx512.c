@@ -579,6 +579,23 @@ static void silu_mul_avx512(const float *g, const float *u, float *out, int64_t 
     for (; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+LT_TARGET("avx512f,fma")
+static void gelu_mul_avx512(const float *g, const float *u, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        const __m512 z = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                       _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x), _mm512_mul_ps(x, x), x));
+        const __m512 e = exp_avx512(_mm512_mul_ps(_mm512_set1_ps(-2.f), z));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
+                                                _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
+    }
+}
+
 LT_TARGET("avx512f,f16c")
 static void to_f16_avx512(const float *src, uint16_t *dst, int64_t n) {
     int64_t i = 0;
@@ -695,6 +712,7 @@ void lt_fill_avx512(lt_kernels *k) {
     k->attn_name = "attention_avx512";
     k->exp_sum = exp_sum_avx512;
     k->silu_mul = silu_mul_avx512;
+    k->gelu_mul = gelu_mul_avx512;
     k->to_f16 = to_f16_avx512;
     k->vec_name = "vec_avx512";
 }
