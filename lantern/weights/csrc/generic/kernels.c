@@ -7,7 +7,10 @@
 
 #include <math.h>
 
-void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv) {
+/* Inlined into the row kernels of Q4_0, Q4_1 and Q8_0 with qtype a constant: one loop per type,
+ * which the compiler vectorises (at -O3 on Zen 4, 1 thread: Q4_0/Q4_1 ~5x, Q8_0 ~1.3x faster
+ * than through the call; the other types were as fast or slower inlined, so they call it). */
+LT_INLINE void decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv) {
     switch (qtype) {
     case LT_Q4_0: case LT_Q4_1: case LT_Q5_0: case LT_Q5_1: {
         const float d = lt_rd_f16(b);
@@ -76,6 +79,10 @@ void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float
     }
 }
 
+void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float *minv) {
+    decode_block(qtype, b, q, scale, minv);
+}
+
 /* ----- activations ------------------------------------------------------------------------ */
 
 /* LT_X_Q15 for M rows: per group of 32, qd = max|x| / 16383 and q = round-to-even(x * (16383 /
@@ -128,7 +135,8 @@ void lt_x_prepare_bf16_generic(const float *x, int64_t M, lt_x *xp) {
  * Per sub-block s: scale[s] * qd * (sum_i w_i q_i, exact in int32) + minv[s] * qs (Q15), or
  * scale[s] * (sum_i w_i bf16(x_i)) + minv[s] * (sum of x) (BF16), accumulated in float32. */
 
-static void row_q15(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, int M, float *out) {
+LT_INLINE void row_q15_impl(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, int M, float *out,
+                            const int inline_decode) {
     int64_t E = 32, B = 0;
     lt_block_geometry(qtype, &E, &B);
     const int64_t K = x->K, G = x->G;
@@ -137,7 +145,7 @@ static void row_q15(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, in
     float scale[16], minv[16];
     for (int m = 0; m < M; m++) out[m] = 0.f;
     for (int64_t ib = 0; ib < K / E; ib++) {
-        lt_decode_block(qtype, row + ib * B, q, scale, minv);
+        (inline_decode ? decode_block : lt_decode_block)(qtype, row + ib * B, q, scale, minv);
         for (int m = 0; m < M; m++) {
             const int16_t *xq = x->q + (m0 + m) * K + ib * E;
             const float *qd = x->qd + (m0 + m) * G + ib * E / 32, *qs = x->qs + (m0 + m) * G + ib * E / 32;
@@ -151,6 +159,10 @@ static void row_q15(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, in
             out[m] += acc;
         }
     }
+}
+
+static void row_q15(int qtype, const uint8_t *row, const lt_x *x, int64_t m0, int M, float *out) {
+    row_q15_impl(qtype, row, x, m0, M, out, 0);
 }
 
 /* The bf16 row (LT_X_BF16): the oracle of the AVX-512 BF16 kernels. */
@@ -188,11 +200,17 @@ void lt_row_bf16_generic(int qtype, const uint8_t *row, const lt_x *x, int64_t m
     static void name##_3(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 3, o); } \
     static void name##_4(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 4, o); } \
     static void name##_8(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15(qt, r, x, m0, 8, o); }
-ROW_INSTANCES(q4_0, LT_Q4_0)
-ROW_INSTANCES(q4_1, LT_Q4_1)
+#define ROW_INSTANCES_INLINE(name, qt)                                                                               \
+    static void name##_1(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15_impl(qt, r, x, m0, 1, o, 1); } \
+    static void name##_2(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15_impl(qt, r, x, m0, 2, o, 1); } \
+    static void name##_3(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15_impl(qt, r, x, m0, 3, o, 1); } \
+    static void name##_4(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15_impl(qt, r, x, m0, 4, o, 1); } \
+    static void name##_8(const uint8_t *r, const lt_x *x, int64_t m0, float *o) { row_q15_impl(qt, r, x, m0, 8, o, 1); }
+ROW_INSTANCES_INLINE(q4_0, LT_Q4_0)
+ROW_INSTANCES_INLINE(q4_1, LT_Q4_1)
 ROW_INSTANCES(q5_0, LT_Q5_0)
 ROW_INSTANCES(q5_1, LT_Q5_1)
-ROW_INSTANCES(q8_0, LT_Q8_0)
+ROW_INSTANCES_INLINE(q8_0, LT_Q8_0)
 ROW_INSTANCES(q4_k, LT_Q4_K)
 ROW_INSTANCES(q5_k, LT_Q5_K)
 ROW_INSTANCES(q6_k, LT_Q6_K)
