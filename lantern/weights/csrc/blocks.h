@@ -3,6 +3,7 @@
 #ifndef LANTERN_BLOCKS_H
 #define LANTERN_BLOCKS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -103,5 +104,11 @@ void lt_decode_block(int qtype, const uint8_t *b, int8_t *q, float *scale, float
 
 /* Sub-block length of an in-place type: 16 for Q6_K, else 32. */
 static inline int lt_sub_block(int qtype) { return qtype == 14 ? 16 : 32; }
+
+/* gelu_tanh(x) as x * sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3) (lt_kernels.gelu_mul) */
+static inline float lt_gelu_tanh(float x) {
+    const float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x / (1.f + expf(-2.f * z));
+}
 
 #endif

@@ -303,10 +303,7 @@ static void silu_mul_generic(const float *g, const float *u, float *out, int64_t
 }
 
 static void gelu_mul_generic(const float *g, const float *u, float *out, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
-    }
+    for (int64_t i = 0; i < n; i++) out[i] = lt_gelu_tanh(g[i]) * u[i];
 }
 
 static void to_f16_generic(const float *src, uint16_t *dst, int64_t n) {

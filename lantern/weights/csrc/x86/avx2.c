@@ -732,10 +732,7 @@ static void gelu_mul_avx2(const float *g, const float *u, float *out, int64_t n)
         const __m256 e = exp_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.f), z));
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e)), _mm256_loadu_ps(u + i)));
     }
-    for (; i < n; i++) {
-        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
-    }
+    for (; i < n; i++) out[i] = lt_gelu_tanh(g[i]) * u[i];
 }
 
 static void to_f16_avx2(const float *src, uint16_t *dst, int64_t n) {

@@ -590,10 +590,7 @@ static void gelu_mul_avx512(const float *g, const float *u, float *out, int64_t 
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
                                                 _mm512_loadu_ps(u + i)));
     }
-    for (; i < n; i++) {
-        const float x = g[i], z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.f + expf(-2.f * z)) * u[i];
-    }
+    for (; i < n; i++) out[i] = lt_gelu_tanh(g[i]) * u[i];
 }
 
 LT_TARGET("avx512f,f16c")
