@@ -21,7 +21,7 @@
  *
  * Expansion (prompt chunks): bit-exact with the portable C: the same float32 operations in the
  * same order, unfused (explicit vmulq then vaddq; nothing here is left to the compiler to
- * contract). Attention spans for head dims 64, 96, 128 (vcvt_f32_f16 of the float16 cache),
+ * contract). Attention spans for head dims 64, 96, 128, 256 (vcvt_f32_f16 of the float16 cache),
  * exp (Cephes, as the AVX-512 file), SiLU, float16 stores (vcvt_f16_f32: round to nearest even). */
 
 #ifndef LT_NEON_ROWS /* the whole file; its end (#else) holds the row kernels' template */
