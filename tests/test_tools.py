@@ -112,6 +112,13 @@ def test_hermes_text_with_two_calls():
                      ("get_time", {"zone": "CET"})]
 
 
+def test_hermes_call_cut_inside_its_closing_tag_leaks_nothing():
+    """A length stop can cut `</tool_call>` short: what is left of it is the call's own syntax."""
+    text = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}\n}\n</tool_'
+    content, calls = check_streamed(ToolCallParser(HERMES), text)
+    assert content is None and calls == [("get_time", {"zone": "CET"})]
+
+
 def test_hermes_plain_answer_is_all_content():
     text = "No tools needed: 2 < 3 and <tool is not a call; a <tool_call without its bracket"
     content, calls = check_streamed(ToolCallParser(HERMES), text)

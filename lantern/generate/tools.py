@@ -859,7 +859,9 @@ class ToolCallParser:
                 self._buf = s
                 self._mode = "content"
                 return
-            if s and self.HERMES_CLOSE.startswith(s) and not final:
+            if s and self.HERMES_CLOSE.startswith(s):
+                if final:  # the closing tag cut short (a length stop): the call's syntax, not content
+                    self._buf = ""
                 return
         elif self.family == LLAMA3 and s.startswith("{"):
             self._buf = s

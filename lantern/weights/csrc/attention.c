@@ -12,8 +12,8 @@
  * attention shares them) (SmolLM2-135M, 9 heads over 3 KV heads: 1.9x faster than one task per
  * head). A query's positions are split into spans by their count alone, so its result does not
  * depend on the thread count or on the other queries of the pass; spans are merged like
- * flash-decoding's partial softmaxes. Elsewhere (the portable level, other head dims): one task
- * per (query, head) in plain C. */
+ * flash-decoding's partial softmaxes. Other head dims: one task per (query, head) in plain C,
+ * which is also the oracle the span kernels are tested against (lt_attention_f16_plain). */
 
 #include "blocks.h"
 #include "lantern.h"
@@ -156,6 +156,16 @@ int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint1
     attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get()};
     const int rc = attention_spans(&a, n, nthreads);
     if (rc <= 0) return rc;
+    lt_pool_run(attn_task, &a, n * H, nthreads);
+    return 0;
+}
+
+/* The plain-C path alone, whatever the level has (the tests' oracle). */
+int lt_attention_f16_plain(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                           int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window,
+                           float scale, int nthreads) {
+    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
+    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get()};
     lt_pool_run(attn_task, &a, n * H, nthreads);
     return 0;
 }

@@ -171,6 +171,9 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
 int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
                      int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
                      int nthreads);
+int lt_attention_f16_plain(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
+                           int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window,
+                           float scale, int nthreads);
 
 /* Per-thread scratch memory, 64-byte aligned, grown as needed (slot: one per concurrent use). */
 void *lt_scratch(int slot, size_t n);

@@ -302,6 +302,70 @@ static void silu_mul_generic(const float *g, const float *u, float *out, int64_t
     for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+/* float16 -> float32 without branches, so that a row's loop vectorises (Maratyszcza's FP16
+ * method, as ggml's): bit-identical to lt_f16_to_f32 on all 65,536 values but signalling NaNs,
+ * which come out quiet. */
+LT_INLINE float f16_value(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
+    const uint32_t nb = (two_w >> 4) + (0xE0u << 23), db = (two_w >> 17) | (126u << 23);
+    float norm, den;
+    memcpy(&norm, &nb, 4);
+    memcpy(&den, &db, 4);
+    norm *= 0x1.0p-112f; /* normal, inf, NaN: the exponent rebased */
+    den -= 0.5f;         /* subnormal: exact by a magic bias */
+    const float pick = two_w < (1u << 27) ? den : norm;
+    uint32_t r;
+    memcpy(&r, &pick, 4);
+    r |= sign;
+    float f;
+    memcpy(&f, &r, 4);
+    return f;
+}
+
+/* Attention spans in plain C (lt_span_fn): each key and value row converted from float16 once
+ * for the HN query heads that share it (per head, as the plain path does, Gemma's 4 heads over
+ * 1 KV head convert every row 4 times). */
+LT_INLINE void attn_span_plain(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T, float scale,
+                               float *s, float *part, const int D, const int HN) {
+    float qs[LT_ATTN_HEADS][256], row[256];
+    for (int j = 0; j < HN; j++)
+        for (int d = 0; d < D; d++) qs[j][d] = q[j][d] * scale;
+    for (int64_t t = 0; t < T; t++) {
+        for (int d = 0; d < D; d++) row[d] = f16_value(k[t * D + d]);
+        for (int j = 0; j < HN; j++) {
+            float acc = 0.f;
+            for (int d = 0; d < D; d++) acc += qs[j][d] * row[d];
+            s[j * T + t] = acc;
+        }
+    }
+    for (int j = 0; j < HN; j++) {
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < T; t++) mx = s[j * T + t] > mx ? s[j * T + t] : mx;
+        part[j * (D + 2)] = mx;
+        part[j * (D + 2) + 1] = exp_sum_generic(s + j * T, T, mx);
+        for (int d = 0; d < D; d++) part[j * (D + 2) + 2 + d] = 0.f;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        for (int d = 0; d < D; d++) row[d] = f16_value(v[t * D + d]);
+        for (int j = 0; j < HN; j++) {
+            const float w = s[j * T + t];
+            float *o = part + j * (D + 2) + 2;
+            for (int d = 0; d < D; d++) o[d] += w * row[d];
+        }
+    }
+}
+
+#define SPAN(D, HN)                                                                                             \
+    static void attn_span_##D##_##HN(const float *const *q, const uint16_t *k, const uint16_t *v, int64_t T,    \
+                                     float scale, float *s, float *part) {                                      \
+        attn_span_plain(q, k, v, T, scale, s, part, D, HN);                                                     \
+    }
+SPAN(64, 1) SPAN(64, 2) SPAN(64, 3) SPAN(64, 4)
+SPAN(96, 1) SPAN(96, 2) SPAN(96, 3) SPAN(96, 4)
+SPAN(128, 1) SPAN(128, 2) SPAN(128, 3) SPAN(128, 4)
+SPAN(256, 1) SPAN(256, 2) SPAN(256, 3) SPAN(256, 4)
+#undef SPAN
+
 static void gelu_mul_generic(const float *g, const float *u, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = lt_gelu_tanh(g[i]) * u[i];
 }
@@ -330,6 +394,12 @@ void lt_fill_generic(lt_kernels *k) {
         k->expand_f32[expandable[i]] = expand_f32_generic;
         k->expand_f32_name[expandable[i]] = "expand_f32_generic";
     }
+    static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
+        {attn_span_64_1, attn_span_64_2, attn_span_64_3, attn_span_64_4},
+        {attn_span_96_1, attn_span_96_2, attn_span_96_3, attn_span_96_4},
+        {attn_span_128_1, attn_span_128_2, attn_span_128_3, attn_span_128_4},
+        {attn_span_256_1, attn_span_256_2, attn_span_256_3, attn_span_256_4}};
+    memcpy(k->attn_span, spans, sizeof(spans));
     k->attn_name = "attention_generic";
     k->exp_sum = exp_sum_generic;
     k->silu_mul = silu_mul_generic;
