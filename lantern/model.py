@@ -123,19 +123,20 @@ class Model:
         Where the native step runs this model, the pass is one native call: the weights are read
         once for every sequence's tokens, and each sequence attends to its own cache. Elsewhere
         (other devices, the reference kernels, passes longer than the native batch limit) each
-        sequence runs alone, with the same results. Where the level reads prompts by expanding
-        weights for a dense GEMM (avx512, portable, neon), a prompt chunk of more than the step's
-        one-pass limit runs apart on that route, which is faster for it than the row kernels
-        (SmolLM2 at avx512, 8 decode tokens and a 56-token chunk, medians of three runs: 152 ms
-        apart, 208 joined; at avx2, whose prompt route is the row kernels, 295 apart and 140
-        joined)."""
+        sequence runs alone, with the same results. A prompt chunk of more than the step's
+        one-pass limit joins the decode tokens where the level has a prompt micro-kernel
+        (native.kernel_name("gemm"): avx2, avx512) or reads prompts in place anyway; elsewhere
+        (portable, neon: prompts expand weights for torch's GEMM, the step would give the chunk
+        to the row kernels) it runs apart on the prompt route. SmolLM2 at avx512, 8 decode
+        tokens and a 56-token chunk, medians of 3: with the micro-kernel 110 ms joined, 138-210
+        apart; on the row kernels it was 208 joined, 152 apart."""
         ids = [self._as_ids(tokens) for tokens, _ in passes]
         total = sum(len(i) for i in ids)
         transformer, step = self.transformer, self.transformer.native_step
         if (step is None or total > step.max_batch_tokens
                 or any(cache.keys[0].dtype != torch.float16 for _, cache in passes)):
             return [self.forward(i, cache, last_only=True) for i, (_, cache) in zip(ids, passes)]
-        if len(passes) > 1 and native.prompt_route() != "rows":
+        if len(passes) > 1 and native.kernel_name("gemm") is None and native.prompt_route() != "in_place":
             apart = [len(i) > step.max_tokens for i in ids]
             if any(apart) and not all(apart):
                 joined = iter(self.forward_batch([p for p, a in zip(passes, apart) if not a]))

@@ -63,14 +63,13 @@ def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts, smoll
         single = model.forward([ids[-1]], cache, last_only=True)
         assert row.shape == single.shape
         torch.testing.assert_close(row, single, rtol=0, atol=1e-2)
-    # A prompt chunk riding along with decode tokens: in one pass where the level reads prompts
-    # with the row kernels (avx2), apart on the prompt path where it expands weights for a GEMM
-    # (Model.forward_batch). The joined route (the native step over the whole chunk) differs from
-    # the prompt path's (PyTorch blocks over the weight kernels), so
-    # each is held to the exact math rather than to the other: the activations' rounding differs
-    # by level (Q15 at avx2 and portable: 0.001 std from the exact logits; bf16 at avx512: 0.015
-    # to 0.04 std, the prompt path about half that), within the fidelity rule's 0.07 (llama.cpp
-    # on this file: 0.07 to 0.15). Attending to another sequence's cache is about 1 std away.
+    # A prompt chunk riding along with decode tokens: in one pass where the level has a prompt
+    # micro-kernel (avx2, avx512: float32 x, 1e-7 of the exact math per product sum), apart on
+    # the prompt path elsewhere (portable, neon; Model.forward_batch). The joined route (the
+    # native step over the whole chunk) differs from the prompt path's (PyTorch blocks over the
+    # weight kernels), so each is held to the exact math rather than to the other, within the
+    # fidelity rule's 0.07 std (llama.cpp on this file: 0.07 to 0.15). Attending to another
+    # sequence's cache is about 1 std away.
     fresh = model.new_cache()
     decoding = [([ids[-1]], cache) for ids, cache in zip(prompts, caches)]
     rows = model.forward_batch(decoding + [(prompts[5], fresh)])

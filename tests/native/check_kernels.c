@@ -9,7 +9,9 @@
  *               4, 8) called directly at a few m0, and through lt_gguf_matmul with M = 1..12
  *               (every row-count mix), several K,
  *               against the generic row of the same x form (Q15: row_q15; BF16:
- *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|
+ *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|. At levels with a prompt
+ *               micro-kernel (gemm_f32), M > 12 bit-exact against lt_gemm_f32_generic over the
+ *               generic expansion (float32 x, one fused multiply-add chain per output)
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
  *   attention   lt_attention_f16, head dims 64, 80, 96, 128, 256, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
@@ -286,6 +288,26 @@ static void rows_reference(int qt, int format, const uint8_t *w, int64_t rowbyte
 
 #define ROW_TOL 2e-5
 
+/* Prompt chunks at levels with a micro-kernel (lt_kernels.gemm_f32): x in float32 against each
+ * row expanded by the generic expansion, one fmaf chain per output (lt_gemm_f32_generic over the
+ * whole row): what the level's tiled route must give bit for bit. */
+static void gemm_reference(int qt, const uint8_t *w, int64_t rowbytes, int64_t N, int64_t K, const float *x,
+                           int64_t M, float *yref) {
+    float *wf = (float *)xmalloc((size_t)K * 4), *xp = (float *)xmalloc((size_t)(K * LT_GEMM_MB) * 4);
+    for (int64_t m0 = 0; m0 < M; m0 += LT_GEMM_MB) {
+        for (int64_t k = 0; k < K; k++)
+            for (int m = 0; m < LT_GEMM_MB; m++) xp[k * LT_GEMM_MB + m] = m0 + m < M ? x[(m0 + m) * K + k] : 0.f;
+        for (int64_t n = 0; n < N; n++) {
+            float c[LT_GEMM_MB] = {0};
+            GEN.expand_f32[qt](qt, w + n * rowbytes, K, wf);
+            lt_gemm_f32_generic(wf, K, 1, xp, K, c);
+            for (int m = 0; m < LT_GEMM_MB && m0 + m < M; m++) yref[(m0 + m) * N + n] = c[m];
+        }
+    }
+    free(wf);
+    free(xp);
+}
+
 static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
     static const int64_t K32[] = {32, 96, 160, 576, 1536, 3072};
     static const int64_t K256[] = {256, 1536, 3072};
@@ -304,10 +326,11 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
         uint8_t *w = rnd_rows(qt, N, K, &rowbytes);
         float *x = (float *)xmalloc((size_t)(MX * K) * 4);
         rnd_x(x, MX * K);
-        float *yref = (float *)xmalloc((size_t)(MX * N) * 4);
+        float *yref = (float *)xmalloc((size_t)(MX * N) * 4), *ygemm = (float *)xmalloc((size_t)(MX * N) * 4);
         double *mag = (double *)xmalloc((size_t)(MX * N) * 8);
         const int format = lt_x_format_of(k, qt);
         rows_reference(qt, format, w, rowbytes, N, K, x, MX, yref, mag);
+        if (k->gemm_f32) gemm_reference(qt, w, rowbytes, N, K, x, MX, ygemm);
 
         /* each row count directly, at a few m0 */
         xbuf a;
@@ -349,15 +372,20 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
                 ok_mm = 0;
                 worst_mm = INFINITY;
             }
+            /* prompt chunks through the micro-kernel: bit-exact against its oracle */
+            const int gemm = M > LT_ROWS_MAX_M && k->gemm_f32;
+            const float *want = gemm ? ygemm : yref;
+            const double tol = gemm ? 0.0 : ROW_TOL;
             for (int64_t m = 0; m < M && !rc; m++)
                 for (int64_t n = 0; n < N; n++) {
-                    const double e = fabs((double)y[m * N + n] - yref[m * N + n]) / (mag[m * N + n] > 0 ? mag[m * N + n] : 1e-30);
+                    const double e = fabs((double)y[m * N + n] - want[m * N + n]) / (mag[m * N + n] > 0 ? mag[m * N + n] : 1e-30);
                     const double ee = e == e ? e : INFINITY;
                     if (ee > worst_mm) worst_mm = ee;
-                    if (!(ee <= ROW_TOL)) {
+                    if (!(ee <= tol)) {
                         if (ok_mm)
-                            snprintf(det_mm, sizeof det_mm, "M=%lld K=%lld n=%lld m=%lld: %.9g vs %.9g", (long long)M,
-                                     (long long)K, (long long)n, (long long)m, y[m * N + n], yref[m * N + n]);
+                            snprintf(det_mm, sizeof det_mm, "M=%lld K=%lld n=%lld m=%lld%s: %.9g vs %.9g", (long long)M,
+                                     (long long)K, (long long)n, (long long)m, gemm ? " (gemm)" : "", y[m * N + n],
+                                     want[m * N + n]);
                         ok_mm = 0;
                     }
                 }
@@ -366,6 +394,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
         free(w);
         free(x);
         free(yref);
+        free(ygemm);
         free(mag);
     }
     char what[64];
@@ -654,6 +683,8 @@ static void check_names(const char *lvl, int isa, const char *require) {
     }
     printf("INFO %s attention %s\n", lvl, lantern_kernel_name(3, 0));
     printf("INFO %s vec %s\n", lvl, lantern_kernel_name(4, 0));
+    const char *g = lantern_kernel_name(5, 0);
+    printf("INFO %s gemm %s\n", lvl, g ? g : "(none: prompt chunks take the row kernels)");
     fflush(stdout);
     if (isa == LT_ISA_PORTABLE) return;
     int required = 0;

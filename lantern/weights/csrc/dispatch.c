@@ -129,7 +129,8 @@ LT_EXPORT const char *lantern_isa_name(int isa) {
 
 /* The name of the function serving `what` at the level in use: 0 a row of type `qtype` in
  * place (decode), 1 its expansion to bf16, 2 to float32, 3 attention over the float16 cache,
- * 4 the vector helpers (exp, SiLU, float16 stores). NULL where nothing serves it. */
+ * 4 the vector helpers (exp, SiLU, float16 stores), 5 the prompt chunks' micro-kernel (NULL: the
+ * row kernels serve them). NULL where nothing serves it. */
 LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     const lt_kernels *k = lt_kernels_get();
     if (what <= 2 && (qtype < 0 || qtype >= LT_NTYPES)) return NULL;
@@ -139,6 +140,7 @@ LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     case 2: return k->expand_f32[qtype] ? k->expand_f32_name[qtype] : NULL;
     case 3: return k->attn_name;
     case 4: return k->vec_name;
+    case 5: return k->gemm_f32 ? k->gemm_name : NULL;
     default: return NULL;
     }
 }

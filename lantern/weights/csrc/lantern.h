@@ -93,11 +93,24 @@ typedef struct {
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
 typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *out);
 #define LT_ROW_COUNTS 5
+#ifndef LT_ROWS_MAX_M
+#define LT_ROWS_MAX_M 12 /* lt_gguf_matmul: up to this many rows of x, the row kernels over W in place
+                            (decode, verify passes); more: a prompt chunk (native.py GGUF_MAX_M) */
+#endif
 static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
 
 /* One row of GGUF blocks (K weights) -> weights (prompt chunks, then a dense GEMM). */
 typedef void (*lt_expand_bf16_fn)(int qtype, const uint8_t *row, int64_t K, uint16_t *out);
 typedef void (*lt_expand_f32_fn)(int qtype, const uint8_t *row, int64_t K, float *out);
+
+/* Prompt chunks, at levels with a float32 micro-kernel: c[i][m] += sum_k w[i * ldw + k] * xp[k][m]
+ * for i < nw (<= LT_GEMM_NW weight rows, expanded to float32: exactly lantern's dequantization),
+ * m < LT_GEMM_MB rows of x packed as [KC][LT_GEMM_MB] (transposed), c [nw][LT_GEMM_MB]. Each c
+ * element is one chain of fused multiply-adds in k order, whatever the tiling around it, so the
+ * result does not depend on M, the threads or a row's place in the batch. */
+typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c);
+#define LT_GEMM_NW 6  /* weight rows per call: 6 x 2 accumulators of 8 floats, 15 of AVX2's 16 registers */
+#define LT_GEMM_MB 16 /* rows of x per call */
 
 /* Attention of HN query heads q[j] (scores times `scale`) over T positions of one KV head
  * (float16 rows of D): writes per head (max score, sum of exp, D unnormalised outputs) to
@@ -123,6 +136,10 @@ typedef struct {
     const char *expand_bf16_name[LT_NTYPES];
     lt_expand_f32_fn expand_f32[LT_NTYPES];
     const char *expand_f32_name[LT_NTYPES];
+    /* NULL: prompt chunks take the row kernels. Else lt_gguf_matmul multiplies more than
+     * LT_ROWS_MAX_M rows of x with this, over weights expanded by expand_f32 256 columns at a time. */
+    lt_gemm_f32_fn gemm_f32;
+    const char *gemm_name;
     lt_span_fn attn_span[LT_ATTN_DIMS][LT_ATTN_HEADS]; /* by head dim (64, 96, 128, 256), heads - 1 */
     const char *attn_name;
     float (*exp_sum)(float *s, int64_t T, float mx); /* s[t] = exp(s[t] - mx); returns the sum */
@@ -141,6 +158,9 @@ static inline int lt_x_format_of(const lt_kernels *k, int qtype) {
 
 /* The table in use (dispatch.c); never NULL once lt_kernels_get() has run. */
 const lt_kernels *lt_kernels_get(void);
+
+/* The micro-kernel in plain C with fmaf: the oracle of the levels' (bit-exact: the same chains). */
+void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c);
 
 /* Fillers: generic first, then each level up to the chosen one. */
 void lt_fill_generic(lt_kernels *k);
@@ -177,7 +197,7 @@ int lt_attention_f16_plain(const float *q, int64_t ldq, const uint16_t *k, const
 
 /* Per-thread scratch memory, 64-byte aligned, grown as needed (slot: one per concurrent use). */
 void *lt_scratch(int slot, size_t n);
-enum { LT_SCRATCH_X = 0, LT_SCRATCH_ATTN = 1, LT_SCRATCH_STEP = 2, LT_SCRATCH_SLOTS = 3 };
+enum { LT_SCRATCH_X = 0, LT_SCRATCH_ATTN = 1, LT_SCRATCH_STEP = 2, LT_SCRATCH_GEMM = 3, LT_SCRATCH_SLOTS = 4 };
 
 /* Geometry of a GGUF block type: elements and bytes per block; -1 for a type lantern does not read. */
 int lt_block_geometry(int qtype, int64_t *elems, int64_t *bytes);

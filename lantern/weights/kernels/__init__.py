@@ -164,17 +164,26 @@ def f16_attention():
 def level() -> dict:
     """The instruction-set level in use and the C function serving each role (for --verbose,
     `lantern info` and `bench --json`): {"isa": ..., "supported": [...], "matmul": {type: fn},
-    "expand": {type: fn}, "attention": fn, "vector": fn, "fallbacks": {type: why}}."""
+    "expand": {type: fn}, "prompt": {type: "fn + fn"}, "attention": fn, "vector": fn,
+    "fallbacks": {type: why}}."""
     from . import native
 
     if not native.available():
         return {"isa": None, "supported": [], "fallbacks": {}}
     expand = "expand_bf16" if native.expands_to_bf16() else "expand_f32"
+    route, gemm = native.prompt_route(), native.kernel_name("gemm")
+
+    def prompt(t):  # the functions prompt chunks of type t go through (native.PROMPT_ROUTES)
+        if route != "in_place":
+            return f"{native.kernel_name(expand, t)} + torch GEMM"
+        return f"{native.kernel_name('expand_f32', t)} + {gemm}" if gemm else native.kernel_name("matmul", t)
+
     return {
         "isa": native.isa(),
         "supported": native.supported_isas(),
         "matmul": {t.name: native.kernel_name("matmul", t) for t in native.GGUF_BLOCKS},
         "expand": {t.name: native.kernel_name(expand, t) for t in (*native.GGUF_BLOCKS, QT.Q2_K, QT.Q3_K)},
+        "prompt": {t.name: prompt(t) for t in native.GGUF_BLOCKS},
         "attention": native.kernel_name("attention"),
         "vector": native.kernel_name("vector"),
         "fallbacks": {t.name: why for t, why in fallbacks.items()},

@@ -135,7 +135,7 @@ def set_isa(name: str | None) -> str:
     return isa()
 
 
-KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4}
+KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4, "gemm": 5}
 
 
 def kernel_name(role: str, qtype: QT | None = None) -> str | None:
@@ -149,9 +149,11 @@ def kernel_name(role: str, qtype: QT | None = None) -> str | None:
 
 # How each level multiplies prompt chunks (more than GGUF_MAX_M tokens): "expand_bf16" (slabs of
 # weights to bfloat16, torch's bf16 GEMM: AVX-512 BF16 has the hardware), "expand_f32" (exact
-# float32 slabs, torch's float32 GEMM) or "rows" (the level's row kernels over blocks of 64
-# tokens, in place). Measured per level: docs/PERFORMANCE.md, "Prompt chunks per level".
-PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "rows", "neon": "expand_f32", "portable": "expand_f32"}
+# float32 slabs, torch's float32 GEMM) or "in_place" (`lantern_gguf_matmul` on the blocks: the
+# level's float32 micro-kernel over weights expanded 256 columns at a time in L1, where it has one
+# (kernel_name("gemm"); avx2), else its row kernels over blocks of 64 tokens). Measured per level:
+# docs/PERFORMANCE.md, "Prompt chunks per level".
+PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "in_place", "neon": "expand_f32", "portable": "expand_f32"}
 
 
 def prompt_route() -> str:
@@ -211,8 +213,9 @@ GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1:
 def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: int, threads: int | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """x float32 [M, cols] @ W.T for the GGUF blocks `raw` ([rows, bytes per row], contiguous):
-    float32 [M, rows]. x is rounded inside to the form the level's row kernels read (bfloat16 at
-    avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0: lantern.h)."""
+    float32 [M, rows]. Up to GGUF_MAX_M rows, x is rounded inside to the form the level's row
+    kernels read (bfloat16 at avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0:
+    lantern.h); more rows take the level's prompt micro-kernel where it has one, in float32."""
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.float().contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out
@@ -303,8 +306,8 @@ class GGUFKernel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [M, cols] -> float32 [M, rows]."""
         m = x.shape[0]
-        route = "rows" if m <= GGUF_MAX_M else prompt_route()
-        if route == "rows":  # decode steps and drafts (and prompt chunks where that is faster)
+        route = "in_place" if m <= GGUF_MAX_M else prompt_route()
+        if route == "in_place":  # decode steps and drafts (and prompt chunks where that is faster)
             return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols)
         dtype = torch.bfloat16 if route == "expand_bf16" else torch.float32
         xw = x.to(dtype)

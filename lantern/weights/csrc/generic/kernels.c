@@ -374,6 +374,19 @@ static void to_f16_generic(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = lt_f32_to_f16(src[i]);
 }
 
+/* The prompt micro-kernel (lantern.h), one fused multiply-add at a time: fmaf rounds once, as
+ * the levels' vector FMAs do, so their results equal these bit for bit. Not in the portable
+ * table: without FMA hardware fmaf is a library call; prompt chunks there expand weights for
+ * torch's GEMM (native.py PROMPT_ROUTES). */
+void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c) {
+    for (int i = 0; i < nw; i++)
+        for (int m = 0; m < LT_GEMM_MB; m++) {
+            float acc = c[i * LT_GEMM_MB + m];
+            for (int64_t k = 0; k < KC; k++) acc = fmaf(w[i * ldw + k], xp[k * LT_GEMM_MB + m], acc);
+            c[i * LT_GEMM_MB + m] = acc;
+        }
+}
+
 void lt_fill_generic(lt_kernels *k) {
     memset(k, 0, sizeof(*k));
     k->isa = "portable";

@@ -658,6 +658,43 @@ static void expand_bf16_avx2(int qtype, const uint8_t *row, int64_t K, uint16_t 
     }
 }
 
+/* ----- prompt micro-kernel (lantern.h lt_gemm_f32_fn) --------------------------------------------
+ * NW weight rows against 16 rows of x: 2 x NW accumulators of 8 rows of x, each weight broadcast
+ * once per k; the loop is bound by the two FMA pipes (12 FMAs per k at NW = 6). */
+LT_INLINE void gemm_tile(const float *w, int64_t ldw, const int NW, const float *xp, int64_t KC, float *c) {
+    __m256 acc[LT_GEMM_NW][2];
+    UNROLL
+    for (int i = 0; i < NW; i++) {
+        acc[i][0] = _mm256_loadu_ps(c + i * LT_GEMM_MB);
+        acc[i][1] = _mm256_loadu_ps(c + i * LT_GEMM_MB + 8);
+    }
+    for (int64_t k = 0; k < KC; k++) {
+        const __m256 x0 = _mm256_loadu_ps(xp + k * LT_GEMM_MB), x1 = _mm256_loadu_ps(xp + k * LT_GEMM_MB + 8);
+        UNROLL
+        for (int i = 0; i < NW; i++) {
+            const __m256 b = _mm256_broadcast_ss(w + i * ldw + k);
+            acc[i][0] = _mm256_fmadd_ps(b, x0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(b, x1, acc[i][1]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < NW; i++) {
+        _mm256_storeu_ps(c + i * LT_GEMM_MB, acc[i][0]);
+        _mm256_storeu_ps(c + i * LT_GEMM_MB + 8, acc[i][1]);
+    }
+}
+
+static void gemm_f32_avx2(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c) {
+    switch (nw) {
+    case 6: gemm_tile(w, ldw, 6, xp, KC, c); break;
+    case 5: gemm_tile(w, ldw, 5, xp, KC, c); break;
+    case 4: gemm_tile(w, ldw, 4, xp, KC, c); break;
+    case 3: gemm_tile(w, ldw, 3, xp, KC, c); break;
+    case 2: gemm_tile(w, ldw, 2, xp, KC, c); break;
+    default: gemm_tile(w, ldw, 1, xp, KC, c); break;
+    }
+}
+
 /* ----- vector helpers ----------------------------------------------------------------------------
  * Cephes' expf: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by a degree-7
  * polynomial, times 2^n built in two halves (so that n down to -150 gives expf's subnormals);
@@ -872,6 +909,8 @@ void lt_fill_avx2(lt_kernels *k) {
         k->expand_bf16[expandable[i]] = expand_bf16_avx2;
         k->expand_bf16_name[expandable[i]] = "expand_bf16_avx2";
     }
+    k->gemm_f32 = gemm_f32_avx2;
+    k->gemm_name = "gemm_f32_avx2";
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
         {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
         {attn_span_12_1, attn_span_12_2, attn_span_12_3, attn_span_12_4},
