@@ -105,13 +105,14 @@ class Model:
         else:
             chunks = ids.split(PREFILL_CHUNK)
             parts = []
-            for i, chunk in enumerate(chunks):
-                if not last_only:
-                    parts.append(self.transformer(chunk, cache, outputs="all"))
-                elif i == len(chunks) - 1:
-                    parts.append(self.transformer(chunk, cache, outputs="last"))
-                else:
-                    self.transformer(chunk, cache, outputs="none")
+            with step_threads(PREFILL_CHUNK, self._kernels_on_pool):
+                for i, chunk in enumerate(chunks):
+                    if not last_only:
+                        parts.append(self.transformer(chunk, cache, outputs="all"))
+                    elif i == len(chunks) - 1:
+                        parts.append(self.transformer(chunk, cache, outputs="last"))
+                    else:
+                        self.transformer(chunk, cache, outputs="none")
             logits = torch.cat(parts)
         self._check_finite(logits, [(ids, cache, start)])
         return logits

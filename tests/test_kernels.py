@@ -303,7 +303,9 @@ def test_gguf_kernel_reads_the_file_in_place():
 @needs_native
 def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
     """During a small-batch step torch's own ops run on one thread while the weight kernels use
-    the threads torch had; prompt chunks leave torch's threads alone; both are restored after."""
+    the threads torch had; prompt chunks do the same where the level multiplies them on the
+    pool ("in_place": avx2) and leave torch's threads alone where torch's GEMM does (the other
+    levels); both are restored after."""
     model = lantern.load(cached_model(Spec(arch="llama", n_heads=4, n_kv_heads=2, vocab_size=1024), "Q4_K_M"))
     seen = []
     model.transformer.embedding.register_forward_hook(  # runs on both the PyTorch and the native step
@@ -315,7 +317,8 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
         model.forward(list(range(3, 3 + native.GGUF_MAX_M + 1)), cache)  # a prompt chunk
         model.forward([5], cache)  # a decode step
         model.forward([5, 6, 7], cache)  # a speculative verify
-        assert seen == [(2, 2), (1, 2), (1, 2)]
+        prompt = (1, 2) if native.prompt_route() == "in_place" else (2, 2)
+        assert seen == [prompt, (1, 2), (1, 2)]
         assert torch.get_num_threads() == 2 and native.pool_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -340,6 +343,10 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         suffix = "_generic" if level == "portable" else f"_{level}"
         wrong = {role: f for role, f in names.items() if suffix not in f}
         assert not wrong, f"at {level} these run other levels' functions: {wrong}"
+        # prompt chunks: named per type; at avx2 through its own micro-kernel
+        assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
+        if level == "avx2":
+            assert all(f.endswith("+ gemm_f32_avx2") for f in info["prompt"].values()), info["prompt"]
 
 
 @needs_native
