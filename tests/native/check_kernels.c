@@ -289,8 +289,8 @@ static void rows_reference(int qt, int format, const uint8_t *w, int64_t rowbyte
 #define ROW_TOL 2e-5
 
 /* Prompt chunks at levels with a micro-kernel (lt_kernels.gemm_f32): x in float32 against each
- * row expanded by the generic expansion, one fmaf chain per output (lt_gemm_f32_generic over the
- * whole row): what the level's tiled route must give bit for bit. */
+ * row expanded by the generic expansion, one chain of once-rounded multiply-adds per output
+ * (lt_gemm_f32_generic over the whole row): what the level's tiled route must give bit for bit. */
 static void gemm_reference(int qt, const uint8_t *w, int64_t rowbytes, int64_t N, int64_t K, const float *x,
                            int64_t M, float *yref) {
     float *wf = (float *)xmalloc((size_t)K * 4), *xp = (float *)xmalloc((size_t)(K * LT_GEMM_MB) * 4);

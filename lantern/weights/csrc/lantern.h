@@ -159,7 +159,7 @@ static inline int lt_x_format_of(const lt_kernels *k, int qtype) {
 /* The table in use (dispatch.c); never NULL once lt_kernels_get() has run. */
 const lt_kernels *lt_kernels_get(void);
 
-/* The micro-kernel in plain C with fmaf: the oracle of the levels' (bit-exact: the same chains). */
+/* The micro-kernel in plain C, each multiply-add rounded once: the oracle of the levels' (bit-exact: the same chains). */
 void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c);
 
 /* Fillers: generic first, then each level up to the chosen one. */

@@ -374,15 +374,32 @@ static void to_f16_generic(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = lt_f32_to_f16(src[i]);
 }
 
-/* The prompt micro-kernel (lantern.h), one fused multiply-add at a time: fmaf rounds once, as
- * the levels' vector FMAs do, so their results equal these bit for bit. Not in the portable
- * table: without FMA hardware fmaf is a library call; prompt chunks there expand weights for
- * torch's GEMM (native.py PROMPT_ROUTES). */
+/* x * y + z rounded once, in plain C on any C library (MinGW's fmaf rounds twice): the product
+ * is exact in double, so the double sum can only mislead float's rounding in a halfway case,
+ * which its low bits show; the exact error then picks the side (musl's fmaf, round to nearest). */
+static float fma_f32(float x, float y, float z) {
+    const double xy = (double)x * y, r = xy + z;
+    uint64_t u;
+    memcpy(&u, &r, 8);
+    if ((u & 0x1fffffff) != 0x10000000 || (u >> 52 & 0x7ff) == 0x7ff || (r - xy == z && r - z == xy))
+        return (float)r;
+    const int neg = (int)(u >> 63);
+    const double err = neg == (z > xy) ? xy - r + z : z - r + xy;
+    u = neg == (err < 0) ? u + 1 : u - 1;
+    double v;
+    memcpy(&v, &u, 8);
+    return (float)v;
+}
+
+/* The prompt micro-kernel (lantern.h), one fused multiply-add at a time, rounded once as the
+ * levels' vector FMAs round, so their results equal these bit for bit. Not in the portable
+ * table: without FMA hardware this is slow; prompt chunks there expand weights for torch's GEMM
+ * (native.py PROMPT_ROUTES). */
 void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, int64_t KC, float *c) {
     for (int i = 0; i < nw; i++)
         for (int m = 0; m < LT_GEMM_MB; m++) {
             float acc = c[i * LT_GEMM_MB + m];
-            for (int64_t k = 0; k < KC; k++) acc = fmaf(w[i * ldw + k], xp[k * LT_GEMM_MB + m], acc);
+            for (int64_t k = 0; k < KC; k++) acc = fma_f32(w[i * ldw + k], xp[k * LT_GEMM_MB + m], acc);
             c[i * LT_GEMM_MB + m] = acc;
         }
 }
