@@ -99,13 +99,12 @@ class Model:
         only the last one (what generation needs: skips most of the output head)."""
         ids = self._as_ids(token_ids)
         start = cache.length
-        if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
-            with step_threads(len(ids), self._kernels_on_pool):
+        with step_threads(min(len(ids), PREFILL_CHUNK), self._kernels_on_pool):
+            if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
                 logits = self.transformer(ids, cache, outputs="last" if last_only else "all")
-        else:
-            chunks = ids.split(PREFILL_CHUNK)
-            parts = []
-            with step_threads(PREFILL_CHUNK, self._kernels_on_pool):
+            else:
+                chunks = ids.split(PREFILL_CHUNK)
+                parts = []
                 for i, chunk in enumerate(chunks):
                     if not last_only:
                         parts.append(self.transformer(chunk, cache, outputs="all"))
@@ -113,7 +112,7 @@ class Model:
                         parts.append(self.transformer(chunk, cache, outputs="last"))
                     else:
                         self.transformer(chunk, cache, outputs="none")
-            logits = torch.cat(parts)
+                logits = torch.cat(parts)
         self._check_finite(logits, [(ids, cache, start)])
         return logits
 

@@ -93,11 +93,11 @@ typedef struct {
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
 typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *out);
 #define LT_ROW_COUNTS 5
+static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
 #ifndef LT_ROWS_MAX_M
 #define LT_ROWS_MAX_M 12 /* lt_gguf_matmul: up to this many rows of x, the row kernels over W in place
                             (decode, verify passes); more: a prompt chunk (native.py GGUF_MAX_M) */
 #endif
-static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
 
 /* One row of GGUF blocks (K weights) -> weights (prompt chunks, then a dense GEMM). */
 typedef void (*lt_expand_bf16_fn)(int qtype, const uint8_t *row, int64_t K, uint16_t *out);
