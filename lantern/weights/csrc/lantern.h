@@ -125,9 +125,10 @@ typedef struct {
     int x_format;                                    /* LT_X_BF16 or LT_X_Q15 */
     void (*x_prepare)(const float *x, int64_t M, lt_x *xp); /* fills what x_format names */
     /* Types whose row kernels read LT_X_Q15 at a level whose x_format is LT_X_BF16 (bit t: type
-     * t), and the function that fills that form for them. AVX-512: Q8_0, whose 8-bit codes
-     * widen to int16 for vpmaddwd in fewer instructions than to float32 (nor are they exact in
-     * bf16 with one instruction), and 15-bit activations are 64x finer than bf16. */
+     * t), and the function that fills that form for them. AVX-512: Q8_0 (8-bit codes widen to
+     * int16 for vpmaddwd in fewer instructions than to float32, nor are they exact in bf16 with
+     * one instruction) and Q4_1, both on the avx2 level's row kernels, faster there than the
+     * bf16 ones; 15-bit activations are also 64x finer than bf16. */
     uint32_t q15_types;
     void (*x_prepare_q15)(const float *x, int64_t M, lt_x *xp);
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
@@ -167,7 +168,7 @@ void lt_fill_generic(lt_kernels *k);
 #ifdef LT_X86
 void lt_fill_avx2(lt_kernels *k);
 void lt_fill_avx512(lt_kernels *k);
-void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp); /* the avx2 level's, for avx512's Q8_0 */
+void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp); /* the avx2 level's, for avx512's q15_types */
 #endif
 #ifdef LT_ARM64
 void lt_fill_neon(lt_kernels *k);

@@ -214,8 +214,8 @@ def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: 
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """x float32 [M, cols] @ W.T for the GGUF blocks `raw` ([rows, bytes per row], contiguous):
     float32 [M, rows]. Up to GGUF_MAX_M rows, x is rounded inside to the form the level's row
-    kernels read (bfloat16 at avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0:
-    lantern.h); more rows take the level's prompt micro-kernel where it has one, in float32."""
+    kernels read (bfloat16 at avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0
+    and Q4_1: lantern.h); more rows take the level's prompt micro-kernel where it has one, in float32."""
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.float().contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out

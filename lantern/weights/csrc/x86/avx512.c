@@ -6,8 +6,8 @@
  * Row kernels: q becomes bf16 in registers by a table lookup (vpermw / vpermt2w on the nibble or
  * 6-bit codes; the table bakes in Q4_0's -8, Q5_0's -16, Q6_K's -32), vdpbf16ps gives 16
  * partial dot products per 32 weights, one FMA by the sub-block's scale adds them to float32
- * accumulators. Q8_0 reads x as 15-bit integers (LT_X_Q15, as the avx2 level) for vpmaddwd on
- * its sign-extended codes: q80_impl. */
+ * accumulators. Q8_0 and Q4_1 keep the avx2 level's row kernels (x as 15-bit integers,
+ * LT_X_Q15, and vpmaddwd): lt_fill_avx512. */
 
 #include "../blocks.h"
 #include "../lantern.h"
@@ -206,7 +206,7 @@ TGT_BF16 static ALWAYS_INLINE float rd_f16_vec(const uint8_t *p) { /* F16C: one 
     return _cvtsh_ss(h);
 }
 
-/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (bf16 dot products; Q8_0: q80_impl). */
+/* 32-element blocks: Q4_0, Q5_0, Q5_1, IQ4_NL (bf16 dot products). */
 
 /* One block into acc[m] for the M rows of x. */
 TGT_BF16 static ALWAYS_INLINE void q32_block(const uint8_t *blk, int64_t e0, float dscale, __m512 *acc, int64_t K,
@@ -328,46 +328,6 @@ TGT_BF16 static ALWAYS_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
     for (int m = 0; m < M; m++) out[m] = hsum2(acc[m][0], acc[m][1]);
 }
 
-/* Q8_0 on 15-bit x (LT_X_Q15: lt_kernels.q15_types): per block the 32 codes sign-extended to
- * words once for all M rows of x, then per row one vpmaddwd (exact int32 pair sums), one
- * conversion and one FMA by d * qd, read from a table of 16 blocks' products per row. (As
- * float32 products, 7 instructions per block and row of x: compute-bound at 9.5 GB/s of
- * blocks per Zen 4 core, under the memory's speed with two cores.) */
-TGT_BF16 static ALWAYS_INLINE void q80_block(const uint8_t *blk, const int16_t *xq, int64_t K, const float *sq,
-                                             __m512 *acc, const int M) {
-    const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
-    for (int m = 0; m < M; m++) {
-        const __m512i p = _mm512_madd_epi16(w, _mm512_loadu_si512(xq + m * K));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(sq[16 * m]), acc[m]);
-    }
-}
-
-TGT_BF16 static ALWAYS_INLINE void q80_impl(const uint8_t *row, int64_t K, const int16_t *xq, const float *xd,
-                                            int64_t G, float *out, const int M) {
-    const int64_t nb = K / 32;
-    __m512 acc0[8], acc1[8];
-    for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 16) {
-        const int n = nb - b < 16 ? (int)(nb - b) : 16;
-        const __mmask16 km = (__mmask16)(n == 16 ? 0xFFFF : (1u << n) - 1);
-        LT_ALIGN(64) float df[16];
-        LT_ALIGN(64) float sq[8][16];
-        for (int i = 0; i < n; i++) df[i] = rd_f16_vec(row + (b + i) * 34);
-        const __m512 dv = _mm512_maskz_load_ps(km, df);
-        for (int m = 0; m < M; m++) _mm512_store_ps(sq[m], _mm512_mul_ps(dv, _mm512_maskz_loadu_ps(km, xd + m * G + b)));
-        READ_BACK(sq);
-        const uint8_t *base = row + b * 34;
-        const int16_t *xb = xq + b * 32;
-        int i = 0;
-        for (; i + 2 <= n; i += 2) {
-            q80_block(base + i * 34, xb + i * 32, K, &sq[0][i], acc0, M);
-            q80_block(base + (i + 1) * 34, xb + (i + 1) * 32, K, &sq[0][i + 1], acc1, M);
-        }
-        if (i < n) q80_block(base + i * 34, xb + i * 32, K, &sq[0][i], acc0, M);
-    }
-    for (int m = 0; m < M; m++) out[m] = hsum2(acc0[m], acc1[m]);
-}
-
 #define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
 #define ROW_PASS(M) row, x->K, x->bf + m0 * x->K, x->f + m0 * x->K, x->bs + m0 * x->ld, x->ld, out
 #define INSTANCES(name, call)                                              \
@@ -380,7 +340,6 @@ TGT_BF16 static ALWAYS_INLINE void q80_impl(const uint8_t *row, int64_t K, const
 #define Q5K(args, M) q4k_impl(args, M, 1)
 #define Q6K(args, M) q6k_impl(args, M)
 #define Q40(args, M) q32_impl(args, M, LT_Q4_0)
-#define Q41(args, M) q32_impl(args, M, LT_Q4_1)
 #define Q50(args, M) q32_impl(args, M, LT_Q5_0)
 #define Q51(args, M) q32_impl(args, M, LT_Q5_1)
 #define IQ4NL(args, M) q32_impl(args, M, LT_IQ4_NL)
@@ -389,17 +348,10 @@ INSTANCES(rq4k, Q4K)
 INSTANCES(rq5k, Q5K)
 INSTANCES(rq6k, Q6K)
 INSTANCES(rq40, Q40)
-INSTANCES(rq41, Q41)
 INSTANCES(rq50, Q50)
 INSTANCES(rq51, Q51)
 INSTANCES(riq4nl, IQ4NL)
 INSTANCES(riq4xs, IQ4XS)
-#define Q80_PASS(M) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->G, out
-TGT_BF16 static void rq80q_1(ROW_ARGS_X) { q80_impl(Q80_PASS(1), 1); }
-TGT_BF16 static void rq80q_2(ROW_ARGS_X) { q80_impl(Q80_PASS(2), 2); }
-TGT_BF16 static void rq80q_3(ROW_ARGS_X) { q80_impl(Q80_PASS(3), 3); }
-TGT_BF16 static void rq80q_4(ROW_ARGS_X) { q80_impl(Q80_PASS(4), 4); }
-TGT_BF16 static void rq80q_8(ROW_ARGS_X) { q80_impl(Q80_PASS(8), 8); }
 
 /* ---- expansion to bf16 (prompt chunks): w = scale * q + minv, rounded to nearest even ---- */
 
@@ -690,14 +642,21 @@ void lt_fill_avx512(lt_kernels *k) {
     gguf_tables_init();
     k->x_format = LT_X_BF16;
     k->x_prepare = x_prepare_avx512;
-    k->q15_types = 1u << LT_Q8_0;
+    /* Q8_0 and Q4_1 keep the avx2 level's row kernels on 15-bit x: faster than bf16 ones on
+     * this level's short rows and even on long ones (bench/rows_vs_ggml.py, docs/PERFORMANCE.md) */
+    k->q15_types = 1u << LT_Q8_0 | 1u << LT_Q4_1;
     k->x_prepare_q15 = lt_x_prepare_q15_avx2;
 #define SET_ROWS(qt, name, label)                                                              \
     k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx512";      \
     k->expand_bf16[qt] = gguf_bf16_row_simd; k->expand_bf16_name[qt] = "expand_bf16_avx512";
-    SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
-    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80q, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
+    SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q5_0, rq50, "q5_0")
+    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
+    static const int q15_rows[] = {LT_Q4_1, LT_Q8_0}; /* their prompt chunks: bf16 as the others' */
+    for (int i = 0; i < 2; i++) {
+        k->expand_bf16[q15_rows[i]] = gguf_bf16_row_simd;
+        k->expand_bf16_name[q15_rows[i]] = "expand_bf16_avx512";
+    }
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
     SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
