@@ -1,0 +1,78 @@
+"""Two builds of lantern's native library in one process, taking turns: the decode step (one
+sequence) and the batched step (8 sequences) of a model, with A, then B, then A... This machine's
+speed drifts by a third between runs, so an A/B of a kernel change is only meaningful with both
+builds timed side by side; run it with A = B once to see the noise floor (ratio ~1.00).
+
+    cp lantern/weights/kernels/_native*.so /tmp/A.so        # before the change
+    # ... change, rebuild (python setup.py build_ext --inplace) ...
+    python bench/native_ab.py smollm2 /tmp/A.so lantern/weights/kernels/_native*.so
+
+Prints per batch size the median over rounds of each build's fastest of 5 steps, and A / B
+(above 1: B is faster). Both builds must be of this version of lantern (the ABI check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lantern  # noqa: E402
+from lantern.weights.kernels import native  # noqa: E402
+
+
+def load(path: str):
+    lib = ctypes.CDLL(path)
+    if lib.lantern_abi_version() != native.ABI_VERSION:
+        sys.exit(f"native_ab: {path} is from another version of lantern")
+    native._bind(lib)
+    native._select_isa(lib, os.environ.get("LANTERN_ISA", ""))
+    return lib
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--batch", default="1,8", help="sequences per step (default: 1,8)")
+    args = ap.parse_args()
+    libs = {"A": load(args.a), "B": load(args.b)}
+    model = lantern.load(args.model)
+    step = model.transformer.native_step
+    if step is None:
+        sys.exit("native_ab: the native step does not run this model here")
+    sizes = [int(v) for v in args.batch.split(",")]
+    caches = [model.new_cache() for _ in range(max(sizes))]
+    for i, cache in enumerate(caches):
+        model.forward(list(range(100 + i, 140 + i)), cache, last_only=True)
+    times = {(name, b): [] for name in libs for b in sizes}
+    for _ in range(args.rounds):
+        for name, lib in libs.items():
+            native._lib = step._lib = lib
+            time.sleep(0.05)  # the other build's pool goes idle
+            for b in sizes:
+                passes = [([5 + j], caches[j]) for j in range(b)]
+                model.forward_batch(passes)
+                best = float("inf")
+                for _ in range(5):
+                    t = time.perf_counter()
+                    model.forward_batch(passes)
+                    best = min(best, time.perf_counter() - t)
+                times[(name, b)].append(best)
+            for cache in caches:
+                cache.truncate(40)
+    for b in sizes:
+        a, bb = statistics.median(times[("A", b)]), statistics.median(times[("B", b)])
+        print(f"{b} sequences: A {a * 1e3:.2f} ms, B {bb * 1e3:.2f} ms, A / B {a / bb:.3f}")
+
+
+if __name__ == "__main__":
+    main()
