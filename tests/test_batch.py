@@ -88,8 +88,12 @@ def test_eight_sequences_in_a_batch_match_their_outputs_alone(model, prompts):
         outputs = [list(h.tokens()) for h in handles]
     assert all(h.finish_reason == "length" for h in handles)
     assert max(p.sequences for p in passes) == 8, "the sequences were not decoded together"
-    # one pass per token for all eight (alone: eight passes per token), the prompts read along
-    assert len(passes) <= TOKENS + 2
+    # one pass per token for all eight (alone: eight passes per token), the prompts read along:
+    # beyond TOKENS, only passes that read prompt tokens (how many depends on how far the engine
+    # got before the last request arrived: each prompt takes one or two chunks)
+    reading = sum(1 for p in passes if p.tokens > p.decode_tokens)
+    assert reading <= 2 * len(prompts)
+    assert len(passes) <= TOKENS + reading
     for ids, out in zip(prompts, outputs):
         assert len(out) == TOKENS
         assert_same_greedy_output(model, ids, alone(model, ids), out)
