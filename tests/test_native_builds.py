@@ -5,7 +5,8 @@ have, and what each build makes runs (README, "Platforms"):
   -Werror at setup.py's -O3 -std=c11, the library then loaded by lantern in a subprocess
   (LANTERN_NATIVE_LIB) and checked at every level this CPU runs on random Q4_0 blocks against
   lantern's dequantize; the clang build also with the condition-variable pool (macOS's path,
-  LT_POOL_NO_FUTEX) and the workers made to sleep between calls (LANTERN_SPIN_US=0);
+  LT_POOL_NO_FUTEX) and the workers made to sleep between calls (LANTERN_SPIN_US=0); a gcc build
+  with another LT_ROWS_MAX_M is refused at load (native.GGUF_MAX_M states the same limit);
 - Windows x86-64: cross-built with MinGW-w64 (-Werror), a DLL loaded the way ctypes loads it
   by a small program that checks every level on 1-4 threads, and the C test harness
   (tests/native/check_kernels.c) with the library's pool on the Interlocked atomics MSVC
@@ -128,6 +129,15 @@ def test_native_build_is_warning_free_and_runs(compiler, package, tmp_path):
     lib = _link(cc, objects.values(), tmp_path / f"lantern-{compiler}.so", ["-shared", "-pthread", "-lm"])
     out = _check_in_lantern(lib)
     assert "portable" in out
+    if compiler == "gcc":
+        # a build whose row-kernel limit differs from lantern's (a -D): refused at load, in one line
+        changed = [CSRC / "dispatch.c", CSRC / "matmul.c"]
+        rows8 = _compile(cc, [*flags, "-DLT_ROWS_MAX_M=8"], changed, tmp_path / "rows8")
+        lib = _link(cc, [*rows8.values(), *(o for s, o in objects.items() if s not in changed)],
+                    tmp_path / "lantern-rows8.so", ["-shared", "-pthread", "-lm"])
+        r = _run([sys.executable, "-c", "from lantern.weights.kernels import native; native.library()"], timeout=120, cwd=ROOT,
+                 env={**os.environ, "LANTERN_NATIVE_LIB": str(lib)})
+        assert r.returncode != 0 and "built with LT_ROWS_MAX_M=8, but lantern expects 12" in r.stderr, r.stderr
     if compiler == "clang":
         # macOS's pool: the condition variable where Linux has a futex; workers asleep between calls
         pool = CSRC / "pool.c"

@@ -149,3 +149,6 @@ LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
 LT_EXPORT int lantern_x_format(void) { return lt_kernels_get()->x_format; }
 
 LT_EXPORT int lantern_abi_version(void) { return LT_ABI_VERSION; }
+
+/* LT_ROWS_MAX_M as built (a -D can change it): native.py checks its GGUF_MAX_M against it. */
+LT_EXPORT int lantern_rows_max_m(void) { return LT_ROWS_MAX_M; }

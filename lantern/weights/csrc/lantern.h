@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* Bumped whenever an exported function or struct changes shape; native.py checks it. */
-#define LT_ABI_VERSION 4
+#define LT_ABI_VERSION 5
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define LT_X86 1
@@ -96,7 +96,8 @@ typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *
 static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
 #ifndef LT_ROWS_MAX_M
 #define LT_ROWS_MAX_M 12 /* lt_gguf_matmul: up to this many rows of x, the row kernels over W in place
-                            (decode, verify passes); more: a prompt chunk (native.py GGUF_MAX_M) */
+                            (decode, verify passes); more: a prompt chunk (native.py's GGUF_MAX_M,
+                            checked against lantern_rows_max_m() at load) */
 #endif
 
 /* One row of GGUF blocks (K weights) -> weights (prompt chunks, then a dense GEMM). */

@@ -23,7 +23,7 @@ _lib = None
 _tried = False
 _error: LanternError | None = None  # why the library was refused: raised again on every call
 
-ABI_VERSION = 4  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
+ABI_VERSION = 5  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
 
 # Instruction-set levels (lantern.h); LANTERN_ISA names one.
 ISAS = ("portable", "avx2", "avx512", "neon")
@@ -33,6 +33,7 @@ def _bind(lib) -> None:
     i64, ptr, cint, cstr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     for name, args, res in (
         ("lantern_abi_version", (), cint),
+        ("lantern_rows_max_m", (), cint),
         ("lantern_isa_mask", (), cint),
         ("lantern_set_isa", (cint,), cint),
         ("lantern_isa", (), cint),
@@ -89,6 +90,10 @@ def _load():
         raise LanternError(f"lantern's native library {path} is from another version of lantern; "
                            "rebuild it with: pip install -e . (or LANTERN_NATIVE=0 to run without it)")
     _bind(lib)
+    if lib.lantern_rows_max_m() != GGUF_MAX_M:
+        raise LanternError(f"lantern's native library {path} was built with LT_ROWS_MAX_M="
+                           f"{lib.lantern_rows_max_m()}, but lantern expects {GGUF_MAX_M} (native.GGUF_MAX_M); "
+                           "rebuild it without that -D, or change both")
     _select_isa(lib, os.environ.get("LANTERN_ISA", ""))
     return lib
 
@@ -244,7 +249,8 @@ def gguf_to_bf16(raw: torch.Tensor, qtype: QT, rows: int, cols: int, out: torch.
 
 # Batches up to this many rows run the in-place kernel; larger ones (prompt chunks) expand a slab
 # of rows at a time to bfloat16 (AVX-512 BF16) or float32 and run torch's GEMM. (Measured on the
-# 2-core Zen 4: see docs/PERFORMANCE.md, "Kernels".)
+# 2-core Zen 4: see docs/PERFORMANCE.md, "Kernels".) The C library's LT_ROWS_MAX_M (lantern.h), checked at
+# load.
 GGUF_MAX_M = 12
 GGUF_SLAB_WEIGHTS = 1 << 22
 
