@@ -6,9 +6,10 @@ builds timed side by side; run it with A = B once to see the noise floor (ratio 
     cp lantern/weights/kernels/_native*.so /tmp/A.so        # before the change
     # ... change, rebuild (python setup.py build_ext --inplace) ...
     python bench/native_ab.py smollm2 /tmp/A.so lantern/weights/kernels/_native*.so
+    python bench/native_ab.py PHI3.gguf /tmp/A.so lantern/weights/kernels/_native*.so --prompt 256 --rounds 4
 
 Prints per batch size the median over rounds of each build's fastest of 5 steps, and A / B
-(above 1: B is faster). Both builds must be of this version of lantern (the ABI check).
+(above 1: B is faster); with --prompt N, the median over rounds of one N-token prompt pass. Both builds must be of this version of lantern (the ABI check).
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def main() -> None:
     ap.add_argument("b")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--batch", default="1,8", help="sequences per step (default: 1,8)")
+    ap.add_argument("--prompt", type=int, default=0, help="time N-token prompt passes instead of steps")
     args = ap.parse_args()
     libs = {"A": load(args.a), "B": load(args.b)}
     model = lantern.load(args.model)
+    if args.prompt:
+        prompt_ab(model, libs, args.prompt, args.rounds)
+        return
     step = model.transformer.native_step
     if step is None:
         sys.exit("native_ab: the native step does not run this model here")
@@ -72,6 +77,22 @@ def main() -> None:
     for b in sizes:
         a, bb = statistics.median(times[("A", b)]), statistics.median(times[("B", b)])
         print(f"{b} sequences: A {a * 1e3:.2f} ms, B {bb * 1e3:.2f} ms, A / B {a / bb:.3f}")
+
+
+def prompt_ab(model, libs, tokens: int, rounds: int) -> None:
+    ids = [1000 + i for i in range(tokens)]
+    times = {name: [] for name in libs}
+    for r in range(rounds + 1):
+        for name, lib in libs.items():
+            native._lib = lib
+            time.sleep(0.05)
+            t = time.perf_counter()
+            model.forward(ids, model.new_cache(), last_only=True)
+            if r:  # round 0 warms both builds up
+                times[name].append(time.perf_counter() - t)
+    a, b = statistics.median(times["A"]), statistics.median(times["B"])
+    print(f"{tokens}-token prompt: A {a:.3f} s, B {b:.3f} s, A / B {a / b:.3f} "
+          f"(A {' '.join(f'{v:.2f}' for v in times['A'])}; B {' '.join(f'{v:.2f}' for v in times['B'])})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,12 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = lantern.load(args.model)
     seconds, flops = collections.Counter(), collections.Counter()
     plain = native.gguf_matmul
@@ -54,7 +59,8 @@ def main() -> None:
             best = (total, dict(seconds), dict(flops))
     total, seconds, flops = best
     print(f"{Path(args.model).name}: {args.tokens}-token prompt at {native.isa()} "
-          f"(route {native.prompt_route()}, prompt kernel {native.kernel_name('gemm')}): {total:.2f} s, "
+          f"(route {native.prompt_route()}, prompt kernel {native.kernel_name('gemm')}, "
+          f"{native.pool_threads()} threads): {total:.2f} s, "
           f"{args.tokens / total:.1f} tok/s")
     for name in sorted(seconds):
         print(f"  {name:7s} {seconds[name]:6.2f} s  {flops[name] / seconds[name] / 1e9:6.0f} GFLOP/s")

@@ -220,14 +220,19 @@ static void gemm_task(void *p, int64_t t) {
                 a->gemm(wbuf, GEMM_KC, nw, a->xp + (mb * a->K + k0) * LT_GEMM_MB, kc, ct);
         }
     }
-    const float *ct = c;
-    for (int64_t r = r0; r < r1; r += LT_GEMM_NW) {
-        const int nw = r1 - r < LT_GEMM_NW ? (int)(r1 - r) : LT_GEMM_NW;
-        for (int64_t mb = mb0; mb < mb1; mb++, ct += tile)
-            for (int i = 0; i < nw; i++)
-                for (int m = 0; m < LT_GEMM_MB && mb * LT_GEMM_MB + m < a->M; m++)
-                    a->y[(mb * LT_GEMM_MB + m) * a->ldy + r + i] = ct[i * LT_GEMM_MB + m];
-    }
+    /* out row by row of y: a task's outputs along N are contiguous there, while its tiles' order
+     * would store each output a whole row of y after the last (a cache miss per float once y
+     * outgrows L2: Phi-3-mini's 16384 x 3072 Q4_K at M = 256, one thread, spent 8% less time
+     * outside the tiles this way, 43 against 47-52 ms) */
+    for (int64_t mb = mb0; mb < mb1; mb++)
+        for (int m = 0; m < LT_GEMM_MB && mb * LT_GEMM_MB + m < a->M; m++) {
+            float *dst = a->y + (mb * LT_GEMM_MB + m) * a->ldy;
+            const float *ct = c + (mb - mb0) * tile + m;
+            for (int64_t r = r0; r < r1; r += LT_GEMM_NW, ct += (mb1 - mb0) * tile) {
+                const int nw = r1 - r < LT_GEMM_NW ? (int)(r1 - r) : LT_GEMM_NW;
+                for (int i = 0; i < nw; i++) dst[r + i] = ct[i * LT_GEMM_MB];
+            }
+        }
 }
 
 static int gemm_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy,
