@@ -9,7 +9,8 @@ builds timed side by side; run it with A = B once to see the noise floor (ratio 
     python bench/native_ab.py PHI3.gguf /tmp/A.so lantern/weights/kernels/_native*.so --prompt 256 --rounds 4
 
 Prints per batch size the median over rounds of each build's fastest of 5 steps, and A / B
-(above 1: B is faster); with --prompt N, the median over rounds of one N-token prompt pass. Both builds must be of this version of lantern (the ABI check).
+(above 1: B is faster); with --prompt N, the median over rounds of one N-token prompt pass.
+Both builds must be of this version of lantern (the ABI check).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def load(path: str):
     return lib
 
 
+def use(model, lib) -> None:
+    """Every native call of `model` on `lib` from now on: the kernels' and the decode step's."""
+    native._lib = lib
+    if model.transformer.native_step is not None:
+        model.transformer.native_step._lib = lib
+    time.sleep(0.05)  # the other build's pool goes idle
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
@@ -61,8 +70,7 @@ def main() -> None:
     times = {(name, b): [] for name in libs for b in sizes}
     for _ in range(args.rounds):
         for name, lib in libs.items():
-            native._lib = step._lib = lib
-            time.sleep(0.05)  # the other build's pool goes idle
+            use(model, lib)
             for b in sizes:
                 passes = [([5 + j], caches[j]) for j in range(b)]
                 model.forward_batch(passes)
@@ -84,8 +92,7 @@ def prompt_ab(model, libs, tokens: int, rounds: int) -> None:
     times = {name: [] for name in libs}
     for r in range(rounds + 1):
         for name, lib in libs.items():
-            native._lib = lib
-            time.sleep(0.05)
+            use(model, lib)
             t = time.perf_counter()
             model.forward(ids, model.new_cache(), last_only=True)
             if r:  # round 0 warms both builds up
