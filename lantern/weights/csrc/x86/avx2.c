@@ -30,12 +30,17 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 /* Make the compiler read values stored to `p` back from memory (a broadcast from memory is a
- * load; from a register, a shuffle on the ports the dot products need). */
-#define READ_BACK(p) __asm__ volatile("" : : "r"(p) : "memory")
+ * load; from a register, a shuffle on the ports the dot products need), through one pointer it
+ * cannot see through: else it hoists each element's address out of the loop into its own
+ * register, and spills them (M = 8: 64 addresses, two loads per broadcast). */
+LT_INLINE const float *read_back(const float *p) {
+    __asm__ volatile("" : "+r"(p) : : "memory");
+    return p;
+}
 /* Keep v as computed: no fusing of the product before it into an FMA (bit-exact expansion). */
 #define OPAQUE(v) __asm__("" : "+x"(v))
 #else
-#define READ_BACK(p) ((void)(p))
+LT_INLINE const float *read_back(const float *p) { return p; }
 #define OPAQUE(v) ((void)0)
 #endif
 
@@ -167,7 +172,7 @@ LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
             _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
             acc[m][NA - 1] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), acc[m][NA - 1]);
         }
-        READ_BACK(sq);
+        const float *sqb = read_back(sq[0]);
         const uint8_t *qs = blk + (five ? 48 : 16);
         __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
         if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
@@ -187,9 +192,9 @@ LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
                 const int16_t *x = xq + m * K + b * 256 + 64 * g;
                 const __m256i d0 = _mm256_add_epi32(mwd(a0, x), mwd(a1, x + 16));
                 const __m256i d1 = _mm256_add_epi32(mwd(c0, x + 32), mwd(c1, x + 48));
-                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&sq[m][2 * g]), acc[m][(2 * g) % NA]);
+                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(sqb + 8 * m + 2 * g), acc[m][(2 * g) % NA]);
                 acc[m][(2 * g + 1) % NA] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&sq[m][2 * g + 1]), acc[m][(2 * g + 1) % NA]);
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(sqb + 8 * m + 2 * g + 1), acc[m][(2 * g + 1) % NA]);
             }
         }
     }
@@ -241,7 +246,7 @@ LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
             _mm256_store_ps(sq[m], _mm256_mul_ps(s0, _mm256_permutevar8x32_ps(qd, dup0)));
             _mm256_store_ps(sq[m] + 8, _mm256_mul_ps(s1, _mm256_permutevar8x32_ps(qd, dup1)));
         }
-        READ_BACK(sq);
+        const float *sqb = read_back(sq[0]);
         UNROLL
         for (int h = 0; h < 2; h++) {
             __m256i c[4];
@@ -255,7 +260,7 @@ LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
                     UNROLL
                     for (int m = 0; m < M; m++) {
                         const __m256i dt = mwd(w, xq + m * K + b * 256 + 128 * h + 32 * t + 16 * half);
-                        acc[m][s % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dt), _mm256_broadcast_ss(&sq[m][s]), acc[m][s % NA]);
+                        acc[m][s % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dt), _mm256_broadcast_ss(sqb + 16 * m + s), acc[m][s % NA]);
                     }
                 }
         }
@@ -367,11 +372,11 @@ LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
             if (has_min)
                 acc[m][NA - 1] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)), _mm256_loadu_ps(xs + m * G + c0), acc[m][NA - 1]);
         }
-        READ_BACK(sq);
+        const float *sqb = read_back(sq[0]);
         UNROLL
         for (int i = 0; i < 8; i += NA)
             UNROLL
-            for (int u = 0; u < NA; u++) q32_block(base + (i + u) * bytes, qtype, xq + (c0 + i + u) * 32, K, &sq[0][i + u], 8, &acc[0][u], 4, M);
+            for (int u = 0; u < NA; u++) q32_block(base + (i + u) * bytes, qtype, xq + (c0 + i + u) * 32, K, sqb + i + u, 8, &acc[0][u], 4, M);
     }
     float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (; c0 < nb; c0++) {
@@ -426,7 +431,7 @@ LT_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
         LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
         UNROLL
         for (int m = 0; m < M; m++) _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
-        READ_BACK(sq);
+        const float *sqb = read_back(sq[0]);
         UNROLL
         for (int g = 0; g < 4; g++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 8 + 32 * g));
@@ -440,9 +445,9 @@ LT_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
                 const int16_t *x = xq + m * K + b * 256 + 64 * g;
                 const __m256i d0 = _mm256_add_epi32(mwd(a0, x), mwd(a1, x + 16));
                 const __m256i d1 = _mm256_add_epi32(mwd(c0, x + 32), mwd(c1, x + 48));
-                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&sq[m][2 * g]), acc[m][(2 * g) % NA]);
+                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(sqb + 8 * m + 2 * g), acc[m][(2 * g) % NA]);
                 acc[m][(2 * g + 1) % NA] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&sq[m][2 * g + 1]), acc[m][(2 * g + 1) % NA]);
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(sqb + 8 * m + 2 * g + 1), acc[m][(2 * g + 1) % NA]);
             }
         }
     }
