@@ -36,11 +36,14 @@ def cpu_name() -> str:
 
 
 def pass_seconds(model, caches, tokens: int, steps: int) -> float:
-    """Median seconds of one pass over len(caches) sequences, each fed one token per pass."""
+    """Median seconds of one pass over len(caches) sequences, each fed one token per pass, under
+    `decode_threads()` as the engine runs them: without it torch's idle OpenMP workers spin on
+    the cores lantern's pool needs, and a one-token step measured 1.3x slower (8 tokens 1.0x)."""
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        model.forward_batch([([tokens], cache) for cache in caches])
+        with model.decode_threads():
+            model.forward_batch([([tokens], cache) for cache in caches])
         times.append(time.perf_counter() - started)
         for cache in caches:
             cache.truncate(cache.length - 1)
