@@ -63,6 +63,32 @@
 enum { LT_Q4_0 = 2, LT_Q4_1 = 3, LT_Q5_0 = 6, LT_Q5_1 = 7, LT_Q8_0 = 8, LT_Q2_K = 10, LT_Q3_K = 11,
        LT_Q4_K = 12, LT_Q5_K = 13, LT_Q6_K = 14, LT_IQ4_NL = 20, LT_IQ4_XS = 23, LT_NTYPES = 24 };
 
+/* Weights per block and bytes per block of an in-place type (bytes 0: not one); inline, so that a
+ * kernel instantiated for one type loops over constants. */
+static inline int64_t lt_block_elems(int qtype) {
+    return qtype == LT_Q4_0 || qtype == LT_Q4_1 || qtype == LT_Q5_0 || qtype == LT_Q5_1 || qtype == LT_Q8_0 ||
+                   qtype == LT_IQ4_NL
+               ? 32
+               : 256;
+}
+static inline int64_t lt_block_bytes(int qtype) {
+    switch (qtype) {
+    case LT_Q4_0: return 18;
+    case LT_Q4_1: return 20;
+    case LT_Q5_0: return 22;
+    case LT_Q5_1: return 24;
+    case LT_Q8_0: return 34;
+    case LT_Q2_K: return 84;
+    case LT_Q3_K: return 110;
+    case LT_Q4_K: return 144;
+    case LT_Q5_K: return 176;
+    case LT_Q6_K: return 210;
+    case LT_IQ4_NL: return 18;
+    case LT_IQ4_XS: return 136;
+    default: return 0;
+    }
+}
+
 /* Instruction-set levels (LANTERN_ISA): each CPU runs the best level it has. */
 enum { LT_ISA_PORTABLE = 0, LT_ISA_AVX2 = 1, LT_ISA_AVX512 = 2, LT_ISA_NEON = 3, LT_ISA_COUNT = 4 };
 

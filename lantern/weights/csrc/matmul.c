@@ -21,21 +21,11 @@
 #endif
 
 int lt_block_geometry(int qtype, int64_t *elems, int64_t *bytes) {
-    switch (qtype) {
-    case LT_Q4_0: *elems = 32; *bytes = 18; return 0;
-    case LT_Q4_1: *elems = 32; *bytes = 20; return 0;
-    case LT_Q5_0: *elems = 32; *bytes = 22; return 0;
-    case LT_Q5_1: *elems = 32; *bytes = 24; return 0;
-    case LT_Q8_0: *elems = 32; *bytes = 34; return 0;
-    case LT_Q2_K: *elems = 256; *bytes = 84; return 0;
-    case LT_Q3_K: *elems = 256; *bytes = 110; return 0;
-    case LT_Q4_K: *elems = 256; *bytes = 144; return 0;
-    case LT_Q5_K: *elems = 256; *bytes = 176; return 0;
-    case LT_Q6_K: *elems = 256; *bytes = 210; return 0;
-    case LT_IQ4_NL: *elems = 32; *bytes = 18; return 0;
-    case LT_IQ4_XS: *elems = 256; *bytes = 136; return 0;
-    default: return -1;
-    }
+    const int64_t b = lt_block_bytes(qtype);
+    if (!b) return -1;
+    *elems = lt_block_elems(qtype);
+    *bytes = b;
+    return 0;
 }
 
 static LT_THREAD_LOCAL void *g_scratch[LT_SCRATCH_SLOTS];
