@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +27,7 @@ import lantern  # noqa: E402
 from lantern.generate.batch import BatchEngine, StepStats  # noqa: E402
 from lantern.generate.sampling import SamplerSettings  # noqa: E402
 from batch_pass import cpu_name  # noqa: E402
-from serve import model_path  # noqa: E402
+from serve import model_path, run_clients  # noqa: E402
 
 
 def run_phase(engine: BatchEngine, stats: list[StepStats], prompts: list[list[int]], clients: int, args) -> float:
@@ -43,13 +41,7 @@ def run_phase(engine: BatchEngine, stats: list[StepStats], prompts: list[list[in
             if sum(1 for _ in handle.tokens()) != args.gen_tokens:
                 raise SystemExit(f"a request ended {handle.finish_reason!r} before {args.gen_tokens} tokens")
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started
+    return run_clients(client, clients)
 
 
 def main() -> None:

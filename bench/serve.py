@@ -213,6 +213,17 @@ def one_request(url: str, body: dict, gen_tokens: int) -> RequestResult:
                          finish=finish, seconds=end - started)
 
 
+def run_clients(client, clients: int) -> float:
+    """Wall seconds for `client(i)`, i < clients, each on its own thread, all started together."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def run_phase(server: ServerProcess, clients: int, prompts: list[str], args, stop_ids: list[int]) -> Phase:
     phase = Phase(server.name, clients)
 
@@ -240,13 +251,7 @@ def run_phase(server: ServerProcess, clients: int, prompts: list[str], args, sto
                 with lock:
                     phase.errors.append(str(exc))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    phase.wall = time.perf_counter() - started
+    phase.wall = run_clients(client, clients)
     return phase
 
 
