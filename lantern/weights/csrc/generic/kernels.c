@@ -288,9 +288,9 @@ static void q3k_block_f32(const uint8_t *b, float *y) {
             }
 }
 
-static void expand_f32_generic(int qtype, const uint8_t *row, int64_t K, float *out) {
-    int64_t E = 32, B = 0;
-    lt_block_geometry(qtype, &E, &B);
+/* Instantiated per type (EXPAND_F32 below): qtype and the block geometry constants. */
+LT_INLINE void expand_f32_impl(int qtype, const uint8_t *row, int64_t K, float *out) {
+    const int64_t E = lt_block_elems(qtype), B = lt_block_bytes(qtype);
     if (qtype == LT_Q2_K || qtype == LT_Q3_K) {
         for (int64_t ib = 0; ib < K / E; ib++)
             (qtype == LT_Q2_K ? q2k_block_f32 : q3k_block_f32)(row + ib * B, out + ib * E);
@@ -302,7 +302,7 @@ static void expand_f32_generic(int qtype, const uint8_t *row, int64_t K, float *
     int8_t q[256];
     float scale[16], minv[16];
     for (int64_t ib = 0; ib < K / E; ib++) {
-        lt_decode_block(qtype, row + ib * B, q, scale, minv);
+        decode_block(qtype, row + ib * B, q, scale, minv);
         for (int i = 0; i < E; i++) {
             float w = scale[i / SB] * (float)q[i];
             if (has_min) w = w + minv[i / SB];
@@ -311,12 +311,28 @@ static void expand_f32_generic(int qtype, const uint8_t *row, int64_t K, float *
     }
 }
 
+#define EXPAND_F32(name, QT) \
+    static void name(int qtype, const uint8_t *row, int64_t K, float *out) { (void)qtype; expand_f32_impl(QT, row, K, out); }
+EXPAND_F32(expand_f32_q4_0, LT_Q4_0)
+EXPAND_F32(expand_f32_q4_1, LT_Q4_1)
+EXPAND_F32(expand_f32_q5_0, LT_Q5_0)
+EXPAND_F32(expand_f32_q5_1, LT_Q5_1)
+EXPAND_F32(expand_f32_q8_0, LT_Q8_0)
+EXPAND_F32(expand_f32_q2_k, LT_Q2_K)
+EXPAND_F32(expand_f32_q3_k, LT_Q3_K)
+EXPAND_F32(expand_f32_q4_k, LT_Q4_K)
+EXPAND_F32(expand_f32_q5_k, LT_Q5_K)
+EXPAND_F32(expand_f32_q6_k, LT_Q6_K)
+EXPAND_F32(expand_f32_iq4_nl, LT_IQ4_NL)
+EXPAND_F32(expand_f32_iq4_xs, LT_IQ4_XS)
+#undef EXPAND_F32
+
 static void expand_bf16_generic(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
     float buf[256];
     int64_t E = 32, B = 0;
     lt_block_geometry(qtype, &E, &B);
     for (int64_t ib = 0; ib < K / E; ib++) {
-        expand_f32_generic(qtype, row + ib * B, E, buf);
+        expand_f32_impl(qtype, row + ib * B, E, buf);
         for (int i = 0; i < E; i++) out[ib * E + i] = lt_f32_to_bf16(buf[i]);
     }
 }
@@ -449,10 +465,13 @@ void lt_fill_generic(lt_kernels *k) {
 #undef SET_ROWS
     static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
                                      LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
+    static const lt_expand_f32_fn expand_f32_by_type[] = {
+        expand_f32_q4_0, expand_f32_q4_1, expand_f32_q5_0, expand_f32_q5_1, expand_f32_q8_0, expand_f32_q2_k,
+        expand_f32_q3_k, expand_f32_q4_k, expand_f32_q5_k, expand_f32_q6_k, expand_f32_iq4_nl, expand_f32_iq4_xs};
     for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
         k->expand_bf16[expandable[i]] = expand_bf16_generic;
         k->expand_bf16_name[expandable[i]] = "expand_bf16_generic";
-        k->expand_f32[expandable[i]] = expand_f32_generic;
+        k->expand_f32[expandable[i]] = expand_f32_by_type[i];
         k->expand_f32_name[expandable[i]] = "expand_f32_generic";
     }
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
