@@ -89,6 +89,12 @@ static inline int64_t lt_block_bytes(int qtype) {
     }
 }
 
+/* The types lt_kernels.expand_* take, as X(suffix, type): each ISA file makes and registers one
+ * expansion function per type from it. */
+#define LT_EXPANDABLE(X)                                                                                \
+    X(q4_0, LT_Q4_0) X(q4_1, LT_Q4_1) X(q5_0, LT_Q5_0) X(q5_1, LT_Q5_1) X(q8_0, LT_Q8_0) X(q2_k, LT_Q2_K) \
+    X(q3_k, LT_Q3_K) X(q4_k, LT_Q4_K) X(q5_k, LT_Q5_K) X(q6_k, LT_Q6_K) X(iq4_nl, LT_IQ4_NL) X(iq4_xs, LT_IQ4_XS)
+
 /* Instruction-set levels (LANTERN_ISA): each CPU runs the best level it has. */
 enum { LT_ISA_PORTABLE = 0, LT_ISA_AVX2 = 1, LT_ISA_AVX512 = 2, LT_ISA_NEON = 3, LT_ISA_COUNT = 4 };
 

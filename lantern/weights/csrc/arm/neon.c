@@ -557,18 +557,7 @@ NI void expand_block(int qtype, const uint8_t *blk, float *of, uint16_t *ob) {
         for (int64_t ib = 0; ib < K / lt_block_elems(QT); ib++)                                           \
             expand_block(QT, row + ib * lt_block_bytes(QT), NULL, out + ib * lt_block_elems(QT));        \
     }
-EXPAND(q4_0, LT_Q4_0)
-EXPAND(q4_1, LT_Q4_1)
-EXPAND(q5_0, LT_Q5_0)
-EXPAND(q5_1, LT_Q5_1)
-EXPAND(q8_0, LT_Q8_0)
-EXPAND(q2_k, LT_Q2_K)
-EXPAND(q3_k, LT_Q3_K)
-EXPAND(q4_k, LT_Q4_K)
-EXPAND(q5_k, LT_Q5_K)
-EXPAND(q6_k, LT_Q6_K)
-EXPAND(iq4_nl, LT_IQ4_NL)
-EXPAND(iq4_xs, LT_IQ4_XS)
+LT_EXPANDABLE(EXPAND)
 #undef EXPAND
 
 /* ----- exp over float32 arrays --------------------------------------------------------------
@@ -756,20 +745,11 @@ void lt_fill_neon(lt_kernels *k) {
 #endif
 #undef SET_ALL
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
-                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
-    static const lt_expand_f32_fn expand_f32[] = {expand_f32_q4_0, expand_f32_q4_1, expand_f32_q5_0, expand_f32_q5_1,
-                                                  expand_f32_q8_0, expand_f32_q2_k, expand_f32_q3_k, expand_f32_q4_k,
-                                                  expand_f32_q5_k, expand_f32_q6_k, expand_f32_iq4_nl, expand_f32_iq4_xs};
-    static const lt_expand_bf16_fn expand_bf16[] = {
-        expand_bf16_q4_0, expand_bf16_q4_1, expand_bf16_q5_0, expand_bf16_q5_1, expand_bf16_q8_0, expand_bf16_q2_k,
-        expand_bf16_q3_k, expand_bf16_q4_k, expand_bf16_q5_k, expand_bf16_q6_k, expand_bf16_iq4_nl, expand_bf16_iq4_xs};
-    for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
-        k->expand_bf16[expandable[i]] = expand_bf16[i];
-        k->expand_bf16_name[expandable[i]] = "expand_bf16_neon";
-        k->expand_f32[expandable[i]] = expand_f32[i];
-        k->expand_f32_name[expandable[i]] = "expand_f32_neon";
-    }
+#define SET_EXPAND(suffix, QT)                                                                  \
+    k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_neon";         \
+    k->expand_bf16[QT] = expand_bf16_##suffix; k->expand_bf16_name[QT] = "expand_bf16_neon";
+    LT_EXPANDABLE(SET_EXPAND)
+#undef SET_EXPAND
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {{attn_span_64_1, attn_span_64_2, attn_span_64_3, attn_span_64_4},
                                            {attn_span_96_1, attn_span_96_2, attn_span_96_3, attn_span_96_4},
                                            {attn_span_128_1, attn_span_128_2, attn_span_128_3, attn_span_128_4},

@@ -319,20 +319,12 @@ LT_INLINE void expand_f32_impl(int qtype, const uint8_t *row, int64_t K, float *
     }
 }
 
-#define EXPAND_F32(name, QT) \
-    static void name(int qtype, const uint8_t *row, int64_t K, float *out) { (void)qtype; expand_f32_impl(QT, row, K, out); }
-EXPAND_F32(expand_f32_q4_0, LT_Q4_0)
-EXPAND_F32(expand_f32_q4_1, LT_Q4_1)
-EXPAND_F32(expand_f32_q5_0, LT_Q5_0)
-EXPAND_F32(expand_f32_q5_1, LT_Q5_1)
-EXPAND_F32(expand_f32_q8_0, LT_Q8_0)
-EXPAND_F32(expand_f32_q2_k, LT_Q2_K)
-EXPAND_F32(expand_f32_q3_k, LT_Q3_K)
-EXPAND_F32(expand_f32_q4_k, LT_Q4_K)
-EXPAND_F32(expand_f32_q5_k, LT_Q5_K)
-EXPAND_F32(expand_f32_q6_k, LT_Q6_K)
-EXPAND_F32(expand_f32_iq4_nl, LT_IQ4_NL)
-EXPAND_F32(expand_f32_iq4_xs, LT_IQ4_XS)
+#define EXPAND_F32(suffix, QT)                                                                  \
+    static void expand_f32_##suffix(int qtype, const uint8_t *row, int64_t K, float *out) {     \
+        (void)qtype;                                                                            \
+        expand_f32_impl(QT, row, K, out);                                                       \
+    }
+LT_EXPANDABLE(EXPAND_F32)
 #undef EXPAND_F32
 
 static void expand_bf16_generic(int qtype, const uint8_t *row, int64_t K, uint16_t *out) {
@@ -471,17 +463,11 @@ void lt_fill_generic(lt_kernels *k) {
     SET_ROWS(LT_Q8_0, q8_0) SET_ROWS(LT_Q4_K, q4_k) SET_ROWS(LT_Q5_K, q5_k) SET_ROWS(LT_Q6_K, q6_k)
     SET_ROWS(LT_IQ4_NL, iq4_nl) SET_ROWS(LT_IQ4_XS, iq4_xs)
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
-                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
-    static const lt_expand_f32_fn expand_f32_by_type[] = {
-        expand_f32_q4_0, expand_f32_q4_1, expand_f32_q5_0, expand_f32_q5_1, expand_f32_q8_0, expand_f32_q2_k,
-        expand_f32_q3_k, expand_f32_q4_k, expand_f32_q5_k, expand_f32_q6_k, expand_f32_iq4_nl, expand_f32_iq4_xs};
-    for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
-        k->expand_bf16[expandable[i]] = expand_bf16_generic;
-        k->expand_bf16_name[expandable[i]] = "expand_bf16_generic";
-        k->expand_f32[expandable[i]] = expand_f32_by_type[i];
-        k->expand_f32_name[expandable[i]] = "expand_f32_generic";
-    }
+#define SET_EXPAND(suffix, QT)                                                                  \
+    k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_generic";      \
+    k->expand_bf16[QT] = expand_bf16_generic; k->expand_bf16_name[QT] = "expand_bf16_generic";
+    LT_EXPANDABLE(SET_EXPAND)
+#undef SET_EXPAND
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
         {attn_span_64_1, attn_span_64_2, attn_span_64_3, attn_span_64_4},
         {attn_span_96_1, attn_span_96_2, attn_span_96_3, attn_span_96_4},

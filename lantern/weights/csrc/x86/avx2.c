@@ -638,24 +638,13 @@ LT_INLINE void expand_block(int qtype, const uint8_t *blk, float *y) {
 
 /* One function per type (qtype and the block geometry constants: no switch per block). SmolLM2's
  * 64-token prompt at avx2 spent 13% of its time expanding Q4_1 blocks through the switch. */
-#define EXPAND_F32(name, QT)                                                                    \
-    static void name(int qtype, const uint8_t *row, int64_t K, float *out) {                  \
+#define EXPAND_F32(suffix, QT)                                                                  \
+    static void expand_f32_##suffix(int qtype, const uint8_t *row, int64_t K, float *out) {     \
         (void)qtype;                                                                            \
         for (int64_t ib = 0; ib < K / lt_block_elems(QT); ib++)                                 \
             expand_block(QT, row + ib * lt_block_bytes(QT), out + ib * lt_block_elems(QT));    \
     }
-EXPAND_F32(expand_f32_q4_0, LT_Q4_0)
-EXPAND_F32(expand_f32_q4_1, LT_Q4_1)
-EXPAND_F32(expand_f32_q5_0, LT_Q5_0)
-EXPAND_F32(expand_f32_q5_1, LT_Q5_1)
-EXPAND_F32(expand_f32_q8_0, LT_Q8_0)
-EXPAND_F32(expand_f32_q2_k, LT_Q2_K)
-EXPAND_F32(expand_f32_q3_k, LT_Q3_K)
-EXPAND_F32(expand_f32_q4_k, LT_Q4_K)
-EXPAND_F32(expand_f32_q5_k, LT_Q5_K)
-EXPAND_F32(expand_f32_q6_k, LT_Q6_K)
-EXPAND_F32(expand_f32_iq4_nl, LT_IQ4_NL)
-EXPAND_F32(expand_f32_iq4_xs, LT_IQ4_XS)
+LT_EXPANDABLE(EXPAND_F32)
 #undef EXPAND_F32
 
 /* 8 floats -> bf16 as lt_f32_to_bf16: round to nearest even, NaN -> 0x7fc0 (in the low words) */
@@ -922,17 +911,11 @@ void lt_fill_avx2(lt_kernels *k) {
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
     SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
-    static const int expandable[] = {LT_Q4_0, LT_Q4_1, LT_Q5_0, LT_Q5_1, LT_Q8_0, LT_Q2_K, LT_Q3_K,
-                                     LT_Q4_K, LT_Q5_K, LT_Q6_K, LT_IQ4_NL, LT_IQ4_XS};
-    static const lt_expand_f32_fn expand_f32[] = {expand_f32_q4_0, expand_f32_q4_1, expand_f32_q5_0, expand_f32_q5_1,
-                                                  expand_f32_q8_0, expand_f32_q2_k, expand_f32_q3_k, expand_f32_q4_k,
-                                                  expand_f32_q5_k, expand_f32_q6_k, expand_f32_iq4_nl, expand_f32_iq4_xs};
-    for (size_t i = 0; i < sizeof(expandable) / sizeof(expandable[0]); i++) {
-        k->expand_f32[expandable[i]] = expand_f32[i];
-        k->expand_f32_name[expandable[i]] = "expand_f32_avx2";
-        k->expand_bf16[expandable[i]] = expand_bf16_avx2;
-        k->expand_bf16_name[expandable[i]] = "expand_bf16_avx2";
-    }
+#define SET_EXPAND(suffix, QT)                                                                  \
+    k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
+    k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";
+    LT_EXPANDABLE(SET_EXPAND)
+#undef SET_EXPAND
     k->gemm_f32 = gemm_f32_avx2;
     k->gemm_name = "gemm_f32_avx2";
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
