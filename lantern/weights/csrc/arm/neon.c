@@ -782,7 +782,7 @@ void lt_fill_neon(lt_kernels *k) {
 /* 32-element blocks */
 RATTR NI void RN(q32_rows)(const uint8_t *row, const lt_x *x, int64_t m0, float *out, const int M, const int qtype) {
     const int64_t K = x->K, G = x->G, nb = K / 32;
-    const int64_t bytes = qtype == LT_Q4_0 || qtype == LT_IQ4_NL ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
+    const int64_t bytes = lt_block_bytes(qtype);
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     XROWS;
     const float *xd = x->qd + m0 * G, *xs = x->qs + m0 * G;

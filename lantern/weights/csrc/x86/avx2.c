@@ -274,11 +274,7 @@ LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
     }
 }
 
-/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
-
-LT_INLINE int64_t q32_bytes(int qtype) {
-    return qtype == LT_Q4_0 || qtype == LT_IQ4_NL ? 18 : qtype == LT_Q4_1 ? 20 : qtype == LT_Q5_0 ? 22 : qtype == LT_Q5_1 ? 24 : 34;
-}
+/* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL */
 
 /* IQ4: the table's values of 16 code bytes' low nibbles (*lo: elements 0-15) and high nibbles
  * (*hi: 16-31) as int16 words: vpshufb on the nibbles with the 16-byte table. */
@@ -348,7 +344,7 @@ LT_INLINE void q32_block(const uint8_t *blk, const int qtype, const int16_t *x, 
  * blocks one at a time. */
 LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
     const int NA = NACC(M);
-    const int64_t bytes = q32_bytes(qtype), nb = K / 32;
+    const int64_t bytes = lt_block_bytes(qtype), nb = K / 32;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
     const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
