@@ -57,6 +57,26 @@ def test_draft_length_pays_for_itself_or_drafts_nothing():
     assert policy.choose(8, kind=3) >= 4 and policy.choose(8, kind=2) == 0
 
 
+def test_one_slow_pass_does_not_rule_a_draft_length_out():
+    """A length timed once during a stall would otherwise never be chosen, so never re-measured."""
+    policy = DraftLength(max_draft=8)
+    for _ in range(5):
+        policy.time(1, 0.020)
+    policy.time(2, 0.090)  # the first 2-token pass pays a one-time cost
+    assert policy.cost(2) == pytest.approx(0.020 + 0.3 * 0.020)  # once: no more than its neighbours say
+    policy.time(5, 0.034)
+    policy.time(3, 0.097)
+    assert policy.cost(3) == pytest.approx(0.034)  # nor more than a longer pass measured
+    for _ in range(30):
+        policy.observe(1, 1)
+        policy.observe(2, 2)
+    assert policy.choose(1) == 1
+    policy.time(2, 0.024)  # measured again: the faster of the first two stands, then smoothing
+    assert policy.seconds[2] == pytest.approx(0.024)
+    policy.time(2, 0.034)
+    assert policy.seconds[2] == pytest.approx(0.8 * 0.024 + 0.2 * 0.034)
+
+
 def test_prompt_lookup_says_which_match_it_proposes_from():
     lookup = PromptLookup(max_ngram=3, min_ngram=2)
     assert lookup.propose([1, 2, 3, 4, 9, 2, 3]) == [4, 9, 2, 3] and lookup.match == 2

@@ -183,6 +183,7 @@ class DraftLength:
         self.max_draft, self.decay = max_draft, decay
         self._rates: dict[object, tuple[_Rate, _Rate]] = {}  # kind of proposal -> (first, next)
         self.seconds: dict[int, float] = {}  # pass length -> smoothed seconds
+        self._samples: dict[int, int] = {}
 
     def rates(self, kind=None) -> tuple[_Rate, _Rate]:
         """(first, next) for proposals of `kind`: prompt lookup's match length (SmolLM2
@@ -206,28 +207,35 @@ class DraftLength:
         return 1 + p * (1 - q ** k) / (1 - q)
 
     def time(self, length: int, seconds: float) -> None:
-        old = self.seconds.get(length)
-        self.seconds[length] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        """A pass over `length` tokens took `seconds`. The first pass of a length can pay one-time
+        costs (scratch memory, a cold cache, another process's burst: 97 ms among 12-33 ms passes
+        were seen), and a length that looks slow is never chosen again to be re-measured; so the
+        second measurement replaces the first when it is faster, and only then smoothing starts."""
+        old, count = self.seconds.get(length), self._samples.get(length, 0)
+        if old is None:
+            self.seconds[length] = seconds
+        elif count == 1:
+            self.seconds[length] = min(old, seconds)
+        else:
+            self.seconds[length] = 0.8 * old + 0.2 * seconds
+        self._samples[length] = count + 1
 
     def cost(self, length: int) -> float:
         """Seconds of a pass over `length` tokens: measured; between measured lengths,
         interpolated; one past the longest measured, an optimistic guess (0.3 of its per-token
         cost for the extra token) so that longer passes get tried one length at a time; further
-        out, proportional to the longest measured."""
+        out, proportional to the longest measured. A pass never costs more than a longer one
+        measured, and a length measured once no more than its neighbours suggest: one slow pass
+        must not rule a length out for good."""
+        others = {n: s for n, s in self.seconds.items() if n != length}
+        estimate = _interpolate(others, length)
         if length in self.seconds:
-            return self.seconds[length]
-        if not self.seconds:
-            return float(length)
-        known = sorted(self.seconds)
-        top = known[-1]
-        if length > top:
-            per_token = self.seconds[top] / top
-            return self.seconds[top] + (0.3 if length == top + 1 else 1.0) * per_token * (length - top)
-        lo = max(n for n in known if n < length) if known[0] < length else None
-        hi = min(n for n in known if n > length)
-        if lo is None:
-            return self.seconds[hi] * length / hi
-        return self.seconds[lo] + (self.seconds[hi] - self.seconds[lo]) * (length - lo) / (hi - lo)
+            measured = self.seconds[length]
+            if self._samples.get(length, 0) < 2 and any(n < length for n in others):
+                measured = min(measured, estimate)
+            estimate = measured
+        longer = [s for n, s in self.seconds.items() if n > length]
+        return min([estimate] + longer)
 
     def choose(self, available: int, kind=None) -> int:
         best, best_rate = 0, 1.0 / self.cost(1)
@@ -236,6 +244,22 @@ class DraftLength:
             if rate > best_rate:
                 best, best_rate = k, rate
         return best
+
+
+def _interpolate(seconds: dict[int, float], length: int) -> float:
+    """DraftLength.cost's guess for an unmeasured length from the measured ones."""
+    if not seconds:
+        return float(length)
+    known = sorted(seconds)
+    top = known[-1]
+    if length > top:
+        per_token = seconds[top] / top
+        return seconds[top] + (0.3 if length == top + 1 else 1.0) * per_token * (length - top)
+    lo = max((n for n in known if n < length), default=None)
+    hi = min(n for n in known if n > length)
+    if lo is None:
+        return seconds[hi] * length / hi
+    return seconds[lo] + (seconds[hi] - seconds[lo]) * (length - lo) / (hi - lo)
 
 
 def make_proposer(model, speculate):
