@@ -88,22 +88,27 @@ def test_native_step_is_as_faithful_as_the_pytorch_blocks(case, qtype):
     assert ours <= max(1.25 * blocks, 0.02)
 
 
-def test_short_passes_take_the_native_step_and_long_ones_the_blocks():
+def test_short_passes_take_the_native_step_and_prompt_chunks_as_the_level_multiplies_them():
+    """Prompt chunks run natively where the level multiplies them in place with its micro-kernel
+    (avx2: native.PROMPT_ROUTES), elsewhere on the PyTorch blocks and the level's prompt route."""
     model = lantern.load(cached_model(CASES["phi3-fused-window16"], "Q4_K_M"))
     calls = []
     model.transformer.blocks[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     cache = model.new_cache()
     n = model.transformer.native_step.max_tokens
-    model.forward(list(range(3, 3 + n + 1)), cache)  # a prompt chunk: PyTorch blocks
+    model.forward(list(range(3, 3 + n + 1)), cache)  # a prompt chunk
+    model.forward(list(range(3, 3 + 100)), cache)  # a longer one
     model.forward([5], cache)  # decode step: native
     model.forward(list(range(5, 5 + n)), cache)  # the longest native pass
-    assert calls == [n + 1]
+    assert calls == ([] if native.isa() == "avx2" else [n + 1, 100])
 
 
 def test_reference_kernels_and_the_environment_switch_keep_the_blocks(monkeypatch):
     """...and say so (run --verbose and bench print the description)."""
     path = cached_model(CASES["qwen2-biases-neox"], "Q8_0")
-    assert lantern.load(path).transformer.step_description.startswith("native step (passes of up to 12 tokens in one C call, ")
+    assert lantern.load(path).transformer.step_description.startswith(
+        "native step (every pass in one C call, prompt chunks too, " if native.isa() == "avx2"
+        else "native step (passes of up to 12 tokens in one C call, ")
     reference = lantern.load(path, kernels="reference").transformer
     assert reference.native_step is None and "runs on reference" in reference.step_description
     monkeypatch.setenv("LANTERN_NATIVE_STEP", "0")

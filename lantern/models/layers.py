@@ -488,7 +488,8 @@ class Transformer(nn.Module):
         self._windows = sorted({block.attn.window for block in self.blocks})
         from .native_step import NativeStep  # imports this module
 
-        # Short passes (decode steps, drafts) as one native call where every weight allows it.
+        # Passes as one native call where every weight allows it: decode steps and drafts, and
+        # prompt chunks where the level multiplies them in place (NativeStep.runs).
         self.native_step, self.step_description = NativeStep.build(self)
 
     @property
@@ -536,7 +537,7 @@ class Transformer(nn.Module):
         start = cache.length
         x = self.embed(tokens)
         step = self.native_step
-        if step is not None and n <= step.max_tokens and cache.keys[0].dtype == torch.float16:
+        if step is not None and step.runs(n) and cache.keys[0].dtype == torch.float16:
             cos, sin = self.rotary.tables(start, n)
             logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs])
             cache.length = start + n

@@ -6,8 +6,10 @@ decode step and ~15 ms of Phi-3-mini's (docs/PERFORMANCE.md). `NativeStep` descr
 once to the C library (pointers to the weights' GGUF blocks, norms, biases) and then runs a
 whole pass per call: norms, the weight kernels, rotary, the float16 KV cache write, attention,
 SiLU and residuals, then the output head. It applies only where every weight runs on the
-in-place GGUF kernels (`native.GGUFKernel`) and the cache is float16; everything else (longer
-prompt chunks, the reference kernels, other devices) takes the PyTorch blocks.
+in-place GGUF kernels (`native.GGUFKernel`) and the cache is float16; everything else (the
+reference kernels, other devices) takes the PyTorch blocks. Prompt chunks run natively where the
+level multiplies them in place with its micro-kernel (avx2), as the PyTorch blocks would too
+(`NativeStep.runs`); elsewhere they take the PyTorch blocks and the level's prompt route.
 
 LANTERN_NATIVE_STEP=0 turns it off (the PyTorch blocks on the same kernels, for comparisons).
 """
@@ -97,6 +99,22 @@ class NativeStep:
     # limit the weights take matmul.c's prompt blocks, still read once per pass.
     max_batch_tokens = 64
 
+    def runs(self, n: int) -> bool:
+        """Whether a pass of `n` tokens of one sequence is one native call: always up to
+        `max_tokens`; beyond, a prompt chunk (`Model.forward` splits prompts into chunks of at
+        most PREFILL_CHUNK tokens: the native scratch memory grows with the chunk), where the level multiplies prompt chunks in place with its micro-kernel. The
+        weights then go through the same kernel as in the PyTorch blocks, and what the native call
+        saves is the blocks' ~40 small torch ops per layer: 128-token prompts at avx2 1.4x faster on
+        SmolLM2-135M and Gemma-3-270M shapes, 1.2x on Qwen3-0.6B's, the same on Phi-3-mini's,
+        whose weights are nearly all of the time (bench/native_prompt_ab.py, docs/PERFORMANCE.md). One path for every chunk size also keeps
+        a prompt read in pieces as close as possible to the same prompt read whole."""
+        return n <= self.max_tokens or self.prompt_chunks()
+
+    @staticmethod
+    def prompt_chunks() -> bool:
+        """Whether the level in use runs prompt chunks natively too (see `runs`)."""
+        return native.prompt_route() == "in_place" and native.kernel_name("gemm") is not None
+
     def __init__(self, transformer):
         p = transformer.params
         rotary = transformer.rotary
@@ -157,6 +175,8 @@ class NativeStep:
             step = cls(transformer)
         except Unsupported as exc:
             return None, f"PyTorch blocks ({exc})"
+        if cls.prompt_chunks():
+            return step, f"native step (every pass in one C call, prompt chunks too, {native.isa()})"
         return step, f"native step (passes of up to {cls.max_tokens} tokens in one C call, {native.isa()})"
 
     def _cache_pointers(self, cache):

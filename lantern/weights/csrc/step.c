@@ -1,4 +1,5 @@
-/* A whole forward pass of a few tokens (a decode step, a speculative verify pass) in one call.
+/* A whole forward pass in one call: a decode step, a speculative verify pass, a batch engine's pass
+ * over several sequences, and at levels whose prompt route is in place (avx2) a prompt chunk.
  *
  * The same math as lantern/models/layers.py's Transformer, block by block, on the same kernels:
  *   x = embedding rows (given)
