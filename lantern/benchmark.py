@@ -189,7 +189,7 @@ def measure_lantern(path: str | os.PathLike, cfg: BenchConfig, progress: Progres
 
     def first_token(ids: list[int]):
         cache = model.new_cache(cfg.max_tokens)
-        logits = model.forward(ids, cache, last_only=True)
+        logits = model.forward(ids, cache, last_only=True, prompt=True)  # as generation reads prompts
         return int(logits[-1].argmax()), cache  # int() waits for the device
 
     result: dict = {"load_s": load_s, "prompt_tok_s": {}, "rss_before_load_bytes": baseline}

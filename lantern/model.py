@@ -94,31 +94,37 @@ class Model:
                                           half=self._kernels_on_pool)
 
     def forward(self, token_ids: Sequence[int] | torch.Tensor, cache: KVCache,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, prompt: bool = False) -> torch.Tensor:
         """Feed `token_ids` after the cache's contents; float32 logits for every new token, or
-        only the last one (what generation needs: skips most of the output head)."""
+        only the last one (what generation needs: skips most of the output head). prompt: the
+        tokens are a prompt being read (`generate.prefill`), not sampled ones or drafts: at avx2
+        their K-quant weight products round x to int8 per 32 (native.prompt_int8_types,
+        docs/FIDELITY.md); sampled tokens and drafts always keep 15 bits."""
         ids = self._as_ids(token_ids)
         start = cache.length
         with step_threads(min(len(ids), PREFILL_CHUNK), self._kernels_on_pool):
             if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
-                logits = self.transformer(ids, cache, outputs="last" if last_only else "all")
+                logits = self.transformer(ids, cache, outputs="last" if last_only else "all", prompt=prompt)
             else:
                 chunks = ids.split(PREFILL_CHUNK)
                 parts = []
                 for i, chunk in enumerate(chunks):
                     if not last_only:
-                        parts.append(self.transformer(chunk, cache, outputs="all"))
+                        parts.append(self.transformer(chunk, cache, outputs="all", prompt=prompt))
                     elif i == len(chunks) - 1:
-                        parts.append(self.transformer(chunk, cache, outputs="last"))
+                        parts.append(self.transformer(chunk, cache, outputs="last", prompt=prompt))
                     else:
-                        self.transformer(chunk, cache, outputs="none")
+                        self.transformer(chunk, cache, outputs="none", prompt=prompt)
                 logits = torch.cat(parts)
         self._check_finite(logits, [(ids, cache, start)])
         return logits
 
-    def forward_batch(self, passes: Sequence[tuple[Sequence[int], KVCache]]) -> list[torch.Tensor]:
+    def forward_batch(self, passes: Sequence[tuple[Sequence[int], KVCache]],
+                      prompts: Sequence[bool] | None = None) -> list[torch.Tensor]:
         """Feed several sequences at once: each `(token_ids, cache)` runs after its own cache's
-        contents. Returns, per sequence, float32 logits [1, vocab] of its last token.
+        contents. Returns, per sequence, float32 logits [1, vocab] of its last token. prompts:
+        which passes are prompts being read (as `forward`'s prompt; they must come after the
+        others), so that a request's results do not depend on what shares its pass.
 
         Where the native step runs this model, the pass is one native call: the weights are read
         once for every sequence's tokens, and each sequence attends to its own cache. Elsewhere
@@ -131,30 +137,34 @@ class Model:
         tokens and a 56-token chunk, medians of 3: with the micro-kernel 110 ms joined, 138-210
         apart; on the row kernels it was 208 joined, 152 apart."""
         ids = [self._as_ids(tokens) for tokens, _ in passes]
+        prompts = list(prompts) if prompts is not None else [False] * len(ids)
+        if any(a and not b for a, b in zip(prompts, prompts[1:])):
+            raise ValueError("forward_batch: prompt passes must come after the others")
         total = sum(len(i) for i in ids)
         transformer, step = self.transformer, self.transformer.native_step
         if (step is None or total > step.max_batch_tokens
                 or any(cache.keys[0].dtype != torch.float16 for _, cache in passes)):
-            return [self.forward(i, cache, last_only=True) for i, (_, cache) in zip(ids, passes)]
+            return [self.forward(i, cache, last_only=True, prompt=p) for i, (_, cache), p in zip(ids, passes, prompts)]
         if len(passes) > 1 and native.kernel_name("gemm") is None and native.prompt_route() != "in_place":
             apart = [len(i) > step.max_tokens for i in ids]
             if any(apart) and not all(apart):
-                joined = iter(self.forward_batch([p for p, a in zip(passes, apart) if not a]))
-                return [self.forward(i, cache, last_only=True) if a else next(joined)
-                        for i, (_, cache), a in zip(ids, passes, apart)]
+                joined = iter(self.forward_batch([p for p, a in zip(passes, apart) if not a],
+                                                 [p for p, a in zip(prompts, apart) if not a]))
+                return [self.forward(i, cache, last_only=True, prompt=p) if a else next(joined)
+                        for i, (_, cache), a, p in zip(ids, passes, apart, prompts)]
         with torch.inference_mode(), step_threads(total, self._kernels_on_pool):
             segments, cos, sin = [], [], []
-            for i, (_, cache) in zip(ids, passes):
+            for i, (_, cache), prompt in zip(ids, passes, prompts):
                 cache.reserve(len(i))
                 c, s = transformer.rotary.tables(cache.length, len(i))
-                segments.append((cache, cache.length, len(i), 1))
+                segments.append((cache, cache.length, len(i), 1, prompt))
                 cos.append(c)
                 sin.append(s)
             x = transformer.embed(torch.cat(ids))
             logits = step.run_segments(x, segments, torch.cat(cos), torch.cat(sin))
-        for cache, start, n, _ in segments:
+        for cache, start, n, _, _ in segments:
             cache.length = start + n
-        self._check_finite(logits, [(i, cache, start) for i, (cache, start, _, _) in zip(ids, segments)])
+        self._check_finite(logits, [(i, cache, start) for i, (cache, start, _, _, _) in zip(ids, segments)])
         return list(logits.split(1))
 
     def _check_finite(self, logits: torch.Tensor, passes) -> None:

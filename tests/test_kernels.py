@@ -159,9 +159,10 @@ DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_
 @pytest.mark.parametrize("qtype", DECODE_TYPES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
-    """A prompt chunk (expanded weights, torch's GEMM), a small batch and one-token decode steps
-    (the native step on the in-place kernels of the level in use) all stay at least as close to
-    the exact math as llama.cpp is."""
+    """A prompt chunk read as generation reads prompts (the level's prompt route: at avx2 the
+    K-quants on x rounded to int8 per 32), a small batch and one-token decode steps (the native
+    step on the in-place kernels of the level in use) all stay at least as close to the exact
+    math as llama.cpp is."""
     from lantern.testing.oracle import fidelity, llama_cpp_logits
     from lantern.testing.synthetic import cached_reference
 
@@ -176,7 +177,7 @@ def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     theirs = fidelity(llama_cpp_logits(path, ids), reference)
     model = lantern.load(path)  # the default: fast kernels
     cache = model.new_cache()
-    ours = [model.forward(ids[:140], cache)]  # one chunk of 140 (dense path)
+    ours = [model.forward(ids[:140], cache, prompt=True)]  # a prompt chunk of 140, as generation reads it
     ours.append(model.forward(ids[140:148], cache))  # a small batch (the row kernels)
     ours += [model.forward([t], cache) for t in ids[148:]]  # decode steps
     ours = fidelity(torch.cat(ours).numpy(), reference)
@@ -235,6 +236,43 @@ def test_gguf_kernel_matches_float32_reference(qtype, m):
     elif native.library().lantern_x_format() == 2:
         diff = (results["fused"].double() - results["portable fused"].double()).abs()
         assert (diff <= 1e-5 * scale + 1e-30).all(), f"{qtype.name} M={m}: {native.isa()} vs portable"
+
+
+def _int8_per_32(x: np.ndarray) -> np.ndarray:
+    """x rounded as the 8-bit prompt tile rounds it (lantern.h): per 32, d = max|x| / 127 and
+    q = round-to-even(x * (127 / max|x|)) in float32; returns d * q in float64."""
+    g = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(g).max(-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(g * inv)
+    return (q * (amax / np.float32(127)).astype(np.float64)).reshape(x.shape)
+
+
+@needs_gguf_native
+@pytest.mark.parametrize("m", [1, 5, 13, 40])
+@pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
+def test_prompt_rows_take_int8_x_only_where_the_level_says(qtype, m):
+    """Prompt rows (`prompt=True`) of the types `native.prompt_int8_types()` names are x rounded
+    to int8 per 32 against the exact weights, to float32 accumulation (whatever M, an odd row
+    count over several tasks); every other type and level gives prompt rows exactly what it
+    gives any row."""
+    rows, cols = 51, 768
+    raw = random_gguf_blocks(qtype, rows, cols, seed=m)
+    w = dequantize(raw, qtype, (rows, cols)).double().numpy()
+    x = np.random.default_rng(m).standard_normal((m, cols)).astype(np.float32)
+    y = native.gguf_matmul(raw, qtype, torch.from_numpy(x), rows, cols, prompt=True).double().numpy()
+    plain = native.gguf_matmul(raw, qtype, torch.from_numpy(x), rows, cols).double().numpy()
+    if qtype not in native.prompt_int8_types():
+        assert np.array_equal(y, plain, equal_nan=True)
+        return
+    assert native.isa() == "avx2" and qtype in (QT.Q4_K, QT.Q5_K, QT.Q6_K)
+    finite = np.isfinite(w).all(1)  # random float16 fields: a few rows overflow to inf
+    xr = _int8_per_32(x)
+    scale = np.abs(xr) @ np.abs(w[finite]).T
+    assert (np.abs(y[:, finite] - xr @ w[finite].T) <= 1e-6 * scale).all()
+    exact = x.astype(np.float64) @ w[finite].T  # and it is a rounding of x: far from exact, unlike the plain route
+    assert (np.abs(plain[:, finite] - exact) <= 1e-4 * scale).all()
+    assert np.abs(y[:, finite] - exact).max() > 10 * np.abs(plain[:, finite] - exact).max()
 
 
 @needs_gguf_native
@@ -352,8 +390,10 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         assert not wrong, f"at {level} these run other levels' functions: {wrong}"
         # prompt chunks: named per type; at avx2 through its own micro-kernel
         assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
-        if level == "avx2":
-            assert all(f.endswith("+ gemm_f32_avx2") for f in info["prompt"].values()), info["prompt"]
+        if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others in float32
+            int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
+            assert all(f == "expand_q8 + gemm_q8_avx2" for t, f in info["prompt"].items() if t in int8), info["prompt"]
+            assert all(f.endswith("+ gemm_f32_avx2") for t, f in info["prompt"].items() if t not in int8), info["prompt"]
 
 
 @needs_native

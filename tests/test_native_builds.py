@@ -161,7 +161,7 @@ LOADER = r"""
 typedef int (*int_fn)(void);
 typedef int (*set_fn)(int);
 typedef const char *(*name_fn)(int);
-typedef int (*matmul_fn)(const uint8_t *, int, const float *, float *, int64_t, int64_t, int64_t, int);
+typedef int (*matmul_fn)(const uint8_t *, int, const float *, float *, int64_t, int64_t, int64_t, int, int);
 
 static uint64_t g_s = 42;
 static uint32_t rnd(void) { g_s = g_s * 6364136223846793005ull + 1442695040888963407ull; return (uint32_t)(g_s >> 33); }
@@ -210,7 +210,7 @@ int main(int argc, char **argv) {
             int rc = 0;
             for (int rep = 0; rep < 40 && !rc; rep++) {
                 const int m = 1 + rep % M;
-                rc = matmul(w, 2, x, y, N, K, m, threads[t]);
+                rc = matmul(w, 2, x, y, N, K, m, 0, threads[t]);
                 for (int i = 0; i < m && !rc; i++)
                     for (int n = 0; n < N; n++) {
                         double ref = 0, mag = 0;

@@ -319,7 +319,8 @@ class BatchEngine:
         started = time.perf_counter()
         try:
             with self.model.decode_threads():
-                logits = self.model.forward_batch([(tokens, slot.cache) for slot, tokens in batch])
+                logits = self.model.forward_batch([(tokens, slot.cache) for slot, tokens in batch],
+                                                  [slot.seq.prefilling for slot, _ in batch])
                 tokens = [slot.seq.advance(row) for (slot, _), row in zip(batch, logits)]
         except Exception as exc:  # noqa: BLE001  (the pass failed: its requests get the error, the engine lives)
             for slot, _ in batch:

@@ -111,28 +111,28 @@ class Sequence:
         return token
 
 
-def prefill(model, prompt_ids: list[int], cache, *, hold_last: bool = False,
+def prefill(model, prompt_ids: list[int], cache, *,
             should_stop: Callable[[], bool] | None = None,
             on_prefill: Callable[[int, float], None] | None = None):
     """Run the part of `prompt_ids` that `cache` lacks, in chunks; `(completed, logits)`.
 
     The cache must hold a prefix of the prompt. If it holds the whole prompt, the last token is
-    run again: its logits are what comes next. With `hold_last` the last token is left for the
-    caller to feed (with speculative drafts) and logits is None. `should_stop()` is polled
+    run again: its logits are what comes next. The tokens are read as a prompt (`Model.forward`'s
+    prompt: at avx2 the K-quants' products on x rounded to int8 per 32). `should_stop()` is polled
     between chunks: a cancelled prefill returns (False, None). `on_prefill(n_tokens, seconds)`
     is called once the prompt is processed.
     """
     _start_cache(model, prompt_ids, cache)
     started = time.perf_counter()
-    todo = prompt_ids[cache.length : len(prompt_ids) - 1 if hold_last else None]
+    todo = prompt_ids[cache.length :]
     logits = None
     for i in range(0, len(todo), PREFILL_CHUNK):
         if should_stop is not None and should_stop():
             return False, None
-        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True)
+        logits = model.forward(todo[i : i + PREFILL_CHUNK], cache, last_only=True, prompt=True)
     if on_prefill is not None:
-        on_prefill(len(todo) + hold_last, time.perf_counter() - started)
-    return True, None if hold_last else logits
+        on_prefill(len(todo), time.perf_counter() - started)
+    return True, logits
 
 
 def generate_tokens(

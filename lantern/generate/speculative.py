@@ -294,8 +294,9 @@ def speculative_greedy_tokens(
     stats = stats if stats is not None else SpeculationStats()
     cache = cache if cache is not None else model.new_cache()
     limit = context_limit(model, cache)
-    # The last prompt token is fed with the first drafts: its logits give the first new token.
-    done, _ = prefill(model, tokens, cache, hold_last=True, should_stop=should_stop, on_prefill=on_prefill)
+    # The whole prompt is read as plain decoding reads it (prompt rows: Model.forward's prompt),
+    # so that the cache, and with it every greedy token, is the same with speculation as without.
+    done, logits = prefill(model, tokens, cache, should_stop=should_stop, on_prefill=on_prefill)
     if not done:
         return
 
@@ -307,6 +308,10 @@ def speculative_greedy_tokens(
     length = DraftLength(min(getattr(proposer, "max_draft", 16), longest))
     free_proposals = getattr(proposer, "free", False)
     try:
+        tokens.append(int(logits[-1].cpu().numpy().argmax()))
+        stats.tokens += 1
+        yielded += 1
+        yield tokens[-1]
         while len(tokens) < limit:
             room = limit - len(tokens) - 1
             with threads():  # drafting, the verify pass and its arg-max

@@ -529,9 +529,12 @@ class Transformer(nn.Module):
         return x
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache: KVCache, outputs: str = "all") -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, cache: KVCache, outputs: str = "all",
+                prompt: bool = False) -> torch.Tensor | None:
         """Run `tokens` (1-D ids) after what `cache` holds. Returns float32 logits for every token
-        (`outputs="all"`), for the last one only ("last"), or nothing ("none": prefill only)."""
+        (`outputs="all"`), for the last one only ("last"), or nothing ("none": prefill only).
+        prompt: the tokens are a prompt being read, whose weight products the native step may
+        round x to 8 bits for (NativeStep.__call__); the PyTorch blocks ignore it."""
         n = tokens.shape[0]
         cache.reserve(n)
         start = cache.length
@@ -539,7 +542,7 @@ class Transformer(nn.Module):
         step = self.native_step
         if step is not None and step.runs(n) and cache.keys[0].dtype == torch.float16:
             cos, sin = self.rotary.tables(start, n)
-            logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs])
+            logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs], prompt)
             cache.length = start + n
             return logits
         tables = {id(r): r.tables(start, n) for r in self._rotaries}

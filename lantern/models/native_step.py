@@ -56,7 +56,7 @@ def _norm(norm, size: int) -> int | None:
 
 
 class _Segment(ctypes.Structure):
-    _fields_ = [("n_tokens", i64), ("start", i64), ("capacity", i64), ("n_logits", i64), ("keys", ptr),
+    _fields_ = [("n_tokens", i64), ("start", i64), ("capacity", i64), ("n_logits", i64), ("prompt", i64), ("keys", ptr),
                 ("values", ptr)]
 
 
@@ -189,10 +189,11 @@ class NativeStep:
         return held[1], held[2]
 
     def __call__(self, x: torch.Tensor, cache, start: int, cos: torch.Tensor, sin: torch.Tensor,
-                 n_logits: int) -> torch.Tensor | None:
+                 n_logits: int, prompt: bool = False) -> torch.Tensor | None:
         """Run the embedded tokens x (float32 [n, dim], overwritten) at positions start.. on
         `cache` (float16, reserved), with the rotary tables of those positions (`Rotary.tables`);
-        the logits of the last `n_logits` tokens, or None for 0."""
+        the logits of the last `n_logits` tokens, or None for 0. prompt: the tokens are a prompt
+        being read (8-bit x for the weights where the level has it: native.prompt_int8_types)."""
         n = x.shape[0]
         keys, values = self._cache_pointers(cache)
         logits = torch.empty(n_logits, self.vocab_size) if n_logits else None
@@ -200,23 +201,25 @@ class NativeStep:
         cos_p, sin_p = self._pointers(tables)
         rc = self._lib.lantern_step(ctypes.addressof(self.desc), x.data_ptr(), n, start, keys, values,
                                     cache.capacity, cos_p, sin_p,
-                                    logits.data_ptr() if n_logits else None, n_logits, native.pool_threads())
+                                    logits.data_ptr() if n_logits else None, n_logits, int(prompt),
+                                    native.pool_threads())
         if rc != 0:
             raise RuntimeError("the native forward step failed (out of memory?)")
         return logits
 
     def run_segments(self, x: torch.Tensor, segments, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """One pass over several sequences: x float32 [M, dim] (overwritten) holds their embedded
-        tokens one sequence after another; `segments` are (cache, start, n_tokens, n_logits) in
-        the same order, each cache float16 and reserved; cos/sin the rotary tables of every row's
-        position. The logits wanted, [sum of n_logits, vocab], in segment order."""
+        tokens one sequence after another; `segments` are (cache, start, n_tokens, n_logits,
+        prompt) in the same order, each cache float16 and reserved, prompt segments (see
+        `__call__`) after all others; cos/sin the rotary tables of every row's position. The
+        logits wanted, [sum of n_logits, vocab], in segment order."""
         described = (_Segment * len(segments))()
-        for i, (cache, start, n, n_logits) in enumerate(segments):
+        for i, (cache, start, n, n_logits, prompt) in enumerate(segments):
             keys, values = self._cache_pointers(cache)
-            described[i] = _Segment(n, start, cache.capacity, n_logits, ctypes.cast(keys, ptr),
+            described[i] = _Segment(n, start, cache.capacity, n_logits, int(prompt), ctypes.cast(keys, ptr),
                                     ctypes.cast(values, ptr))
         logits = torch.empty(sum(s[3] for s in segments), self.vocab_size)
-        tables = [(cos, sin)] + self._local_tables([(start, n) for _, start, n, _ in segments])
+        tables = [(cos, sin)] + self._local_tables([(start, n) for _, start, n, _, _ in segments])
         cos_p, sin_p = self._pointers(tables)
         rc = self._lib.lantern_step_batch(ctypes.addressof(self.desc), x.data_ptr(), x.shape[0], ctypes.addressof(described),
                                           len(segments), cos_p, sin_p, logits.data_ptr(), native.pool_threads())

@@ -12,6 +12,11 @@
  *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|. At levels with a prompt
  *               micro-kernel (gemm_f32), M > 12 bit-exact against lt_gemm_f32_generic over the
  *               generic expansion (float32 x, one fused multiply-add chain per output)
+ *   prompt_q8   at levels with an 8-bit prompt tile (gemm_q8), each type it takes through
+ *               lt_gguf_matmul (all rows prompt rows, and a mix after exact ones), 2 threads, an
+ *               odd N over several tasks: bit-exact against lt_gemm_q8_generic over
+ *               lt_expand_q8_generic and lt_pack_q8_rows (the same integer sums, float ops in the
+ *               same order per lane)
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
  *   attention   lt_attention_f16, head dims 64, 80, 96, 128, 256, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
@@ -365,7 +370,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
             const int64_t M = Ms[mi];
             float *y = (float *)xmalloc((size_t)(M * N) * 4);
             for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
-            const int rc = lt_gguf_matmul(w, qt, x, y, N, N, K, M, 2);
+            const int rc = lt_gguf_matmul(w, qt, x, y, N, N, K, M, M, 2); /* every row exact */
             if (rc) {
                 if (ok_mm) snprintf(det_mm, sizeof det_mm, "lt_gguf_matmul returned %d (K=%lld M=%lld)", rc,
                                     (long long)K, (long long)M);
@@ -402,6 +407,81 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
     report(ok_direct, lvl, what, worst_direct, det_direct);
     snprintf(what, sizeof what, "matmul_%s(M=1..13,17,64,70)", type_name(qt));
     report(ok_mm, lvl, what, worst_mm, det_mm);
+}
+
+/* Prompt rows on 8-bit x: the level's route against the generic tile, record by record. */
+static void check_prompt_q8(const char *lvl, int qt) {
+    static const int64_t Ks[] = {256, 768, 3072};
+    static const int64_t Ms[] = {1, 5, 6, 7, 13, 64, 100};
+    const int64_t N = 53, MX = 100, R = LT_Q8_XROWS;
+    double worst = 0.0;
+    int ok = 1;
+    char detail[200] = "";
+    for (int ki = 0; ki < 3; ki++) {
+        const int64_t K = Ks[ki], nsb = K / 256, nxb = (MX + R - 1) / R;
+        seed(5000 + (uint64_t)qt * 31 + (uint64_t)K);
+        int64_t rowbytes = 0;
+        uint8_t *w = rnd_rows(qt, N, K, &rowbytes);
+        float *x = (float *)xmalloc((size_t)(MX * K) * 4), *yref = (float *)xmalloc((size_t)(MX * N) * 4);
+        rnd_x(x, MX * K);
+        uint8_t *xp = (uint8_t *)xmalloc((size_t)(nxb * nsb * LT_Q8_XREC)), rec[2 * LT_Q8_WREC];
+        lt_pack_q8_rows(x, MX, K, 0, nxb, xp);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t xb = 0; xb < nxb; xb++) {
+                float c[2 * LT_Q8_XROWS * 8] = {0};
+                for (int64_t kb = 0; kb < nsb; kb++) {
+                    lt_expand_q8_generic(qt, w + n * rowbytes + kb * (rowbytes / nsb), rec);
+                    lt_gemm_q8_generic(rec, 1, xp + (xb * nsb + kb) * LT_Q8_XREC, qt == LT_Q6_K, c);
+                }
+                for (int j = 0; j < R && xb * R + j < MX; j++) {
+                    const float *v = c + j * 8;
+                    yref[(xb * R + j) * N + n] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+                }
+            }
+        for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++) {
+            const int64_t M = Ms[mi];
+            float *y = (float *)xmalloc((size_t)(M * N) * 4);
+            for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
+            const int rc = lt_gguf_matmul(w, qt, x, y, N, N, K, M, 0, 2);
+            for (int64_t i = 0; i < M * N; i++) {
+                const double e = rc ? INFINITY : fabs((double)y[i] - yref[i]);
+                const double ee = e == e ? e : INFINITY;
+                if (ee > worst) worst = ee;
+                if (!(ee == 0.0)) {
+                    if (ok) snprintf(detail, sizeof detail, "rc=%d M=%lld K=%lld i=%lld: %.9g vs %.9g", rc, (long long)M,
+                                     (long long)K, (long long)i, y[i], yref[i]);
+                    ok = 0;
+                }
+            }
+            free(y);
+        }
+        /* exact rows first, prompt rows after: the prompt rows' x starts at row m_exact */
+        const int64_t M = 40, m_exact = 13;
+        float *y = (float *)xmalloc((size_t)(M * N) * 4), *ye = (float *)xmalloc((size_t)(m_exact * N) * 4);
+        float *yq = (float *)xmalloc((size_t)((M - m_exact) * N) * 4);
+        const int rc = lt_gguf_matmul(w, qt, x, y, N, N, K, M, m_exact, 2) |
+                       lt_gguf_matmul(w, qt, x, ye, N, N, K, m_exact, m_exact, 2) |
+                       lt_gguf_matmul(w, qt, x + m_exact * K, yq, N, N, K, M - m_exact, 0, 2);
+        for (int64_t i = 0; i < M * N; i++) {
+            const float want = i < m_exact * N ? ye[i] : yq[i - m_exact * N];
+            if (rc || !(y[i] == want)) {
+                if (ok) snprintf(detail, sizeof detail, "mixed rows (m_exact=%lld) K=%lld i=%lld: %.9g vs %.9g",
+                                 (long long)m_exact, (long long)K, (long long)i, y[i], want);
+                ok = 0;
+                worst = INFINITY;
+            }
+        }
+        free(y);
+        free(ye);
+        free(yq);
+        free(w);
+        free(x);
+        free(yref);
+        free(xp);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "prompt_q8_%s", type_name(qt));
+    report(ok, lvl, what, worst, detail);
 }
 
 static void check_expand(const char *lvl, const lt_kernels *k, int qt) {
@@ -685,6 +765,9 @@ static void check_names(const char *lvl, int isa, const char *require) {
     printf("INFO %s vec %s\n", lvl, lantern_kernel_name(4, 0));
     const char *g = lantern_kernel_name(5, 0);
     printf("INFO %s gemm %s\n", lvl, g ? g : "(none: prompt chunks take the row kernels)");
+    for (int i = 0; i < N_ROW_TYPES; i++)
+        if (lantern_kernel_name(6, ROW_TYPES[i]))
+            printf("INFO %s prompt_q8 %s %s\n", lvl, type_name(ROW_TYPES[i]), lantern_kernel_name(6, ROW_TYPES[i]));
     fflush(stdout);
     if (isa == LT_ISA_PORTABLE) return;
     int required = 0;
@@ -719,6 +802,8 @@ static void check_level(int isa, const char *require) {
         check_rows(lvl, k, ROW_TYPES[i]);
     }
     for (int i = 0; i < N_EXPAND_TYPES; i++) check_expand(lvl, k, EXPAND_TYPES[i]);
+    for (int i = 0; i < N_ROW_TYPES; i++)
+        if (k->gemm_q8 && k->expand_q8[ROW_TYPES[i]]) check_prompt_q8(lvl, ROW_TYPES[i]);
     static const int64_t Ds[] = {64, 80, 96, 128, 256};
     for (int i = 0; i < 5; i++) check_attention(lvl, isa, Ds[i]);
     lantern_set_isa(isa);

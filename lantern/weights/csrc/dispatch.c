@@ -133,7 +133,7 @@ LT_EXPORT const char *lantern_isa_name(int isa) {
  * row kernels serve them). NULL where nothing serves it. */
 LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     const lt_kernels *k = lt_kernels_get();
-    if (what <= 2 && (qtype < 0 || qtype >= LT_NTYPES)) return NULL;
+    if ((what <= 2 || what == 6) && (qtype < 0 || qtype >= LT_NTYPES)) return NULL;
     switch (what) {
     case 0: return k->row[qtype][0] ? k->row_name[qtype] : NULL;
     case 1: return k->expand_bf16[qtype] ? k->expand_bf16_name[qtype] : NULL;
@@ -141,6 +141,8 @@ LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     case 3: return k->attn_name;
     case 4: return k->vec_name;
     case 5: return k->gemm_f32 ? k->gemm_name : NULL;
+    case 6: /* prompt rows of qtype on 8-bit x (lt_kernels.gemm_q8), where the level has it */
+        return qtype >= 0 && qtype < LT_NTYPES && k->gemm_q8 && k->expand_q8[qtype] ? k->gemm_q8_name : NULL;
     default: return NULL;
     }
 }

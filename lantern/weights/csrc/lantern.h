@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* Bumped whenever an exported function or struct changes shape; native.py checks it. */
-#define LT_ABI_VERSION 5
+#define LT_ABI_VERSION 6
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define LT_X86 1
@@ -145,6 +145,29 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 #define LT_GEMM_NW 6  /* weight rows per call: 6 x 2 accumulators of 8 floats, 15 of AVX2's 16 registers */
 #define LT_GEMM_MB 16 /* rows of x per call */
 
+/* Prompt rows at levels with an 8-bit tile (avx2), for the K-quants: x rounded to int8 with a
+ * scale per 32 (xd = max|x| / 127), where llama.cpp rounds per 256; the weights as unsigned
+ * codes u times integer sub-scales S and a float d per super-block, plus float mins per 16:
+ *   y = sum over super-blocks of d * sum_g xd_g * sum_s S_s * (sum_i u_i q_i)  (exact in int32)
+ *       + sum_h mins_h * (xd * sum_i q_i over the weights of sub-block h: 16 for Q6_K, else 32)
+ * i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode and verify
+ * rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on whether
+ * a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs. */
+#define LT_Q8_WREC 640 /* one row's super-block: u[256], S int16 [8 groups][16 lanes], mins (16 per 16
+                          for Q6_K, else 8 per 32) at 512, d at 576 */
+#define LT_Q8_XROWS 6  /* rows of x per tile */
+#define LT_Q8_XREC (256 * LT_Q8_XROWS + 8 * LT_Q8_XROWS * 8 * 4 + LT_Q8_XROWS * 24 * 4)
+/* one block of LT_Q8_XROWS rows of x over a super-block: q [8 groups][rows][32] int8, xd [8][rows]
+ * each broadcast to 8 floats, sums of xd * q [rows][16] per 16, then [rows][8] per 32 */
+typedef void (*lt_expand_q8_fn)(int qtype, const uint8_t *blk, uint8_t *rec); /* one super-block */
+/* c[r][j] (8 partial sums each, [nw][LT_Q8_XROWS][8]) += weight record r (nw = 1 or 2, LT_Q8_WREC
+ * bytes apart) . x rows j of the x record (LT_Q8_XREC bytes); per16: the mins are per 16 (Q6_K) */
+typedef void (*lt_gemm_q8_fn)(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c);
+void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec);
+void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c);
+/* x [M, K] (K a multiple of 256) -> records [ceil(M / LT_Q8_XROWS)][K / 256] (zero rows past M) */
+void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t xb1, uint8_t *out);
+
 /* Attention of HN query heads q[j] (scores times `scale`) over T positions of one KV head
  * (float16 rows of D): writes per head (max score, sum of exp, D unnormalised outputs) to
  * part[j * (D + 2)]; s is scratch of HN * T floats. */
@@ -174,6 +197,10 @@ typedef struct {
      * LT_ROWS_MAX_M rows of x with this, over weights expanded by expand_f32 256 columns at a time. */
     lt_gemm_f32_fn gemm_f32;
     const char *gemm_name;
+    /* NULL: prompt rows take the exact route above. Else, for types with expand_q8, 8-bit x. */
+    lt_gemm_q8_fn gemm_q8;
+    const char *gemm_q8_name;
+    lt_expand_q8_fn expand_q8[LT_NTYPES];
     lt_span_fn attn_span[LT_ATTN_DIMS][LT_ATTN_HEADS]; /* by head dim (64, 96, 128, 256), heads - 1 */
     const char *attn_name;
     float (*exp_sum)(float *s, int64_t T, float mx); /* s[t] = exp(s[t] - mx); returns the sum */
@@ -216,10 +243,10 @@ void lt_pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads);
 void lt_parallel_rows(void (*fn)(void *, int64_t, int64_t), void *args, int64_t N, int nthreads, int64_t align);
 
 /* y[m, r] (rows of y `ldy` floats apart) = x[m] . W[r] for the GGUF blocks w of type `qtype`
- * ([N, K] weights), m < M. Returns 0, or -1 for a type not multiplied in place, K not a
+ * ([N, K] weights), m < M; rows m >= m_exact are prompt rows (8-bit x where the level has it). Returns 0, or -1 for a type not multiplied in place, K not a
  * multiple of the block, or no memory. */
 int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy, int64_t N, int64_t K,
-                   int64_t M, int nthreads);
+                   int64_t M, int64_t m_exact, int nthreads);
 
 /* Causal attention of n queries (rows `ldq` floats apart) over a float16 KV cache; see attention.c. */
 int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,

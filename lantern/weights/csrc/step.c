@@ -89,18 +89,21 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t dims, i
     }
 }
 
-static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
-    if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, nthreads)) return -1;
+/* m_exact: rows before the first prompt row (lt_gguf_matmul) */
+static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int64_t m_exact,
+                  int nthreads) {
+    if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, m_exact, nthreads)) return -1;
     if (l->bias)
         for (int64_t m = 0; m < M; m++)
             for (int64_t r = 0; r < l->rows; r++) y[m * ldy + r] += l->bias[r];
     return 0;
 }
 
-static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int64_t M, int nthreads) {
+static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int64_t M, int64_t m_exact,
+                   int nthreads) {
     int64_t off = 0;
     for (int64_t i = 0; i < p->nparts; i++) {
-        if (linear(&p->part[i], x, y + off, ldy, M, nthreads)) return -1;
+        if (linear(&p->part[i], x, y + off, ldy, M, m_exact, nthreads)) return -1;
         off += p->part[i].rows;
     }
     return 0;
@@ -108,9 +111,10 @@ static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int6
 
 /* One sequence's share of a pass: its `n_tokens` consecutive rows of x, at positions start..,
  * attending to its own float16 cache (per layer [kv_heads, capacity, head_dim]); the logits of
- * its last `n_logits` tokens are wanted. */
+ * its last `n_logits` tokens are wanted. prompt != 0: the tokens are a prompt being read (their
+ * weight products may take 8-bit x, lt_gguf_matmul); prompt segments come after all others. */
 typedef struct {
-    int64_t n_tokens, start, capacity, n_logits;
+    int64_t n_tokens, start, capacity, n_logits, prompt;
     uint16_t *const *keys, *const *values;
 } lt_segment;
 
@@ -126,13 +130,15 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
                                  const float *const *cos, const float *const *sin, float *logits, int nthreads) {
     const int64_t dim = m->dim, H = m->n_heads, KVH = m->n_kv_heads, D = m->head_dim, F = m->ffn_dim;
     const int64_t width = (H + 2 * KVH) * D; /* q|k|v of one token */
-    int64_t rows = 0, n_logits = 0;
+    int64_t rows = 0, n_logits = 0, m_exact = 0;
     for (int64_t s = 0; s < nseg; s++) {
         if (seg[s].n_tokens <= 0 || seg[s].n_logits < 0 || seg[s].n_logits > seg[s].n_tokens ||
-            seg[s].start < 0 || seg[s].start + seg[s].n_tokens > seg[s].capacity)
+            seg[s].start < 0 || seg[s].start + seg[s].n_tokens > seg[s].capacity ||
+            (s > 0 && seg[s - 1].prompt && !seg[s].prompt))
             return -1;
         rows += seg[s].n_tokens;
         n_logits += seg[s].n_logits;
+        if (!seg[s].prompt) m_exact = rows;
     }
     if (M <= 0 || rows != M) return -1;
     const lt_kernels *k = lt_kernels_get();
@@ -146,7 +152,7 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
         const float *lcos = cos[L->local ? 1 : 0], *lsin = sin[L->local ? 1 : 0];
         if (!lcos || !lsin) return -1;
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->attn_norm, xn + i * dim, dim, m->eps);
-        if (project(&L->qkv, xn, qkv, width, M, nthreads)) return -1;
+        if (project(&L->qkv, xn, qkv, width, M, m_exact, nthreads)) return -1;
         for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++) {
             const lt_segment *S = &seg[s];
             for (int64_t i = row0; i < row0 + S->n_tokens; i++) {
@@ -167,17 +173,17 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
                                  H, KVH, D, S->start, S->capacity, L->window, m->scale, nthreads))
                 return -1;
         }
-        if (linear(&L->wo, att, sub, dim, M, nthreads)) return -1;
+        if (linear(&L->wo, att, sub, dim, M, m_exact, nthreads)) return -1;
         if (L->post_attn_norm)
             for (int64_t i = 0; i < M; i++) rmsnorm(sub + i * dim, L->post_attn_norm, sub + i * dim, dim, m->eps);
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dim, L->ffn_norm, xn + i * dim, dim, m->eps);
-        if (project(&L->gate_up, xn, gu, 2 * F, M, nthreads)) return -1;
+        if (project(&L->gate_up, xn, gu, 2 * F, M, m_exact, nthreads)) return -1;
         for (int64_t i = 0; i < M; i++) {
             const float *g = gu + i * 2 * F, *u = g + F;
             (m->act == LT_ACT_GELU_TANH ? k->gelu_mul : k->silu_mul)(g, u, act + i * F, F);
         }
-        if (linear(&L->down, act, sub, dim, M, nthreads)) return -1;
+        if (linear(&L->down, act, sub, dim, M, m_exact, nthreads)) return -1;
         if (L->post_ffn_norm)
             for (int64_t i = 0; i < M; i++) rmsnorm(sub + i * dim, L->post_ffn_norm, sub + i * dim, dim, m->eps);
         for (int64_t i = 0; i < M * dim; i++) x[i] = sub[i] + x[i];
@@ -188,17 +194,18 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
     for (int64_t s = 0, row0 = 0; s < nseg; row0 += seg[s].n_tokens, s++)
         for (int64_t i = row0 + seg[s].n_tokens - seg[s].n_logits; i < row0 + seg[s].n_tokens; i++, out++)
             rmsnorm(x + i * dim, m->out_norm, xn + out * dim, dim, m->eps);
-    if (linear(&m->output, xn, logits, m->vocab, n_logits, nthreads)) return -1;
+    /* the head's rows all exact: one row per sequence, and what a client samples from */
+    if (linear(&m->output, xn, logits, m->vocab, n_logits, n_logits, nthreads)) return -1;
     if (m->softcap > 0.f)
         for (int64_t i = 0; i < n_logits * m->vocab; i++) logits[i] = m->softcap * tanhf(logits[i] / m->softcap);
     return 0;
 }
 
 /* One sequence: tokens start .. start + M - 1 on its cache; the logits of its last `n_logits`
- * tokens (0, 1 or M). */
+ * tokens (0, 1 or M); prompt as lt_segment's. */
 LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
                  uint16_t *const *values, int64_t capacity, const float *const *cos, const float *const *sin,
-                 float *logits, int64_t n_logits, int nthreads) {
-    const lt_segment one = {M, start, capacity, n_logits, keys, values};
+                 float *logits, int64_t n_logits, int prompt, int nthreads) {
+    const lt_segment one = {M, start, capacity, n_logits, prompt != 0, keys, values};
     return lantern_step_batch(m, x, M, &one, 1, cos, sin, logits, nthreads);
 }

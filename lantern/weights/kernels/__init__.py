@@ -180,6 +180,8 @@ def level() -> dict:
     def prompt(t):  # the functions prompt chunks of type t go through (native.PROMPT_ROUTES)
         if route != "in_place":
             return f"{native.kernel_name(expand, t)} + torch GEMM"
+        if native.kernel_name("gemm_q8", t):  # prompts read by generation: x int8 per 32
+            return f"expand_q8 + {native.kernel_name('gemm_q8', t)}"
         return f"{native.kernel_name('expand_f32', t)} + {gemm}" if gemm else native.kernel_name("matmul", t)
 
     return {

@@ -23,7 +23,7 @@ _lib = None
 _tried = False
 _error: LanternError | None = None  # why the library was refused: raised again on every call
 
-ABI_VERSION = 5  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
+ABI_VERSION = 6  # lantern/weights/csrc/lantern.h: LT_ABI_VERSION
 
 # Instruction-set levels (lantern.h); LANTERN_ISA names one.
 ISAS = ("portable", "avx2", "avx512", "neon")
@@ -40,10 +40,10 @@ def _bind(lib) -> None:
         ("lantern_isa_name", (cint,), cstr),
         ("lantern_kernel_name", (cint, cint), cstr),
         ("lantern_x_format", (), cint),
-        ("lantern_gguf_matmul", (ptr, cint, ptr, ptr, i64, i64, i64, cint), cint),
+        ("lantern_gguf_matmul", (ptr, cint, ptr, ptr, i64, i64, i64, cint, cint), cint),
         ("lantern_gguf_expand", (ptr, cint, ptr, i64, i64, cint, cint), cint),
         ("lantern_attention_f16", (ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, cint), cint),
-        ("lantern_step", (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, cint), cint),
+        ("lantern_step", (ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i64, cint, cint), cint),
         ("lantern_step_batch", (ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, cint), cint),
     ):
         fn = getattr(lib, name)
@@ -140,7 +140,7 @@ def set_isa(name: str | None) -> str:
     return isa()
 
 
-KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4, "gemm": 5}
+KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4, "gemm": 5, "gemm_q8": 6}
 
 
 def kernel_name(role: str, qtype: QT | None = None) -> str | None:
@@ -159,6 +159,13 @@ def kernel_name(role: str, qtype: QT | None = None) -> str | None:
 # (kernel_name("gemm"); avx2), else its row kernels over blocks of 64 tokens). Measured per level:
 # docs/PERFORMANCE.md, "Prompt chunks per level".
 PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "in_place", "neon": "expand_f32", "portable": "expand_f32"}
+
+
+def prompt_int8_types() -> list[QT]:
+    """The types whose prompt rows the level in use multiplies on x rounded to int8 per 32
+    (`kernel_name("gemm_q8", t)`; lantern.h): the K-quants at avx2, where that tile runs 1.37x
+    the float32 one (bench/native/int8_tile.c) and prompts have no bf16 hardware."""
+    return [t for t in GGUF_BLOCKS if kernel_name("gemm_q8", t)]
 
 
 def prompt_route() -> str:
@@ -216,16 +223,18 @@ GGUF_BLOCKS = {QT.Q4_0: (32, 18), QT.Q4_1: (32, 20), QT.Q5_0: (32, 22), QT.Q5_1:
 
 
 def gguf_matmul(raw: torch.Tensor, qtype: QT, x: torch.Tensor, rows: int, cols: int, threads: int | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, prompt: bool = False) -> torch.Tensor:
     """x float32 [M, cols] @ W.T for the GGUF blocks `raw` ([rows, bytes per row], contiguous):
     float32 [M, rows]. Up to GGUF_MAX_M rows, x is rounded inside to the form the level's row
     kernels read (bfloat16 at avx512, 15-bit integers per 32 elsewhere and for avx512's Q8_0
-    and Q4_1: lantern.h); more rows take the level's prompt micro-kernel where it has one, in float32."""
+    and Q4_1: lantern.h); more rows take the level's prompt micro-kernel where it has one, in float32.
+    prompt: the rows are a prompt being read; where the level has an 8-bit tile for the type
+    (`prompt_int8_types`), x is rounded to int8 per 32 for it, whatever M."""
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.float().contiguous()
     y = torch.empty(x.shape[0], rows, dtype=torch.float32) if out is None else out
     rc = library().lantern_gguf_matmul(raw.data_ptr(), int(qtype), x.data_ptr(), y.data_ptr(), rows, cols,
-                                       x.shape[0], threads or pool_threads())
+                                       x.shape[0], int(prompt), threads or pool_threads())
     if rc != 0:
         raise ValueError(f"native GGUF matmul refused {qtype.name} {rows}x{cols}")
     return y

@@ -6,6 +6,7 @@
 #include "../lantern.h"
 
 #include <math.h>
+#include <string.h>
 
 /* Inlined into each type's row kernels with qtype a constant: one loop per type, which the
  * compiler vectorises (at -O3 on Zen 4, 1 thread: Q4_0/Q4_1 ~5x, Q8_0 ~1.3x faster than through
@@ -449,6 +450,76 @@ void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, i
             for (int64_t k = 0; k < KC; k++) acc = fma_f32(w[i * ldw + k], xp[k * LT_GEMM_MB + m], acc);
             c[i * LT_GEMM_MB + m] = acc;
         }
+}
+
+/* ----- prompt rows on 8-bit x (lantern.h LT_Q8_WREC / LT_Q8_XREC) ---------------------------- */
+
+/* One K-quant super-block -> its record: u = codes made unsigned (Q6_K + 32), S the integer
+ * sub-scales per lane of a vpmaddubsw pair (a group of 32: lanes 0-7 the first 16 weights, 8-15
+ * the next), mins per sub-block (-(dmin * m) per 32; Q6_K -32 * d * sc per 16: the offset of its
+ * codes), d. */
+void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
+    int8_t q[256];
+    float scale[16], minv[16];
+    lt_decode_block(qtype, blk, q, scale, minv);
+    int16_t *S = (int16_t *)(rec + 256);
+    float *mins = (float *)(rec + 512), d;
+    if (qtype == LT_Q6_K) {
+        d = lt_rd_f16(blk + 208);
+        for (int i = 0; i < 256; i++) rec[i] = (uint8_t)(q[i] + 32);
+        for (int h = 0; h < 16; h++) {
+            for (int l = 0; l < 8; l++) S[8 * h + l] = (int16_t)(int8_t)blk[192 + h];
+            mins[h] = -32.f * scale[h];
+        }
+    } else { /* Q4_K, Q5_K */
+        uint8_t sc[8], mn[8];
+        lt_k4_scale_min(blk + 4, sc, mn);
+        d = lt_rd_f16(blk);
+        for (int i = 0; i < 256; i++) rec[i] = (uint8_t)q[i];
+        for (int g = 0; g < 8; g++) {
+            for (int l = 0; l < 16; l++) S[16 * g + l] = sc[g];
+            mins[g] = minv[g];
+        }
+    }
+    memcpy(rec + 576, &d, 4);
+}
+
+/* The tile in plain C: the same integer sums, and per lane the same float operations in the same
+ * order as the avx2 tile (lane l of a group's 8 int32 sums: weights 4l .. 4l + 3 of it). */
+void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c) {
+    const int R = LT_Q8_XROWS;
+    const int8_t *xq = (const int8_t *)x;
+    const float *xd = (const float *)(x + 256 * R), *xs = xd + 8 * R * 8, *xs32 = xs + 16 * R;
+    for (int r = 0; r < nw; r++) {
+        const uint8_t *u = w + r * LT_Q8_WREC;
+        const int16_t *S = (const int16_t *)(u + 256);
+        const float *mins = (const float *)(u + 512);
+        float d;
+        memcpy(&d, u + 576, 4);
+        for (int j = 0; j < R; j++) {
+            float acc[8] = {0};
+            for (int g = 0; g < 8; g++)
+                for (int l = 0; l < 8; l++) {
+                    int32_t t = 0;
+                    for (int p = 0; p < 2; p++) {
+                        const int e = 32 * g + 4 * l + 2 * p; /* one int16 lane: two weights */
+                        t += S[16 * g + 2 * l + p] * (u[e] * xq[(g * R + j) * 32 + e - 32 * g] +
+                                                      u[e + 1] * xq[(g * R + j) * 32 + e + 1 - 32 * g]);
+                    }
+                    acc[l] = fmaf((float)t, xd[(g * R + j) * 8 + l], acc[l]);
+                }
+            float *cj = c + (r * R + j) * 8;
+            for (int l = 0; l < 8; l++) {
+                float v = fmaf(acc[l], d, cj[l]);
+                if (per16) {
+                    v = fmaf(mins[l], xs[j * 16 + l], v);
+                    cj[l] = fmaf(mins[8 + l], xs[j * 16 + 8 + l], v);
+                } else {
+                    cj[l] = fmaf(mins[l], xs32[j * 8 + l], v);
+                }
+            }
+        }
+    }
 }
 
 void lt_fill_generic(lt_kernels *k) {

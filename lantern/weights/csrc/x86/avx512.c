@@ -646,6 +646,10 @@ void lt_fill_avx512(lt_kernels *k) {
      * this level's short rows and even on long ones (bench/rows_vs_ggml.py, docs/PERFORMANCE.md) */
     k->q15_types = 1u << LT_Q8_0 | 1u << LT_Q4_1;
     k->x_prepare_q15 = lt_x_prepare_q15_avx2;
+    /* prompts have bf16 hardware here: no 8-bit x (the avx2 level's) */
+    k->gemm_q8 = NULL;
+    k->gemm_q8_name = NULL;
+    memset(k->expand_q8, 0, sizeof(k->expand_q8));
 #define SET_ROWS(qt, name, label)                                                              \
     k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx512";      \
