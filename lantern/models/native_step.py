@@ -106,7 +106,7 @@ class NativeStep:
         weights then go through the same kernel as in the PyTorch blocks, and what the native call
         saves is the blocks' ~40 small torch ops per layer: 128-token prompts at avx2 1.4x faster on
         SmolLM2-135M and Gemma-3-270M shapes, 1.2x on Qwen3-0.6B's, the same on Phi-3-mini's,
-        whose weights are nearly all of the time (bench/native_prompt_ab.py, docs/PERFORMANCE.md). One path for every chunk size also keeps
+        whose weights are nearly all of the time (bench/prompt_ab.py --routes native, docs/PERFORMANCE.md). One path for every chunk size also keeps
         a prompt read in pieces as close as possible to the same prompt read whole."""
         return n <= self.max_tokens or self.prompt_chunks()
 
