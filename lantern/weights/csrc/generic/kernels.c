@@ -506,16 +506,16 @@ void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, f
                         t += S[16 * g + 2 * l + p] * (u[e] * xq[(g * R + j) * 32 + e - 32 * g] +
                                                       u[e + 1] * xq[(g * R + j) * 32 + e + 1 - 32 * g]);
                     }
-                    acc[l] = fmaf((float)t, xd[(g * R + j) * 8 + l], acc[l]);
+                    acc[l] = fma_f32((float)t, xd[(g * R + j) * 8 + l], acc[l]);
                 }
             float *cj = c + (r * R + j) * 8;
             for (int l = 0; l < 8; l++) {
-                float v = fmaf(acc[l], d, cj[l]);
+                float v = fma_f32(acc[l], d, cj[l]);
                 if (per16) {
-                    v = fmaf(mins[l], xs[j * 16 + l], v);
-                    cj[l] = fmaf(mins[8 + l], xs[j * 16 + 8 + l], v);
+                    v = fma_f32(mins[l], xs[j * 16 + l], v);
+                    cj[l] = fma_f32(mins[8 + l], xs[j * 16 + 8 + l], v);
                 } else {
-                    cj[l] = fmaf(mins[l], xs32[j * 8 + l], v);
+                    cj[l] = fma_f32(mins[l], xs32[j * 8 + l], v);
                 }
             }
         }
