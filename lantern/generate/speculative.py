@@ -228,14 +228,12 @@ class DraftLength:
         measured, and a length measured once no more than its neighbours suggest: one slow pass
         must not rule a length out for good."""
         others = {n: s for n, s in self.seconds.items() if n != length}
-        estimate = _interpolate(others, length)
-        if length in self.seconds:
-            measured = self.seconds[length]
-            if self._samples.get(length, 0) < 2 and any(n < length for n in others):
-                measured = min(measured, estimate)
-            estimate = measured
-        longer = [s for n, s in self.seconds.items() if n > length]
-        return min([estimate] + longer)
+        estimate = self.seconds.get(length)
+        if estimate is None:
+            estimate = _interpolate(others, length)
+        elif self._samples[length] < 2 and any(n < length for n in others):
+            estimate = min(estimate, _interpolate(others, length))
+        return min([estimate] + [s for n, s in others.items() if n > length])
 
     def choose(self, available: int, kind=None) -> int:
         best, best_rate = 0, 1.0 / self.cost(1)

@@ -153,12 +153,19 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
  * i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode and verify
  * rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on whether
  * a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs. */
-#define LT_Q8_WREC 640 /* one row's super-block: u[256], S int16 [8 groups][16 lanes], mins (16 per 16
-                          for Q6_K, else 8 per 32) at 512, d at 576 */
-#define LT_Q8_XROWS 6  /* rows of x per tile */
-#define LT_Q8_XREC (256 * LT_Q8_XROWS + 8 * LT_Q8_XROWS * 8 * 4 + LT_Q8_XROWS * 24 * 4)
-/* one block of LT_Q8_XROWS rows of x over a super-block: q [8 groups][rows][32] int8, xd [8][rows]
- * each broadcast to 8 floats, sums of xd * q [rows][16] per 16, then [rows][8] per 32 */
+/* One row's super-block, LT_Q8_WREC bytes: codes u[256], then (byte offsets) */
+#define LT_Q8_W_S 256    /* S int16 [8 groups][16 lanes] */
+#define LT_Q8_W_MINS 512 /* mins float: 16 per 16 for Q6_K, else 8 per 32 */
+#define LT_Q8_W_D 576    /* d float */
+#define LT_Q8_WREC 640
+#define LT_Q8_XROWS 6 /* rows of x per tile */
+/* One block of LT_Q8_XROWS rows of x over a super-block, LT_Q8_XREC bytes: q int8 [8 groups][rows][32],
+ * then (byte offsets) xd [8][rows] each broadcast to 8 floats, the sums of xd * q [rows][16] per 16,
+ * and [rows][8] per 32 */
+#define LT_Q8_X_D (256 * LT_Q8_XROWS)
+#define LT_Q8_X_S16 (LT_Q8_X_D + 8 * LT_Q8_XROWS * 8 * 4)
+#define LT_Q8_X_S32 (LT_Q8_X_S16 + LT_Q8_XROWS * 16 * 4)
+#define LT_Q8_XREC (LT_Q8_X_S32 + LT_Q8_XROWS * 8 * 4)
 typedef void (*lt_expand_q8_fn)(int qtype, const uint8_t *blk, uint8_t *rec); /* one super-block */
 /* c[r][j] (8 partial sums each, [nw][LT_Q8_XROWS][8]) += weight record r (nw = 1 or 2, LT_Q8_WREC
  * bytes apart) . x rows j of the x record (LT_Q8_XREC bytes); per16: the mins are per 16 (Q6_K) */

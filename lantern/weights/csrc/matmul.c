@@ -258,36 +258,33 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
         for (int64_t kb = 0; kb < nsb; kb++) {
             uint8_t *rec = out + (xb * nsb + kb) * LT_Q8_XREC;
             int8_t *xq = (int8_t *)rec;
-            float *xd = (float *)(rec + 256 * R), *xs = xd + 8 * R * 8;
+            float *xd = (float *)(rec + LT_Q8_X_D), *xs = (float *)(rec + LT_Q8_X_S16), *xs32 = (float *)(rec + LT_Q8_X_S32);
             for (int j = 0; j < R; j++) {
                 const int64_t m = xb * R + j;
                 for (int g = 0; g < 8; g++) {
                     int8_t *q = xq + (g * R + j) * 32;
-                    float d = 0.f;
-                    if (m < M) {
-                        const float *p = x + m * K + kb * 256 + 32 * g;
-                        float amax = 0.f, probe = 0.f;
-                        for (int i = 0; i < 32; i++) {
-                            amax = fabsf(p[i]) > amax ? fabsf(p[i]) : amax;
-                            probe += p[i] * 0.f; /* NaN when any x is NaN or infinite */
-                        }
+                    float d = 0.f, amax = 0.f, probe = 0.f;
+                    const float *p = m < M ? x + m * K + kb * 256 + 32 * g : NULL;
+                    for (int i = 0; p && i < 32; i++) {
+                        amax = fabsf(p[i]) > amax ? fabsf(p[i]) : amax;
+                        probe += p[i] * 0.f; /* NaN when any x is NaN or infinite */
+                    }
+                    if (p && probe == 0.f) {
                         const float id = amax > 0.f ? 127.f / amax : 0.f;
                         /* round to nearest even as nearbyintf, without its call: |p * id| <= 127,
                          * and adding 1.5 * 2^23 leaves no fraction bits in a float32 */
-                        if (probe == 0.f)
-                            for (int i = 0; i < 32; i++) q[i] = (int8_t)(int)((p[i] * id + 12582912.f) - 12582912.f);
-                        else
-                            memset(q, 0, 32);
-                        d = probe == 0.f ? amax / 127.f : NAN; /* never silently 0 */
-                    } else {
+                        for (int i = 0; i < 32; i++) q[i] = (int8_t)(int)((p[i] * id + 12582912.f) - 12582912.f);
+                        d = amax / 127.f;
+                    } else { /* a row past M; or NaN in x: the products NaN, never silently 0 */
                         memset(q, 0, 32);
+                        d = p ? NAN : 0.f;
                     }
                     for (int l = 0; l < 8; l++) xd[(g * R + j) * 8 + l] = d;
                     int32_t sum[2] = {0, 0};
                     for (int i = 0; i < 32; i++) sum[i / 16] += q[i];
                     xs[j * 16 + 2 * g] = d * (float)sum[0];
                     xs[j * 16 + 2 * g + 1] = d * (float)sum[1];
-                    xs[16 * R + j * 8 + g] = d * (float)(sum[0] + sum[1]);
+                    xs32[j * 8 + g] = d * (float)(sum[0] + sum[1]);
                 }
             }
         }
@@ -299,7 +296,7 @@ typedef struct {
     const lt_kernels *k;
     const float *x;    /* [M, K] */
     uint8_t *xp;       /* x's records */
-    int64_t N, M, K, nsb, nxb, rowbytes, nrb;
+    int64_t N, M, K, nsb, nxb, B, nrb; /* B: bytes per block (a super-block) */
     float *y;
     int64_t ldy;
     int failed;
@@ -324,8 +321,7 @@ static void q8_task(void *p, int64_t t) {
     for (int64_t i = 0; i < (xb1 - xb0) * npair * tile; i++) c[i] = 0.f;
     for (int64_t kb = 0; kb < a->nsb; kb++) {
         for (int64_t r = r0; r < r1; r++)
-            a->k->expand_q8[a->qtype](a->qtype, a->w + r * a->rowbytes + kb * lt_block_bytes(a->qtype),
-                                      wrec + (r - r0) * LT_Q8_WREC);
+            a->k->expand_q8[a->qtype](a->qtype, a->w + (r * a->nsb + kb) * a->B, wrec + (r - r0) * LT_Q8_WREC);
         for (int64_t xb = xb0; xb < xb1; xb++) {
             const uint8_t *xr = a->xp + (xb * a->nsb + kb) * LT_Q8_XREC;
             float *ct = c + (xb - xb0) * npair * tile;
@@ -350,7 +346,7 @@ static int q8_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const flo
     const int64_t nxb = (M + LT_Q8_XROWS - 1) / LT_Q8_XROWS, nsb = K / 256;
     uint8_t *xp = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(nxb * nsb * LT_Q8_XREC));
     if (!xp) return -1;
-    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, nsb * B, (N + Q8_ROWS - 1) / Q8_ROWS, y, ldy, 0};
+    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, B, (N + Q8_ROWS - 1) / Q8_ROWS, y, ldy, 0};
     lt_parallel_rows(q8_pack, &a, nxb, nthreads, 1);
     lt_pool_run(q8_task, &a, a.nrb * ((nxb + Q8_XB - 1) / Q8_XB), nthreads);
     return a.failed ? -1 : 0;

@@ -462,8 +462,8 @@ void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
     int8_t q[256];
     float scale[16], minv[16];
     lt_decode_block(qtype, blk, q, scale, minv);
-    int16_t *S = (int16_t *)(rec + 256);
-    float *mins = (float *)(rec + 512), d;
+    int16_t *S = (int16_t *)(rec + LT_Q8_W_S);
+    float *mins = (float *)(rec + LT_Q8_W_MINS), d;
     if (qtype == LT_Q6_K) {
         d = lt_rd_f16(blk + 208);
         for (int i = 0; i < 256; i++) rec[i] = (uint8_t)(q[i] + 32);
@@ -481,7 +481,7 @@ void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
             mins[g] = minv[g];
         }
     }
-    memcpy(rec + 576, &d, 4);
+    memcpy(rec + LT_Q8_W_D, &d, 4);
 }
 
 /* The tile in plain C: the same integer sums, and per lane the same float operations in the same
@@ -489,13 +489,14 @@ void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
 void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c) {
     const int R = LT_Q8_XROWS;
     const int8_t *xq = (const int8_t *)x;
-    const float *xd = (const float *)(x + 256 * R), *xs = xd + 8 * R * 8, *xs32 = xs + 16 * R;
+    const float *xd = (const float *)(x + LT_Q8_X_D), *xs = (const float *)(x + LT_Q8_X_S16);
+    const float *xs32 = (const float *)(x + LT_Q8_X_S32);
     for (int r = 0; r < nw; r++) {
         const uint8_t *u = w + r * LT_Q8_WREC;
-        const int16_t *S = (const int16_t *)(u + 256);
-        const float *mins = (const float *)(u + 512);
+        const int16_t *S = (const int16_t *)(u + LT_Q8_W_S);
+        const float *mins = (const float *)(u + LT_Q8_W_MINS);
         float d;
-        memcpy(&d, u + 576, 4);
+        memcpy(&d, u + LT_Q8_W_D, 4);
         for (int j = 0; j < R; j++) {
             float acc[8] = {0};
             for (int g = 0; g < 8; g++)

@@ -710,7 +710,8 @@ static void gemm_f32_avx2(const float *w, int64_t ldw, int nw, const float *xp, 
 LT_INLINE void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, const int per16, float *c) {
     enum { R = LT_Q8_XROWS };
     const int8_t *xq = (const int8_t *)x;
-    const float *xd = (const float *)(x + 256 * R), *xs = xd + 8 * R * 8, *xs32 = xs + 16 * R;
+    const float *xd = (const float *)(x + LT_Q8_X_D), *xs = (const float *)(x + LT_Q8_X_S16);
+    const float *xs32 = (const float *)(x + LT_Q8_X_S32);
     __m256 acc[2][R];
     UNROLL
     for (int r = 0; r < NW; r++)
@@ -722,7 +723,7 @@ LT_INLINE void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, const i
         for (int r = 0; r < NW; r++) W[r] = _mm256_loadu_si256((const __m256i *)(w + r * LT_Q8_WREC + 32 * g));
         UNROLL
         for (int r = 0; r < NW; r++) {
-            const __m256i S = _mm256_loadu_si256((const __m256i *)(w + r * LT_Q8_WREC + 256 + 32 * g));
+            const __m256i S = _mm256_loadu_si256((const __m256i *)(w + r * LT_Q8_WREC + LT_Q8_W_S + 32 * g));
             UNROLL
             for (int j = 0; j < R; j++) {
                 __m256i t = _mm256_maddubs_epi16(W[r], _mm256_loadu_si256((const __m256i *)(xq + (g * R + j) * 32)));
@@ -734,9 +735,9 @@ LT_INLINE void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, const i
     UNROLL
     for (int r = 0; r < NW; r++) {
         const uint8_t *rec = w + r * LT_Q8_WREC;
-        const __m256 d = _mm256_broadcast_ss((const float *)(rec + 576));
-        const __m256 m0 = _mm256_loadu_ps((const float *)(rec + 512));
-        const __m256 m1 = per16 ? _mm256_loadu_ps((const float *)(rec + 544)) : m0;
+        const __m256 d = _mm256_broadcast_ss((const float *)(rec + LT_Q8_W_D));
+        const __m256 m0 = _mm256_loadu_ps((const float *)(rec + LT_Q8_W_MINS));
+        const __m256 m1 = per16 ? _mm256_loadu_ps((const float *)(rec + LT_Q8_W_MINS) + 8) : m0;
         UNROLL
         for (int j = 0; j < R; j++) {
             float *cj = c + (r * R + j) * 8;
@@ -754,8 +755,8 @@ LT_INLINE void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, const i
 /* lt_expand_q8_generic's records, with vectors: the codes as whole bytes, the sub-scales
  * broadcast per lane, the mins (bit for bit: the same float32 products). */
 static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
-    int16_t *S = (int16_t *)(rec + 256);
-    float *mins = (float *)(rec + 512), d;
+    int16_t *S = (int16_t *)(rec + LT_Q8_W_S);
+    float *mins = (float *)(rec + LT_Q8_W_MINS), d;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     if (qtype == LT_Q6_K) {
         __m256i c[4];
@@ -798,7 +799,7 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
             mins[g] = -(dmin * (float)mn[g]);
         }
     }
-    memcpy(rec + 576, &d, 4);
+    memcpy(rec + LT_Q8_W_D, &d, 4);
 }
 
 static void gemm_q8_avx2(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c) {
