@@ -225,12 +225,13 @@ def test_gguf_kernel_matches_float32_reference(qtype, m):
         assert y.dtype == torch.float32 and y.shape == (m, rows)
         excess = (y.double() - ref).abs() - b
         assert excess.max() <= 0, f"{qtype.name} M={m} {name}: error exceeds the bound by {excess.max():.3g}"
-    # Prompt chunks through a level's micro-kernel (avx2, avx512) read x in float32 and the
+    # Prompt chunks through a level's float32 micro-kernel (avx512) read x in float32 and the
     # weights as the exact expansion: only float32 accumulation error (1-3e-7 of sum |w x| here).
-    # Otherwise a level with the portable level's activations (15-bit integers) differs from it
-    # only in the order of float32 additions; avx512 rounds x to bfloat16 (the bound above).
+    # Otherwise a level with the portable level's activations (15-bit integers: avx2, whose
+    # 8-row tile takes its prompt chunks) differs from it only in the order of float32
+    # additions; avx512 rounds x to bfloat16 (the bound above).
     scale = (x.abs() @ exact.abs().T).double()
-    if m > native.GGUF_MAX_M and native.kernel_name("gemm"):
+    if m > native.GGUF_MAX_M and native.kernel_name("gemm") and not native.kernel_name("rows8", qtype):
         diff = (results["fused"].double() - ref).abs()
         assert (diff <= 2e-6 * scale + 1e-30).all(), f"{qtype.name} M={m}: {native.kernel_name('gemm')}"
     elif native.library().lantern_x_format() == 2:
@@ -390,10 +391,13 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         assert not wrong, f"at {level} these run other levels' functions: {wrong}"
         # prompt chunks: named per type; at avx2 through its own micro-kernel
         assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
-        if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others in float32
+        if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others on the 8-row tile
             int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
             assert all(f == "expand_q8 + gemm_q8_avx2" for t, f in info["prompt"].items() if t in int8), info["prompt"]
-            assert all(f.endswith("+ gemm_f32_avx2") for t, f in info["prompt"].items() if t not in int8), info["prompt"]
+            assert all(f == "rows8_avx2" for t, f in info["prompt"].items() if t not in int8), info["prompt"]
+            assert set(info["rows8"].values()) == {"rows8_avx2"}, info["rows8"]  # 5-12 rows, every type
+        else:
+            assert not any(info["rows8"].values()), info["rows8"]
 
 
 @needs_native

@@ -1,4 +1,6 @@
-/* rows_vs_ggml: lantern's row kernels (decode, M rows of x) against llama.cpp's own vec_dot on
+/* rows_vs_ggml: lantern's decode matmul (M rows of x, 1 to 12: lt_gguf_matmul on one thread, as
+ * a decode or batch pass runs it, x's preparation included: the row kernels, and from
+ * LT_ROWS8_MIN rows the 8-row tile where the level has one) against llama.cpp's own vec_dot on
  * one core, in one process, alternating, over a weight matrix that stays in the last-level
  * cache: what each kernel computes per cycle, without the memory's speed or the machine's drift
  * between runs in the figure (the fastest of many alternating reps of each).
@@ -73,9 +75,8 @@ int main(int argc, char **argv) {
     ggml_cpu_init();
     if (lantern_set_isa(level) != level) { fprintf(stderr, "this CPU does not run level %d\n", level); return 2; }
     const lt_kernels *k = lt_kernels_get();
-    const int ri = M == 1 ? 0 : M == 2 ? 1 : M == 3 ? 2 : M == 4 ? 3 : M == 8 ? 4 : -1;
-    if (ri < 0 || qt < 0 || qt >= LT_NTYPES || !k->row[qt][ri]) {
-        fprintf(stderr, "no row kernel for type %d with M = %d at level %s (M: 1, 2, 3, 4, 8)\n", qt, M, k->isa);
+    if (M < 1 || M > LT_ROWS_MAX_M || qt < 0 || qt >= LT_NTYPES || !k->row[qt][0]) {
+        fprintf(stderr, "no row kernel for type %d with M = %d at level %s (M: 1 to %d)\n", qt, M, k->isa, LT_ROWS_MAX_M);
         return 2;
     }
     const ggml_traits_cpu *t = traits(qt), *tx = traits(t->vec_dot_type);
@@ -99,30 +100,14 @@ int main(int argc, char **argv) {
 
     float *x = (float *)xmalloc(sizeof(float) * (size_t)(M * K));
     for (int64_t i = 0; i < M * K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-    /* lantern's x, as matmul.c's prepare_x lays it out */
-    const int64_t G = K / 32, Gp = (G + 15) / 16 * 16;
-    lt_x xp;
-    memset(&xp, 0, sizeof(xp));
-    xp.K = K;
-    xp.G = G;
-    xp.ld = 2 * Gp;
-    xp.f = x;
-    uint8_t *s = (uint8_t *)xmalloc((size_t)(M * K * 2 + (M * xp.ld + 64) * 4 + 2 * (M * G + 16) * 4));
-    xp.bf = (const uint16_t *)s;
-    xp.q = (const int16_t *)s;
-    xp.bs = (const float *)(s + M * K * 2);
-    xp.qd = (const float *)(s + M * K * 2);
-    xp.qs = xp.qd + M * G + 16;
-    (lt_x_format_of(k, qt) == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, &xp);
     uint8_t *xq = (uint8_t *)xmalloc(xrow * (size_t)M);
     for (int m = 0; m < M; m++) tx->from_float(x + m * K, xq + xrow * (size_t)m, K);
 
     float *out = (float *)xmalloc(sizeof(float) * (size_t)(N * M));
-    const lt_row_fn row = k->row[qt][ri];
     double best_l = 1e30, best_g = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = now();
-        for (int64_t i = 0; i < N; i++) row(w + rowb * (size_t)i, &xp, 0, out + i * M);
+        if (lt_gguf_matmul(w, qt, x, out, N, N, K, M, M, 1)) { fprintf(stderr, "lt_gguf_matmul failed\n"); return 2; }
         const double tl = now() - t0;
         t0 = now();
         for (int64_t i = 0; i < N; i++)
@@ -132,7 +117,8 @@ int main(int argc, char **argv) {
         if (tg < best_g) best_g = tg;
     }
     const double gw = (double)(N * K) / 1e9;
-    printf("%-14s M=%d  %dx%d: lantern %6.2f  llama.cpp %6.2f G weights/s  ratio %.2f\n", k->row_name[qt], M, (int)N, (int)K,
+    const char *tile = M >= LT_ROWS8_MIN && k->rows8[qt] ? k->rows8_name : "";
+    printf("%-14s %-10s M=%-2d %dx%d: lantern %6.2f  llama.cpp %6.2f G weights/s  ratio %.2f\n", k->row_name[qt], tile, M, (int)N, (int)K,
            gw / best_l, gw / best_g, best_g / best_l);
     return 0;
 }

@@ -146,7 +146,9 @@ def kernels_for(mix) -> dict[str, Any]:
         if name in level.get("fallbacks", {}):
             per_type[name] = "reference (self-check failed)"
         elif name in level.get("matmul", {}) and level["matmul"][name]:
-            per_type[name] = f"{level['matmul'][name]}; prompt chunks {level['prompt'][name]}"
+            rows8 = level.get("rows8", {}).get(name)
+            batches = f"; 5-12 rows {rows8}" if rows8 else ""
+            per_type[name] = f"{level['matmul'][name]}{batches}; prompt chunks {level['prompt'][name]}"
         elif name in (QT.Q2_K.name, QT.Q3_K.name):
             per_type[name] = "dense bfloat16 copy"
         else:

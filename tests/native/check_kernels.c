@@ -7,7 +7,8 @@
  *               sums within 1e-6 of sum |x| vs lt_x_prepare_bf16_generic
  *   rows        the 10 in-place types (IQ4_NL and IQ4_XS included), each row count (1, 2, 3,
  *               4, 8) called directly at a few m0, and through lt_gguf_matmul with M = 1..12
- *               (every row-count mix), several K,
+ *               (every row-count mix; at levels with an 8-row tile, rows8, M >= LT_ROWS8_MIN
+ *               takes it for x rows 0-7, 10 weight rows so that two are left over), several K,
  *               against the generic row of the same x form (Q15: row_q15; BF16:
  *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|. At levels with a prompt
  *               micro-kernel (gemm_f32), M > 12 bit-exact against lt_gemm_f32_generic over the
@@ -18,6 +19,8 @@
  *               lt_expand_q8_generic and lt_pack_q8_rows (the same integer sums, float ops in the
  *               same order per lane)
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
+ *   gemm_f32    at levels with a float32 micro-kernel, the tile itself bit-exact against
+ *               lt_gemm_f32_generic (nw = 1..6, two column counts)
  *   attention   lt_attention_f16, head dims 64, 80, 96, 128, 256, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
  *               the head's largest |output|
@@ -325,7 +328,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
     int ok_direct = 1, ok_mm = 1;
     char det_direct[200] = "", det_mm[200] = "";
     for (int ki = 0; ki < nK; ki++) {
-        const int64_t K = Ks[ki], N = 8;
+        const int64_t K = Ks[ki], N = 10; /* not a multiple of LT_ROWS8_NW: the 8-row tile's leftover rows */
         seed(1000 + (uint64_t)qt * 977 + (uint64_t)K);
         int64_t rowbytes = 0;
         uint8_t *w = rnd_rows(qt, N, K, &rowbytes);
@@ -378,7 +381,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
                 worst_mm = INFINITY;
             }
             /* prompt chunks through the micro-kernel: bit-exact against its oracle */
-            const int gemm = M > LT_ROWS_MAX_M && k->gemm_f32;
+            const int gemm = M > LT_ROWS_MAX_M && k->gemm_f32 && !k->rows8[qt]; /* the tile: rows' tolerance */
             const float *want = gemm ? ygemm : yref;
             const double tol = gemm ? 0.0 : ROW_TOL;
             for (int64_t m = 0; m < M && !rc; m++)
@@ -784,6 +787,35 @@ static void check_names(const char *lvl, int isa, const char *require) {
     else if (generic_rows) printf("INFO %s row kernels still generic (not required): %s\n", lvl, list);
 }
 
+/* The float32 micro-kernel itself, bit for bit against lt_gemm_f32_generic: at avx2 the 8-row
+ * tile takes every in-place type's prompt chunks, so lt_gguf_matmul no longer reaches it there
+ * (the avx512 level still runs it, on its batched passes' prompt chunks). */
+static void check_gemm_f32(const char *lvl, const lt_kernels *k) {
+    static const int64_t KCs[] = {37, 256};
+    int ok = 1;
+    char detail[200] = "";
+    for (int ki = 0; ki < 2; ki++)
+        for (int nw = 1; nw <= LT_GEMM_NW; nw++) {
+            const int64_t KC = KCs[ki], ldw = 300;
+            seed(7000 + (uint64_t)(nw * 10 + ki));
+            float *w = (float *)xmalloc((size_t)(nw * ldw) * 4), *xp = (float *)xmalloc((size_t)(KC * LT_GEMM_MB) * 4);
+            float c0[LT_GEMM_NW * LT_GEMM_MB], c1[LT_GEMM_NW * LT_GEMM_MB];
+            rnd_x(w, nw * ldw);
+            rnd_x(xp, KC * LT_GEMM_MB);
+            rnd_x(c0, LT_GEMM_NW * LT_GEMM_MB);
+            memcpy(c1, c0, sizeof(c0));
+            k->gemm_f32(w, ldw, nw, xp, KC, c0);
+            lt_gemm_f32_generic(w, ldw, nw, xp, KC, c1);
+            if (memcmp(c0, c1, (size_t)(nw * LT_GEMM_MB) * 4) != 0) {
+                if (ok) snprintf(detail, sizeof detail, "nw=%d KC=%lld differs from the generic tile", nw, (long long)KC);
+                ok = 0;
+            }
+            free(w);
+            free(xp);
+        }
+    report(ok, lvl, "gemm_f32_tile", ok ? 0.0 : 1.0, detail);
+}
+
 static void check_level(int isa, const char *require) {
     const char *lvl = lantern_isa_name(isa);
     if (lantern_set_isa(isa) != isa) {
@@ -802,6 +834,7 @@ static void check_level(int isa, const char *require) {
         check_rows(lvl, k, ROW_TYPES[i]);
     }
     for (int i = 0; i < N_EXPAND_TYPES; i++) check_expand(lvl, k, EXPAND_TYPES[i]);
+    if (k->gemm_f32) check_gemm_f32(lvl, k);
     for (int i = 0; i < N_ROW_TYPES; i++)
         if (k->gemm_q8 && k->expand_q8[ROW_TYPES[i]]) check_prompt_q8(lvl, ROW_TYPES[i]);
     static const int64_t Ds[] = {64, 80, 96, 128, 256};

@@ -130,10 +130,11 @@ LT_EXPORT const char *lantern_isa_name(int isa) {
 /* The name of the function serving `what` at the level in use: 0 a row of type `qtype` in
  * place (decode), 1 its expansion to bf16, 2 to float32, 3 attention over the float16 cache,
  * 4 the vector helpers (exp, SiLU, float16 stores), 5 the prompt chunks' micro-kernel (NULL: the
- * row kernels serve them). NULL where nothing serves it. */
+ * row kernels serve them), 6 the 8-bit prompt tile of `qtype`, 7 its 8-row tile. NULL where
+ * nothing serves it. */
 LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     const lt_kernels *k = lt_kernels_get();
-    if ((what <= 2 || what == 6) && (qtype < 0 || qtype >= LT_NTYPES)) return NULL;
+    if ((what <= 2 || what >= 6) && (qtype < 0 || qtype >= LT_NTYPES)) return NULL;
     switch (what) {
     case 0: return k->row[qtype][0] ? k->row_name[qtype] : NULL;
     case 1: return k->expand_bf16[qtype] ? k->expand_bf16_name[qtype] : NULL;
@@ -142,7 +143,9 @@ LT_EXPORT const char *lantern_kernel_name(int what, int qtype) {
     case 4: return k->vec_name;
     case 5: return k->gemm_f32 ? k->gemm_name : NULL;
     case 6: /* prompt rows of qtype on 8-bit x (lt_kernels.gemm_q8), where the level has it */
-        return qtype >= 0 && qtype < LT_NTYPES && k->gemm_q8 && k->expand_q8[qtype] ? k->gemm_q8_name : NULL;
+        return k->gemm_q8 && k->expand_q8[qtype] ? k->gemm_q8_name : NULL;
+    case 7: /* 5-12 rows of x, and longer calls' 15-bit rows, on the 8-row tile (lt_kernels.rows8) */
+        return k->rows8[qtype] ? k->rows8_name : NULL;
     default: return NULL;
     }
 }

@@ -120,6 +120,10 @@ typedef struct {
     const float *qs;    /* LT_X_Q15: [M, G] */
     const int8_t *q8;   /* LT_X_Q15, where the level's x_prepare makes it (else NULL): q split into
                            two signed bytes, per group of 32 the 32 hi then the 32 lo ([M, 2K]) */
+    /* LT_X_Q15 where the type's rows take the rows8 tile (else NULL): x in blocks of 8 rows (zero
+     * rows past M) with the rows in the lanes: q as pairs [M / 8][K / 2][8][2], qd and qs as [M / 8][G][8] */
+    const int16_t *p8;
+    const float *qd8, *qs8;
 } lt_x;
 
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
@@ -130,6 +134,23 @@ static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
 #define LT_ROWS_MAX_M 12 /* lt_gguf_matmul: up to this many rows of x, the row kernels over W in place
                             (decode, verify passes); more: a prompt chunk (native.py's GGUF_MAX_M,
                             checked against lantern_rows_max_m() at load) */
+#endif
+
+/* Rows of x 8 at a time on 15-bit x, at levels with a rows8 tile (avx2): y[m * ldy + r] = weight
+ * row r . x row m for r < LT_ROWS8_NW rows `rowbytes` apart and m in [8 xb0, min(8 (xb0 + nxb),
+ * m1)): x->p8's blocks xb0 .. xb0 + nxb - 1 (nxb <= LT_ROWS8_XB). The 8 rows of a block are the lanes of one vector: per pair of weights one broadcast
+ * and one vpmaddwd give 8 rows' products, the int32 sums per group of 32 are exact, and the float
+ * scaling (a conversion, a multiply, an FMA or two) is paid once per group and weight row, where
+ * the row kernels pay it per group, weight row and row of x. Each 256 weights are decoded once
+ * for all nxb blocks. The same products as the row kernels, so the same tolerance. Decode passes
+ * of LT_ROWS8_MIN to LT_ROWS_MAX_M rows take it for x rows 0-7; longer calls (prompt chunks) for
+ * all their rows, in place of the float32 micro-kernel. */
+typedef void (*lt_rows8_fn)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
+                            int64_t ldy, int64_t m1);
+#define LT_ROWS8_NW 4
+#define LT_ROWS8_XB 8 /* blocks of x per call at most: 64 rows, up to 400 KB of x at K = 3072 (L2) */
+#ifndef LT_ROWS8_MIN
+#define LT_ROWS8_MIN 5 /* rows of x from which a decode pass takes the tile (bench/rows_vs_ggml.py) */
 #endif
 
 /* One row of GGUF blocks (K weights) -> weights (prompt chunks, then a dense GEMM). */
@@ -196,6 +217,8 @@ typedef struct {
     void (*x_prepare_q15)(const float *x, int64_t M, lt_x *xp);
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
     const char *row_name[LT_NTYPES];
+    lt_rows8_fn rows8[LT_NTYPES];                    /* NULL: 5-12 rows of x take the row kernels */
+    const char *rows8_name;
     lt_expand_bf16_fn expand_bf16[LT_NTYPES];
     const char *expand_bf16_name[LT_NTYPES];
     lt_expand_f32_fn expand_f32[LT_NTYPES];

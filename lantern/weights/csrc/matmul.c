@@ -60,6 +60,7 @@ void *lt_scratch(int slot, size_t n) {
 typedef struct {
     const uint8_t *w;
     const lt_row_fn *row; /* the type's kernels by row count */
+    lt_rows8_fn rows8;    /* x rows 0-7 of a decode pass, where x->p8 is set */
     const lt_x *x;
     int64_t N, M, rowbytes, rpt;
     float *y;
@@ -102,8 +103,25 @@ static void gmm_task(void *p, int64_t t) {
     if (fetch)
         for (const uint8_t *q = a->w + r0 * a->rowbytes; q < end && q < a->w + r0 * a->rowbytes + WAHEAD; q += 64)
             LT_PREFETCH(q);
-    for (int64_t r = r0; r < r1; r++) {
+    const int tile = a->x->p8 != NULL;
+    for (int64_t r = r0; r < r1;) {
         const uint8_t *row = a->w + r * a->rowbytes;
+        if (tile && r + LT_ROWS8_NW <= r1) { /* x rows 0-7 of LT_ROWS8_NW weight rows, the rest below */
+            if (fetch)
+                for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
+            a->rows8(row, a->rowbytes, a->x, 0, 1, a->y + r, a->ldy, M);
+            for (int i = 0; i < LT_ROWS8_NW; i++) {
+                for (int64_t m0 = 8; m0 < M;) {
+                    const int64_t rem = M - m0;
+                    const int ci = rem >= 4 ? 3 : rem - 1;
+                    a->row[ci](row + i * a->rowbytes, a->x, m0, out);
+                    for (int m = 0; m < LT_ROW_M[ci]; m++) a->y[(m0 + m) * a->ldy + r + i] = out[m];
+                    m0 += LT_ROW_M[ci];
+                }
+            }
+            r += LT_ROWS8_NW;
+            continue;
+        }
         if (fetch)
             for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
         for (int64_t m0 = 0; m0 < M;) {
@@ -113,11 +131,37 @@ static void gmm_task(void *p, int64_t t) {
             for (int m = 0; m < LT_ROW_M[i]; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
             m0 += LT_ROW_M[i];
         }
+        r++;
     }
 }
 
-/* x [M, K] -> the form the type's row kernels read, in this thread's scratch. NULL without memory. */
-static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int64_t M, int64_t K, lt_x *xp) {
+/* The prepared x in blocks of 8 rows (zero rows past M) with the rows in the lanes, for the rows8
+ * tile (lantern.h lt_x.p8): blocks [b0, b1) at p8 (room for nblk blocks) and after it. */
+static void pack_rows8(lt_x *xp, int64_t M, int64_t nblk, int64_t b0, int64_t b1, int16_t *p8) {
+    const int64_t K = xp->K, G = xp->G;
+    float *qd8 = (float *)(p8 + nblk * 8 * K), *qs8 = qd8 + nblk * 8 * G;
+    for (int64_t b = b0; b < b1; b++)
+        for (int j = 0; j < 8; j++) {
+            const int64_t m = 8 * b + j;
+            int16_t *dst = p8 + b * 8 * K + 2 * j;
+            for (int64_t i = 0; i < K / 2; i++) {
+                dst[16 * i] = m < M ? xp->q[m * K + 2 * i] : 0;
+                dst[16 * i + 1] = m < M ? xp->q[m * K + 2 * i + 1] : 0;
+            }
+            for (int64_t g = 0; g < G; g++) {
+                qd8[(b * G + g) * 8 + j] = m < M ? xp->qd[m * G + g] : 0.f;
+                qs8[(b * G + g) * 8 + j] = m < M ? xp->qs[m * G + g] : 0.f;
+            }
+        }
+    xp->p8 = p8;
+    xp->qd8 = qd8;
+    xp->qs8 = qs8;
+}
+
+/* x [M, K] -> the form the type's row kernels read, in this thread's scratch, and (15-bit x) its
+ * first nblk blocks of 8 rows for the rows8 tile. NULL without memory. */
+static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int64_t M, int64_t K, int64_t nblk,
+                             lt_x *xp) {
     const int64_t G = K / 32, Gp = (G + 15) / 16 * 16, ld = 2 * Gp;
     xp->K = K;
     xp->G = G;
@@ -131,11 +175,15 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
         xp->bf = (const uint16_t *)s;
         xp->bs = (const float *)(s + M * K * 2);
     } else {
-        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(M * K * 2 + 2 * (M * G + 16) * 4));
+        const size_t head = (size_t)(M * K * 2 + 2 * (M * G + 16) * 4), at8 = (head + 63) / 64 * 64;
+        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, nblk ? at8 + (size_t)(nblk * 8 * (K * 2 + 2 * G * 4)) : head);
         if (!s) return NULL;
         xp->q = (const int16_t *)s;
         xp->qd = (const float *)(s + M * K * 2);
         xp->qs = xp->qd + M * G + 16;
+        (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
+        if (nblk) pack_rows8(xp, M, nblk, 0, nblk, (int16_t *)(s + at8)); /* 64-byte aligned: the tile's aligned loads */
+        return xp;
     }
     (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
     return xp;
@@ -355,6 +403,58 @@ static int q8_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const flo
 static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy,
                         int64_t N, int64_t K, int64_t M, int64_t E, int64_t B, int nthreads);
 
+/* ----- more than LT_ROWS_MAX_M rows on the rows8 tile (lantern.h lt_rows8_fn) --------------------
+ * x is prepared once (15 bits, then blocks of 8 rows). A task takes R8_ROWS rows of W by LT_ROWS8_XB
+ * blocks of x (64 rows: up to 400 KB of x at K = 3072, in L2); each tile of LT_ROWS8_NW weight
+ * rows decodes its blocks once per 256 weights and runs them against all the task's blocks. */
+#ifndef R8_ROWS
+#define R8_ROWS 32
+#endif
+
+typedef struct {
+    const uint8_t *w;
+    lt_rows8_fn rows8;
+    const lt_row_fn *row;
+    const lt_x *x;
+    int64_t N, M, rowbytes, nxb, nrb;
+    float *y;
+    int64_t ldy;
+} r8_args;
+
+static void r8_task(void *p, int64_t t) {
+    const r8_args *a = (const r8_args *)p;
+    const int64_t r0 = t % a->nrb * R8_ROWS, r1 = r0 + R8_ROWS < a->N ? r0 + R8_ROWS : a->N;
+    const int64_t b0 = t / a->nrb * LT_ROWS8_XB, b1 = b0 + LT_ROWS8_XB < a->nxb ? b0 + LT_ROWS8_XB : a->nxb;
+    const int64_t m1 = 8 * b1 < a->M ? 8 * b1 : a->M;
+    float out[8];
+    for (int64_t r = r0; r < r1;) {
+        const uint8_t *row = a->w + r * a->rowbytes;
+        if (r + LT_ROWS8_NW <= r1) {
+            a->rows8(row, a->rowbytes, a->x, b0, b1 - b0, a->y + r, a->ldy, m1);
+            r += LT_ROWS8_NW;
+        } else { /* N % LT_ROWS8_NW rows: the row kernels, 8 rows of x at a time */
+            for (int64_t m0 = 8 * b0; m0 < m1;) {
+                const int64_t rem = m1 - m0;
+                const int i = rem >= 8 ? 4 : rem >= 4 ? 3 : rem == 3 ? 2 : rem >= 2 ? 1 : 0;
+                a->row[i](row, a->x, m0, out);
+                for (int m = 0; m < LT_ROW_M[i]; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
+                m0 += LT_ROW_M[i];
+            }
+            r++;
+        }
+    }
+}
+
+static int rows8_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy,
+                        int64_t N, int64_t K, int64_t M, int64_t rowbytes, int nthreads) {
+    lt_x xp = {0};
+    const int64_t nxb = (M + 7) / 8;
+    if (!prepare_x(k, qtype, x, M, K, nxb, &xp)) return -1;
+    r8_args a = {w, k->rows8[qtype], k->row[qtype], &xp, N, M, rowbytes, nxb, (N + R8_ROWS - 1) / R8_ROWS, y, ldy};
+    lt_pool_run(r8_task, &a, a.nrb * ((nxb + LT_ROWS8_XB - 1) / LT_ROWS8_XB), nthreads);
+    return 0;
+}
+
 int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy, int64_t N, int64_t K,
                    int64_t M, int64_t m_exact, int nthreads) {
     int64_t E = 32, B = 0;
@@ -373,11 +473,13 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
 /* Rows of x whose products keep x to 15 bits: the row kernels, or the float32 micro-kernel. */
 static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy,
                         int64_t N, int64_t K, int64_t M, int64_t E, int64_t B, int nthreads) {
+    if (M > LT_ROWS_MAX_M && k->rows8[qtype]) return rows8_matmul(k, w, qtype, x, y, ldy, N, K, M, K / E * B, nthreads);
     if (M > LT_ROWS_MAX_M && k->gemm_f32 && k->expand_f32[qtype])
         return gemm_matmul(k, w, qtype, x, y, ldy, N, K, M, E, B, nthreads);
     lt_x xp = {0};
-    if (!prepare_x(k, qtype, x, M, K, &xp)) return -1;
-    gmm_args a = {w, k->row[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
+    if (!prepare_x(k, qtype, x, M, K, M >= LT_ROWS8_MIN && M <= LT_ROWS_MAX_M && k->rows8[qtype] ? 1 : 0, &xp))
+        return -1;
+    gmm_args a = {w, k->row[qtype], k->rows8[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
     int64_t rpt;
     if (M <= LT_ROWS_MAX_M) {
         /* decode and verify passes: tasks of about 1M weights (0.5-0.8 MB of blocks: long
@@ -388,6 +490,7 @@ static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const 
         const int64_t spread = (N + 2 * nthreads - 1) / (2 * nthreads);
         if (rpt > spread) rpt = spread;
         if (N * K < (1 << 15)) rpt = N; /* tiny: one task */
+        if (xp.p8) rpt = (rpt + LT_ROWS8_NW - 1) / LT_ROWS8_NW * LT_ROWS8_NW; /* whole tiles */
     } else {
         /* prompt chunks: blocks of 64 rows of x by about 32 KB of W's blocks, so that each 8
          * rows of x stay in L1/L2 while the block's weight rows pass them (from L2) */

@@ -168,8 +168,8 @@ def f16_attention():
 def level() -> dict:
     """The instruction-set level in use and the C function serving each role (for --verbose,
     `lantern info` and `bench --json`): {"isa": ..., "supported": [...], "matmul": {type: fn},
-    "expand": {type: fn}, "prompt": {type: "fn + fn"}, "attention": fn, "vector": fn,
-    "fallbacks": {type: why}}."""
+    "rows8": {type: fn or None} (5-12 rows of x), "expand": {type: fn}, "prompt": {type: "fn + fn"},
+    "attention": fn, "vector": fn, "fallbacks": {type: why}}."""
     from . import native
 
     if not native.available():
@@ -182,12 +182,15 @@ def level() -> dict:
             return f"{native.kernel_name(expand, t)} + torch GEMM"
         if native.kernel_name("gemm_q8", t):  # prompts read by generation: x int8 per 32
             return f"expand_q8 + {native.kernel_name('gemm_q8', t)}"
+        if native.kernel_name("rows8", t):  # 15-bit x, 8 rows in the lanes
+            return native.kernel_name("rows8", t)
         return f"{native.kernel_name('expand_f32', t)} + {gemm}" if gemm else native.kernel_name("matmul", t)
 
     return {
         "isa": native.isa(),
         "supported": native.supported_isas(),
         "matmul": {t.name: native.kernel_name("matmul", t) for t in native.GGUF_BLOCKS},
+        "rows8": {t.name: native.kernel_name("rows8", t) for t in native.GGUF_BLOCKS},
         "expand": {t.name: native.kernel_name(expand, t) for t in (*native.GGUF_BLOCKS, QT.Q2_K, QT.Q3_K)},
         "prompt": {t.name: prompt(t) for t in native.GGUF_BLOCKS},
         "attention": native.kernel_name("attention"),

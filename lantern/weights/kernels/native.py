@@ -140,7 +140,7 @@ def set_isa(name: str | None) -> str:
     return isa()
 
 
-KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4, "gemm": 5, "gemm_q8": 6}
+KERNEL_ROLES = {"matmul": 0, "expand_bf16": 1, "expand_f32": 2, "attention": 3, "vector": 4, "gemm": 5, "gemm_q8": 6, "rows8": 7}
 
 
 def kernel_name(role: str, qtype: QT | None = None) -> str | None:
@@ -154,10 +154,10 @@ def kernel_name(role: str, qtype: QT | None = None) -> str | None:
 
 # How each level multiplies prompt chunks (more than GGUF_MAX_M tokens): "expand_bf16" (slabs of
 # weights to bfloat16, torch's bf16 GEMM: AVX-512 BF16 has the hardware), "expand_f32" (exact
-# float32 slabs, torch's float32 GEMM) or "in_place" (`lantern_gguf_matmul` on the blocks: the
-# level's float32 micro-kernel over weights expanded 256 columns at a time in L1, where it has one
-# (kernel_name("gemm"); avx2), else its row kernels over blocks of 64 tokens). Measured per level:
-# docs/PERFORMANCE.md, "Prompt chunks per level".
+# float32 slabs, torch's float32 GEMM) or "in_place" (`lantern_gguf_matmul` on the blocks: per
+# type the level's 8-bit prompt tile (kernel_name("gemm_q8", t)) or 8-row tile on 15-bit x
+# (kernel_name("rows8", t)), else its float32 micro-kernel (kernel_name("gemm")), else its row
+# kernels over blocks of 64 tokens). Measured per level: docs/PERFORMANCE.md, "Prompt chunks per level".
 PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "in_place", "neon": "expand_f32", "portable": "expand_f32"}
 
 

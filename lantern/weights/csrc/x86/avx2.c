@@ -485,6 +485,179 @@ INSTANCES(rq80, Q80)
 INSTANCES(riq4nl, IQ4NL)
 INSTANCES(riq4xs, IQ4XS)
 
+/* ----- decode rows, 8 rows of x in the lanes (lantern.h lt_rows8_fn) ----------------------------
+ * Per chunk of 256 weights (8 groups of 32) the LT_ROWS8_NW weight rows are decoded to int16
+ * codes per group with one float scale and min (Q6_K: its 16-weight sub-scales multiplied into
+ * the codes, |code * scale| <= 4096, so a group of 32 sums to under 2^31 with |x| <= 16383), then
+ * per pair of weights: one x vector (the pair for 8 rows) against a broadcast of each weight
+ * row's pair. Decoding a chunk before the products keeps the broadcasts' loads clear of the
+ * stores that made them (decoding block by block was 0.88x as fast). */
+#define R8W LT_ROWS8_NW
+typedef struct {
+    LT_ALIGN(32) int16_t codes[8][R8W][32];
+    LT_ALIGN(32) float scale[R8W][8];
+    LT_ALIGN(32) float minv[R8W][8];
+} rows8_chunk;
+
+LT_INLINE void r8_store(rows8_chunk *c, int g, int r, __m256i lo, __m256i hi) {
+    _mm256_store_si256((__m256i *)c->codes[g][r], lo);
+    _mm256_store_si256((__m256i *)(c->codes[g][r] + 16), hi);
+}
+
+/* Weight row r's groups g0 .. g0 + ng - 1 (ng <= 8; 8 from a super-block's start) into c. */
+LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype, int r, rows8_chunk *c) {
+    const int64_t bytes = lt_block_bytes(qtype);
+    if (lt_block_elems(qtype) == 32) {
+        const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+        const uint8_t *base = row + g0 * bytes;
+        if (ng == 8) { /* the 8 blocks' d (and m) in one gather, as q32_impl */
+            const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
+            const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                    0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+            const __m256i hv = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)base, idx, 1), halves), 0xD8);
+            _mm256_store_ps(c->scale[r], _mm256_cvtph_ps(_mm256_castsi256_si128(hv)));
+            if (has_min) _mm256_store_ps(c->minv[r], _mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)));
+        } else {
+            for (int j = 0; j < ng; j++) {
+                c->scale[r][j] = f16_to_f32(base + j * bytes);
+                if (has_min) c->minv[r][j] = f16_to_f32(base + j * bytes + 2);
+            }
+        }
+        for (int j = 0; j < ng; j++) {
+            __m256i lo, hi;
+            q32_codes(base + j * bytes, qtype, &lo, &hi);
+            r8_store(c, j, r, lo, hi);
+        }
+        return;
+    }
+    const uint8_t *blk = row + g0 / 8 * bytes;
+    if (qtype == LT_Q4_K || qtype == LT_Q5_K) {
+        const int five = qtype == LT_Q5_K;
+        __m256 sc, mn;
+        k4_scales(blk, &sc, &mn);
+        _mm256_store_ps(c->scale[r], sc);
+        _mm256_store_ps(c->minv[r], mn);
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
+        __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
+        if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
+            __m256i a0 = _mm256_and_si256(v0, m4), a1 = _mm256_and_si256(v1, m4);
+            __m256i c0 = _mm256_srli_epi16(v0, 4), c1 = _mm256_srli_epi16(v1, 4);
+            if (five) {
+                a0 = _mm256_or_si256(a0, _mm256_and_si256(shift16(h0, 4 - 2 * g), b4));
+                a1 = _mm256_or_si256(a1, _mm256_and_si256(shift16(h1, 4 - 2 * g), b4));
+                c0 = _mm256_or_si256(c0, _mm256_and_si256(shift16(h0, 3 - 2 * g), b4));
+                c1 = _mm256_or_si256(c1, _mm256_and_si256(shift16(h1, 3 - 2 * g), b4));
+            }
+            r8_store(c, 2 * g, r, a0, a1);
+            r8_store(c, 2 * g + 1, r, c0, c1);
+        }
+    } else if (qtype == LT_Q6_K) {
+        _mm256_store_ps(c->scale[r], _mm256_set1_ps(f16_to_f32(blk + 208)));
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6k_half_bytes(blk, h, q);
+            UNROLL
+            for (int t = 0; t < 4; t++) {
+                const int s = 8 * h + 2 * t;
+                const __m256i lo = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q[t])), _mm256_set1_epi16(sc[s]));
+                const __m256i hi = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q[t], 1)), _mm256_set1_epi16(sc[s + 1]));
+                r8_store(c, 4 * h + t, r, lo, hi);
+            }
+        }
+    } else { /* IQ4_XS */
+        _mm256_store_ps(c->scale[r], iq4xs_scales(blk));
+        const __m128i tab = iq4_table();
+        for (int g = 0; g < 8; g++) {
+            __m256i lo, hi;
+            iq4_codes16(blk + 8 + 16 * g, tab, &lo, &hi);
+            r8_store(c, g, r, lo, hi);
+        }
+    }
+}
+
+LT_INLINE void rows8_impl(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
+                          int64_t ldy, int64_t m1, const int qtype) {
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1 || qtype == LT_Q4_K || qtype == LT_Q5_K;
+    const int64_t G = x->G, K = x->K;
+    rows8_chunk ch;
+    LT_ALIGN(32) float c[LT_ROWS8_XB][R8W][8]; /* the sums so far, per block and weight row */
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+        const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
+        UNROLL
+        for (int r = 0; r < R8W; r++) r8_decode(w + r * rowbytes, g0, ng, qtype, r, &ch);
+        for (int64_t b = 0; b < nxb; b++) {
+            const int16_t *xq = x->p8 + (xb0 + b) * 8 * K + g0 * 256;
+            const float *qd = x->qd8 + ((xb0 + b) * G + g0) * 8, *qs = x->qs8 + ((xb0 + b) * G + g0) * 8;
+            __m256 acc[R8W];
+            UNROLL
+            for (int r = 0; r < R8W; r++) acc[r] = g0 ? _mm256_load_ps(c[b][r]) : _mm256_setzero_ps();
+            for (int j = 0; j < ng; j++) {
+                const int32_t *wp = (const int32_t *)read_back((const float *)ch.codes[j][0]);
+                __m256i s[R8W];
+                UNROLL
+                for (int r = 0; r < R8W; r++) s[r] = _mm256_setzero_si256();
+                UNROLL
+                for (int p = 0; p < 16; p++) {
+                    const __m256i xv = _mm256_load_si256((const __m256i *)(xq + 256 * j + 16 * p));
+                    UNROLL
+                    for (int r = 0; r < R8W; r++) {
+                        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_set1_epi32(wp[r * 16 + p]), xv));
+                        /* keep each sum one chain: else the compiler regroups the 64 products into a
+                         * tree that spills them all to the stack (0.7x) */
+                        OPAQUE(s[r]);
+                    }
+                }
+                const __m256 qdj = _mm256_loadu_ps(qd + 8 * j);
+                UNROLL
+                for (int r = 0; r < R8W; r++) {
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_broadcast_ss(&ch.scale[r][j]), qdj), acc[r]);
+                    if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ch.minv[r][j]), _mm256_loadu_ps(qs + 8 * j), acc[r]);
+                }
+            }
+            UNROLL
+            for (int r = 0; r < R8W; r++) _mm256_store_ps(c[b][r], acc[r]);
+        }
+    }
+    /* per block, the 4 x 8 sums transposed to 8 rows of y, 4 weight rows each (unpacks and shuffles;
+     * reading c back as floats stalled on the forwarding from its vector stores: 5% of a prompt) */
+    for (int64_t b = 0; b < nxb; b++) {
+        const __m256 v0 = _mm256_load_ps(c[b][0]), v1 = _mm256_load_ps(c[b][1]);
+        const __m256 v2 = _mm256_load_ps(c[b][2]), v3 = _mm256_load_ps(c[b][3]);
+        const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
+        const __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+        for (int j = 0; j < 8; j++) {
+            const int64_t m = 8 * (xb0 + b) + j;
+            if (m >= m1) break;
+            _mm_storeu_ps(y + m * ldy, j < 4 ? _mm256_castps256_ps128(u[j]) : _mm256_extractf128_ps(u[j - 4], 1));
+        }
+    }
+}
+
+#define ROWS8(suffix, QT)                                                                                  \
+    static void rows8_##suffix(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y, \
+                               int64_t ldy, int64_t m1) {                                                 \
+        rows8_impl(w, rowbytes, x, xb0, nxb, y, ldy, m1, QT);                                              \
+    }
+ROWS8(q4_0, LT_Q4_0)
+ROWS8(q4_1, LT_Q4_1)
+ROWS8(q5_0, LT_Q5_0)
+ROWS8(q5_1, LT_Q5_1)
+ROWS8(q8_0, LT_Q8_0)
+ROWS8(q4_k, LT_Q4_K)
+ROWS8(q5_k, LT_Q5_K)
+ROWS8(q6_k, LT_Q6_K)
+ROWS8(iq4_nl, LT_IQ4_NL)
+ROWS8(iq4_xs, LT_IQ4_XS)
+#undef ROWS8
+
 /* ----- expansion (prompt chunks) --------------------------------------------------------------
  * Bit-identical to the generic: w = scale * (float)q, then w + minv for the types with mins,
  * zero or not (two roundings: OPAQUE keeps the compiler from fusing them). */
@@ -1018,6 +1191,11 @@ void lt_fill_avx2(lt_kernels *k) {
     SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
     SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
 #undef SET_ROWS
+    k->rows8[LT_Q4_0] = rows8_q4_0; k->rows8[LT_Q4_1] = rows8_q4_1; k->rows8[LT_Q5_0] = rows8_q5_0;
+    k->rows8[LT_Q5_1] = rows8_q5_1; k->rows8[LT_Q8_0] = rows8_q8_0; k->rows8[LT_Q4_K] = rows8_q4_k;
+    k->rows8[LT_Q5_K] = rows8_q5_k; k->rows8[LT_Q6_K] = rows8_q6_k; k->rows8[LT_IQ4_NL] = rows8_iq4_nl;
+    k->rows8[LT_IQ4_XS] = rows8_iq4_xs;
+    k->rows8_name = "rows8_avx2";
 #define SET_EXPAND(suffix, QT)                                                                  \
     k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
     k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";

@@ -650,6 +650,9 @@ void lt_fill_avx512(lt_kernels *k) {
     k->gemm_q8 = NULL;
     k->gemm_q8_name = NULL;
     memset(k->expand_q8, 0, sizeof(k->expand_q8));
+    /* no 8-row tile: the avx2 level's is unmeasured here, and the types it would serve read bf16 */
+    memset(k->rows8, 0, sizeof(k->rows8));
+    k->rows8_name = NULL;
 #define SET_ROWS(qt, name, label)                                                              \
     k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
     k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx512";      \
