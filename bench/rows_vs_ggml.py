@@ -1,4 +1,5 @@
-"""lantern's row kernels (decode: 1-8 rows of x) against llama.cpp's own vec_dot, one core, the
+"""lantern's decode matmul (1-12 rows of x: `lt_gguf_matmul` on one thread, its row kernels and,
+from 5 rows, the 8-row tile where the level has one) against llama.cpp's own vec_dot, one core, the
 weights in the last-level cache: how many weights per second each kernel multiplies, and the
 ratio, measured in one process alternating rep by rep (bench/native/rows_vs_ggml.c). End-to-end
 decode (`lantern bench --compare`) mixes this with the memory's speed and the machine's drift;
@@ -54,7 +55,7 @@ def build(out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", default="Q4_K,Q5_K,Q6_K", help="GGUF types, comma-separated (default: Q4_K,Q5_K,Q6_K)")
-    ap.add_argument("--m", default="1,2,4,8", help="rows of x: 1, 2, 3, 4 or 8 (default: 1,2,4,8)")
+    ap.add_argument("--m", default="1,2,4,8", help="rows of x, each 1 to 12 (default: 1,2,4,8)")
     ap.add_argument("--levels", default=None, help="lantern's levels (default: every x86 level this CPU runs)")
     ap.add_argument("--shape", default="2048x3072", help="rows x columns of the weight matrix (default: 2048x3072)")
     ap.add_argument("--reps", type=int, default=41, help="alternating reps; the fastest of each counts (default: 41)")
