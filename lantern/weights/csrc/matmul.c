@@ -77,6 +77,19 @@ typedef struct {
 
 #define WAHEAD 1024 /* SmolLM2-135M's shapes, Q4_1 / Q8_0: 3-20% faster than without */
 
+/* y[m * ldy] = w . x row m for m in [m0, m1), through the row kernels, the largest count first */
+static void row_kernels(const lt_row_fn *row, const uint8_t *w, const lt_x *x, int64_t m0, int64_t m1, float *y,
+                        int64_t ldy) {
+    float out[8];
+    while (m0 < m1) {
+        const int64_t rem = m1 - m0;
+        const int i = rem >= 8 ? 4 : rem >= 4 ? 3 : rem == 3 ? 2 : rem >= 2 ? 1 : 0;
+        row[i](w, x, m0, out);
+        for (int m = 0; m < LT_ROW_M[i]; m++) y[(m0 + m) * ldy] = out[m];
+        m0 += LT_ROW_M[i];
+    }
+}
+
 static void gmm_task(void *p, int64_t t) {
     const gmm_args *a = (const gmm_args *)p;
     const int64_t rb = t % a->nrb, mlo = t / a->nrb * a->mb;
@@ -110,27 +123,13 @@ static void gmm_task(void *p, int64_t t) {
             if (fetch)
                 for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
             a->rows8(row, a->rowbytes, a->x, 0, 1, a->y + r, a->ldy, M);
-            for (int i = 0; i < LT_ROWS8_NW; i++) {
-                for (int64_t m0 = 8; m0 < M;) {
-                    const int64_t rem = M - m0;
-                    const int ci = rem >= 4 ? 3 : rem - 1;
-                    a->row[ci](row + i * a->rowbytes, a->x, m0, out);
-                    for (int m = 0; m < LT_ROW_M[ci]; m++) a->y[(m0 + m) * a->ldy + r + i] = out[m];
-                    m0 += LT_ROW_M[ci];
-                }
-            }
+            for (int i = 0; i < LT_ROWS8_NW; i++) row_kernels(a->row, row + i * a->rowbytes, a->x, 8, M, a->y + r + i, a->ldy);
             r += LT_ROWS8_NW;
             continue;
         }
         if (fetch)
             for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
-        for (int64_t m0 = 0; m0 < M;) {
-            const int64_t rem = M - m0;
-            const int i = rem >= 8 ? 4 : rem >= 4 ? 3 : rem == 3 ? 2 : rem >= 2 ? 1 : 0;
-            a->row[i](row, a->x, m0, out);
-            for (int m = 0; m < LT_ROW_M[i]; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
-            m0 += LT_ROW_M[i];
-        }
+        row_kernels(a->row, row, a->x, 0, M, a->y + r, a->ldy);
         r++;
     }
 }
@@ -426,20 +425,13 @@ static void r8_task(void *p, int64_t t) {
     const int64_t r0 = t % a->nrb * R8_ROWS, r1 = r0 + R8_ROWS < a->N ? r0 + R8_ROWS : a->N;
     const int64_t b0 = t / a->nrb * LT_ROWS8_XB, b1 = b0 + LT_ROWS8_XB < a->nxb ? b0 + LT_ROWS8_XB : a->nxb;
     const int64_t m1 = 8 * b1 < a->M ? 8 * b1 : a->M;
-    float out[8];
     for (int64_t r = r0; r < r1;) {
         const uint8_t *row = a->w + r * a->rowbytes;
         if (r + LT_ROWS8_NW <= r1) {
             a->rows8(row, a->rowbytes, a->x, b0, b1 - b0, a->y + r, a->ldy, m1);
             r += LT_ROWS8_NW;
-        } else { /* N % LT_ROWS8_NW rows: the row kernels, 8 rows of x at a time */
-            for (int64_t m0 = 8 * b0; m0 < m1;) {
-                const int64_t rem = m1 - m0;
-                const int i = rem >= 8 ? 4 : rem >= 4 ? 3 : rem == 3 ? 2 : rem >= 2 ? 1 : 0;
-                a->row[i](row, a->x, m0, out);
-                for (int m = 0; m < LT_ROW_M[i]; m++) a->y[(m0 + m) * a->ldy + r] = out[m];
-                m0 += LT_ROW_M[i];
-            }
+        } else { /* N % LT_ROWS8_NW rows: the row kernels */
+            row_kernels(a->row, row, a->x, 8 * b0, m1, a->y + r, a->ldy);
             r++;
         }
     }
