@@ -51,21 +51,23 @@ def alone(model, prompt_ids, n=TOKENS):
 def test_a_batched_pass_gives_each_sequence_its_own_logits(model, prompts, smollm2_path):
     """forward_batch over several caches equals each sequence's own forward pass, up to the
     rounding of the weight kernels' multi-row forms (they add a row's float32 partial sums in
-    another order than the one-row form: about 1e-3 on logits of size 10-20). A token attending
-    to another sequence's cache, or at a wrong position, moves logits by whole units."""
-    caches = [model.new_cache() for _ in prompts[:3]]
-    for ids, cache in zip(prompts, caches):
-        model.forward(ids[:-1], cache)
-    together = model.forward_batch([([ids[-1]], cache) for ids, cache in zip(prompts, caches)])
-    for ids, row in zip(prompts, together):
-        cache = model.new_cache()
-        model.forward(ids[:-1], cache)
-        single = model.forward([ids[-1]], cache, last_only=True)
-        assert row.shape == single.shape
-        torch.testing.assert_close(row, single, rtol=0, atol=1e-2)
-    # A prompt chunk riding along with decode tokens: in one pass where the level has a prompt
-    # micro-kernel (avx2, avx512: float32 x, 1e-7 of the exact math per product sum), apart on
-    # the prompt path elsewhere (portable, neon; Model.forward_batch). The joined route (the
+    another order than the one-row form: about 1e-3 on logits of size 10-20; from 5 sequences,
+    avx2's 8-row tile, which sums each group of 32 in int32 for all rows at once). A token
+    attending to another sequence's cache, or at a wrong position, moves logits by whole units."""
+    for n in (3, 6):
+        caches = [model.new_cache() for _ in prompts[:n]]
+        for ids, cache in zip(prompts, caches):
+            model.forward(ids[:-1], cache)
+        together = model.forward_batch([([ids[-1]], cache) for ids, cache in zip(prompts, caches)])
+        for ids, row in zip(prompts, together):
+            cache = model.new_cache()
+            model.forward(ids[:-1], cache)
+            single = model.forward([ids[-1]], cache, last_only=True)
+            assert row.shape == single.shape
+            torch.testing.assert_close(row, single, rtol=0, atol=1e-2, msg=lambda m: f"{n} sequences: {m}")
+    # A prompt chunk riding along with decode tokens: in one pass where the level multiplies
+    # prompt chunks in place (avx2: its 8-row tile on 15-bit x; avx512: its float32
+    # micro-kernel), apart on the prompt path elsewhere (portable, neon; Model.forward_batch). The joined route (the
     # native step over the whole chunk) differs from the prompt path's (PyTorch blocks over the
     # weight kernels), so each is held to the exact math rather than to the other, within the
     # fidelity rule's 0.07 std (llama.cpp on this file: 0.07 to 0.15). Attending to another
