@@ -134,22 +134,25 @@ static void gmm_task(void *p, int64_t t) {
     }
 }
 
-/* The prepared x in blocks of 8 rows (zero rows past M) with the rows in the lanes, for the rows8
- * tile (lantern.h lt_x.p8): blocks [b0, b1) at p8 (room for nblk blocks) and after it. */
-static void pack_rows8(lt_x *xp, int64_t M, int64_t nblk, int64_t b0, int64_t b1, int16_t *p8) {
+/* The prepared x in nblk blocks of 8 rows (zero rows past M) with the rows in the lanes, for the
+ * rows8 tile (lantern.h lt_x.p8), at p8 and after it. */
+static void pack_rows8(lt_x *xp, int64_t M, int64_t nblk, int16_t *p8) {
     const int64_t K = xp->K, G = xp->G;
     float *qd8 = (float *)(p8 + nblk * 8 * K), *qs8 = qd8 + nblk * 8 * G;
-    for (int64_t b = b0; b < b1; b++)
+    for (int64_t b = 0; b < nblk; b++)
         for (int j = 0; j < 8; j++) {
             const int64_t m = 8 * b + j;
             int16_t *dst = p8 + b * 8 * K + 2 * j;
-            for (int64_t i = 0; i < K / 2; i++) {
-                dst[16 * i] = m < M ? xp->q[m * K + 2 * i] : 0;
-                dst[16 * i + 1] = m < M ? xp->q[m * K + 2 * i + 1] : 0;
-            }
-            for (int64_t g = 0; g < G; g++) {
-                qd8[(b * G + g) * 8 + j] = m < M ? xp->qd[m * G + g] : 0.f;
-                qs8[(b * G + g) * 8 + j] = m < M ? xp->qs[m * G + g] : 0.f;
+            float *qd = qd8 + b * G * 8 + j, *qs = qs8 + b * G * 8 + j;
+            if (m < M) {
+                for (int64_t i = 0; i < K / 2; i++) memcpy(dst + 16 * i, xp->q + m * K + 2 * i, 4);
+                for (int64_t g = 0; g < G; g++) {
+                    qd[8 * g] = xp->qd[m * G + g];
+                    qs[8 * g] = xp->qs[m * G + g];
+                }
+            } else {
+                for (int64_t i = 0; i < K / 2; i++) memset(dst + 16 * i, 0, 4);
+                for (int64_t g = 0; g < G; g++) qd[8 * g] = qs[8 * g] = 0.f;
             }
         }
     xp->p8 = p8;
@@ -167,6 +170,7 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
     xp->ld = ld;
     xp->f = x;
     const int format = lt_x_format_of(k, qtype);
+    int16_t *p8 = NULL; /* where the rows8 blocks go (15-bit x only) */
     if (format == LT_X_BF16) {
         /* bf16 x [M, K], then per row of x the sums per 32 [M, ld] (+ padding for masked loads) */
         uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(M * K * 2 + (M * ld + 64) * 4));
@@ -180,11 +184,10 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
         xp->q = (const int16_t *)s;
         xp->qd = (const float *)(s + M * K * 2);
         xp->qs = xp->qd + M * G + 16;
-        (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
-        if (nblk) pack_rows8(xp, M, nblk, 0, nblk, (int16_t *)(s + at8)); /* 64-byte aligned: the tile's aligned loads */
-        return xp;
+        p8 = nblk ? (int16_t *)(s + at8) : NULL; /* 64-byte aligned: the tile's aligned loads */
     }
     (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
+    if (p8) pack_rows8(xp, M, nblk, p8);
     return xp;
 }
 
@@ -469,8 +472,7 @@ static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const 
     if (M > LT_ROWS_MAX_M && k->gemm_f32 && k->expand_f32[qtype])
         return gemm_matmul(k, w, qtype, x, y, ldy, N, K, M, E, B, nthreads);
     lt_x xp = {0};
-    if (!prepare_x(k, qtype, x, M, K, M >= LT_ROWS8_MIN && M <= LT_ROWS_MAX_M && k->rows8[qtype] ? 1 : 0, &xp))
-        return -1;
+    if (!prepare_x(k, qtype, x, M, K, M >= LT_ROWS8_MIN && k->rows8[qtype] ? 1 : 0, &xp)) return -1; /* M <= 12 here */
     gmm_args a = {w, k->row[qtype], k->rows8[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
     int64_t rpt;
     if (M <= LT_ROWS_MAX_M) {

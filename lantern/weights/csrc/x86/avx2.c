@@ -153,10 +153,34 @@ LT_INLINE __m256i shift16(__m256i v, int s) {
     return s >= 0 ? _mm256_slli_epi16(v, s) : _mm256_srli_epi16(v, -s);
 }
 
+/* Q5_K's high bits, widened once per block for k4_codes (zero for Q4_K) */
+LT_INLINE void k4_high(const uint8_t *blk, const int five, __m256i *h0, __m256i *h1) {
+    *h0 = five ? zext16(blk + 16) : _mm256_setzero_si256();
+    *h1 = five ? zext16(blk + 32) : _mm256_setzero_si256();
+}
+
+/* Q4_K / Q5_K: the codes of sub-blocks 2g (a0: weights 0-15, a1: 16-31) and 2g + 1 (c0, c1) of one
+ * block as int16 (g a constant after inlining; h0, h1 from k4_high) */
+LT_INLINE void k4_codes(const uint8_t *blk, const int g, const int five, __m256i h0, __m256i h1, __m256i *a0,
+                        __m256i *a1, __m256i *c0, __m256i *c1) {
+    const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
+    const uint8_t *qs = blk + (five ? 48 : 16);
+    const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
+    *a0 = _mm256_and_si256(v0, m4);
+    *a1 = _mm256_and_si256(v1, m4);
+    *c0 = _mm256_srli_epi16(v0, 4);
+    *c1 = _mm256_srli_epi16(v1, 4);
+    if (five) { /* bit 4: bit 2g (2g + 1) of qh */
+        *a0 = _mm256_or_si256(*a0, _mm256_and_si256(shift16(h0, 4 - 2 * g), b4));
+        *a1 = _mm256_or_si256(*a1, _mm256_and_si256(shift16(h1, 4 - 2 * g), b4));
+        *c0 = _mm256_or_si256(*c0, _mm256_and_si256(shift16(h0, 3 - 2 * g), b4));
+        *c1 = _mm256_or_si256(*c1, _mm256_and_si256(shift16(h1, 3 - 2 * g), b4));
+    }
+}
+
 LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
     const int NA = NACC(M);
     const int64_t bytes = five ? 176 : 144, nb = K / 256;
-    const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
     __m256 acc[8][4];
     UNROLL
     for (int m = 0; m < M; m++)
@@ -173,20 +197,12 @@ LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
             acc[m][NA - 1] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), acc[m][NA - 1]);
         }
         const float *sqb = read_back(sq[0]);
-        const uint8_t *qs = blk + (five ? 48 : 16);
-        __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
-        if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
+        __m256i h0, h1;
+        k4_high(blk, five, &h0, &h1);
         UNROLL
         for (int g = 0; g < 4; g++) {
-            const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
-            __m256i a0 = _mm256_and_si256(v0, m4), a1 = _mm256_and_si256(v1, m4); /* sub-block 2g */
-            __m256i c0 = _mm256_srli_epi16(v0, 4), c1 = _mm256_srli_epi16(v1, 4); /* sub-block 2g + 1 */
-            if (five) { /* bit 4: bit 2g (2g + 1) of qh */
-                a0 = _mm256_or_si256(a0, _mm256_and_si256(shift16(h0, 4 - 2 * g), b4));
-                a1 = _mm256_or_si256(a1, _mm256_and_si256(shift16(h1, 4 - 2 * g), b4));
-                c0 = _mm256_or_si256(c0, _mm256_and_si256(shift16(h0, 3 - 2 * g), b4));
-                c1 = _mm256_or_si256(c1, _mm256_and_si256(shift16(h1, 3 - 2 * g), b4));
-            }
+            __m256i a0, a1, c0, c1;
+            k4_codes(blk, g, five, h0, h1, &a0, &a1, &c0, &c1);
             UNROLL
             for (int m = 0; m < M; m++) {
                 const int16_t *x = xq + m * K + b * 256 + 64 * g;
@@ -339,16 +355,21 @@ LT_INLINE void q32_block(const uint8_t *blk, const int qtype, const int16_t *x, 
     }
 }
 
-/* Blocks go 8 at a time: their first 4 bytes (the f16 d, and m) in one gather, converted
- * together, d * qd per row of x to a table, the mins as one FMA of 8 blocks. The last nb % 8
- * blocks one at a time. */
+/* The float16 d (low 128 bits) and m (high 128 bits; Q4_1, Q5_1) of 8 consecutive blocks of
+ * `bytes` bytes: their first 4 bytes in one gather, the halves sorted */
+LT_INLINE __m256i q32_dm8(const uint8_t *base, int64_t bytes) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
+    const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)base, idx, 1), halves), 0xD8);
+}
+
+/* Blocks go 8 at a time: their d (and m) converted together (q32_dm8), d * qd per row of x to a
+ * table, the mins as one FMA of 8 blocks. The last nb % 8 blocks one at a time. */
 LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
     const int NA = NACC(M);
     const int64_t bytes = lt_block_bytes(qtype), nb = K / 32;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
-    const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
-                                            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
     __m256 acc[8][4];
     UNROLL
     for (int m = 0; m < M; m++)
@@ -357,9 +378,7 @@ LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
     int64_t c0 = 0;
     for (; c0 + 8 <= nb; c0 += 8) {
         const uint8_t *base = row + c0 * bytes;
-        const __m256i dm = _mm256_i32gather_epi32((const int *)base, idx, 1);
-        /* low halves (d) to the low 128 bits, high halves (m) to the high */
-        const __m256i hv = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(dm, halves), 0xD8);
+        const __m256i hv = q32_dm8(base, bytes);
         const __m256 dv = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
         LT_ALIGN(32) float sq[8][8];
         UNROLL
@@ -510,11 +529,8 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
     if (lt_block_elems(qtype) == 32) {
         const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
         const uint8_t *base = row + g0 * bytes;
-        if (ng == 8) { /* the 8 blocks' d (and m) in one gather, as q32_impl */
-            const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bytes));
-            const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
-                                                    0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-            const __m256i hv = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)base, idx, 1), halves), 0xD8);
+        if (ng == 8) {
+            const __m256i hv = q32_dm8(base, bytes);
             _mm256_store_ps(c->scale[r], _mm256_cvtph_ps(_mm256_castsi256_si128(hv)));
             if (has_min) _mm256_store_ps(c->minv[r], _mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)));
         } else {
@@ -537,21 +553,12 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
         k4_scales(blk, &sc, &mn);
         _mm256_store_ps(c->scale[r], sc);
         _mm256_store_ps(c->minv[r], mn);
-        const uint8_t *qs = blk + (five ? 48 : 16);
-        const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
-        __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
-        if (five) { h0 = zext16(blk + 16); h1 = zext16(blk + 32); }
+        __m256i h0, h1;
+        k4_high(blk, five, &h0, &h1);
         UNROLL
         for (int g = 0; g < 4; g++) {
-            const __m256i v0 = zext16(qs + 32 * g), v1 = zext16(qs + 32 * g + 16);
-            __m256i a0 = _mm256_and_si256(v0, m4), a1 = _mm256_and_si256(v1, m4);
-            __m256i c0 = _mm256_srli_epi16(v0, 4), c1 = _mm256_srli_epi16(v1, 4);
-            if (five) {
-                a0 = _mm256_or_si256(a0, _mm256_and_si256(shift16(h0, 4 - 2 * g), b4));
-                a1 = _mm256_or_si256(a1, _mm256_and_si256(shift16(h1, 4 - 2 * g), b4));
-                c0 = _mm256_or_si256(c0, _mm256_and_si256(shift16(h0, 3 - 2 * g), b4));
-                c1 = _mm256_or_si256(c1, _mm256_and_si256(shift16(h1, 3 - 2 * g), b4));
-            }
+            __m256i a0, a1, c0, c1;
+            k4_codes(blk, g, five, h0, h1, &a0, &a1, &c0, &c1);
             r8_store(c, 2 * g, r, a0, a1);
             r8_store(c, 2 * g + 1, r, c0, c1);
         }
