@@ -175,7 +175,7 @@ static void rnd_x(float *x, int64_t n) {
 
 typedef struct {
     lt_x x;
-    void *mem;
+    void *mem, *eo;
 } xbuf;
 
 /* as matmul.c's prepare_x, with buffers of this program's own */
@@ -205,7 +205,18 @@ static void x_prepare(xbuf *b, int format, void (*prep)(const float *, int64_t, 
     prep(x, M, &b->x);
 }
 
-static void x_free(xbuf *b) { free(b->mem); }
+/* x in even-odd order, for the types whose row kernels read it (lt_kernels.even_odd_types) */
+static void x_even_odd(xbuf *b, const lt_kernels *k, int qtype, int64_t M) {
+    if (!(k->even_odd_types >> qtype & 1u)) return;
+    b->eo = xmalloc((size_t)(M * b->x.K) * 2);
+    lt_x_even_odd(&b->x, M, (int16_t *)b->eo);
+    b->x.qeo = (const int16_t *)b->eo;
+}
+
+static void x_free(xbuf *b) {
+    free(b->mem);
+    free(b->eo);
+}
 
 /* ----- checks ----------------------------------------------------------------------------- */
 
@@ -343,6 +354,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
         /* each row count directly, at a few m0 */
         xbuf a;
         x_prepare(&a, format, format == k->x_format ? k->x_prepare : k->x_prepare_q15, x, MX, K);
+        if (format == LT_X_Q15) x_even_odd(&a, k, qt, MX);
         for (int ci = 0; ci < LT_ROW_COUNTS; ci++) {
             const int cnt = LT_ROW_M[ci];
             const int64_t m0s[3] = {0, 1, MX - cnt};

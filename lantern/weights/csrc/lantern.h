@@ -124,7 +124,16 @@ typedef struct {
      * rows past M) with the rows in the lanes: q as pairs [M / 8][K / 2][8][2], qd and qs as [M / 8][G][8] */
     const int16_t *p8;
     const float *qd8, *qs8;
+    /* LT_X_Q15 where the type's row kernels read x's groups of 32 as their 16 even elements, then
+     * their 16 odd ones (lt_kernels.even_odd_types; else NULL): [M, K]. A 16-bit word of a block's
+     * packed codes holds two neighbouring weights, which split into two vectors of int16 codes with
+     * in-lane shifts and masks (1-2 operations) instead of a lane-crossing widening of bytes (x86:
+     * vpmovzxbw, about 1.25 cycles each). */
+    const int16_t *qeo;
 } lt_x;
+
+/* x->q's rows [0, M) -> qeo in lt_x.qeo's order */
+void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo);
 
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
 typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *out);
@@ -215,6 +224,10 @@ typedef struct {
      * bf16 ones; 15-bit activations are also 64x finer than bf16. */
     uint32_t q15_types;
     void (*x_prepare_q15)(const float *x, int64_t M, lt_x *xp);
+    uint32_t even_odd_types; /* types whose LT_X_Q15 row kernels read lt_x.qeo (bit t: type t) */
+    /* Decode passes over rows of more than 1 KB: bytes ahead of its rows that a task fetches the
+     * weights (0: none, the hardware prefetcher alone; short rows always fetch 1 KB ahead) */
+    int64_t fetch_long;
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
     const char *row_name[LT_NTYPES];
     lt_rows8_fn rows8[LT_NTYPES];                    /* NULL: 5-12 rows of x take the row kernels */

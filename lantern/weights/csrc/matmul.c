@@ -75,7 +75,10 @@ typedef struct {
 #define LT_PROMPT_MB 64 /* rows of x per prompt task */
 #endif
 
-#define WAHEAD 1024 /* SmolLM2-135M's shapes, Q4_1 / Q8_0: 3-20% faster than without */
+/* How far ahead a decode task fetches its weights where rows are short (K of a few hundred), in
+ * bytes: the hardware prefetcher ramps up to such short streams late (SmolLM2-135M's shapes, Q4_1 /
+ * Q8_0: 3-20% faster than without). Long rows: the level's lt_kernels.fetch_long. */
+#define WAHEAD_SHORT 1024
 
 /* y[m * ldy] = w . x row m for m in [m0, m1), through the row kernels, the largest count first */
 static void row_kernels(const lt_row_fn *row, const uint8_t *w, const lt_x *x, int64_t m0, int64_t m1, float *y,
@@ -108,27 +111,24 @@ static void gmm_task(void *p, int64_t t) {
         }
         return;
     }
-    /* Short rows (K of a few hundred): each task is a short stream that the hardware prefetcher
-     * only ramps up to late; fetch the weights WAHEAD bytes ahead. (Long rows: it keeps up and
-     * the extra loads only cost.) */
-    const int fetch = a->rowbytes <= 1024;
+    const int64_t ahead = a->rowbytes <= 1024 ? WAHEAD_SHORT : lt_kernels_get()->fetch_long;
+    const int fetch = ahead > 0;
     const uint8_t *end = a->w + r1 * a->rowbytes;
-    if (fetch)
-        for (const uint8_t *q = a->w + r0 * a->rowbytes; q < end && q < a->w + r0 * a->rowbytes + WAHEAD; q += 64)
-            LT_PREFETCH(q);
+    for (const uint8_t *q = a->w + r0 * a->rowbytes; q < end && q < a->w + r0 * a->rowbytes + ahead; q += 64)
+        LT_PREFETCH(q);
     const int tile = a->x->p8 != NULL;
     for (int64_t r = r0; r < r1;) {
         const uint8_t *row = a->w + r * a->rowbytes;
         if (tile && r + LT_ROWS8_NW <= r1) { /* x rows 0-7 of LT_ROWS8_NW weight rows, the rest below */
             if (fetch)
-                for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
+                for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
             a->rows8(row, a->rowbytes, a->x, 0, 1, a->y + r, a->ldy, M);
             for (int i = 0; i < LT_ROWS8_NW; i++) row_kernels(a->row, row + i * a->rowbytes, a->x, 8, M, a->y + r + i, a->ldy);
             r += LT_ROWS8_NW;
             continue;
         }
         if (fetch)
-            for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + WAHEAD + o);
+            for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
         row_kernels(a->row, row, a->x, 0, M, a->y + r, a->ldy);
         r++;
     }
@@ -160,8 +160,17 @@ static void pack_rows8(lt_x *xp, int64_t M, int64_t nblk, int16_t *p8) {
     xp->qs8 = qs8;
 }
 
+void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo) {
+    for (int64_t g = 0; g < M * xp->G; g++)
+        for (int j = 0; j < 16; j++) {
+            qeo[32 * g + j] = xp->q[32 * g + 2 * j];
+            qeo[32 * g + 16 + j] = xp->q[32 * g + 2 * j + 1];
+        }
+}
+
 /* x [M, K] -> the form the type's row kernels read, in this thread's scratch, and (15-bit x) its
- * first nblk blocks of 8 rows for the rows8 tile. NULL without memory. */
+ * first nblk blocks of 8 rows for the rows8 tile (and x's even-odd order where the type's row
+ * kernels read it). NULL without memory. */
 static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int64_t M, int64_t K, int64_t nblk,
                              lt_x *xp) {
     const int64_t G = K / 32, Gp = (G + 15) / 16 * 16, ld = 2 * Gp;
@@ -170,7 +179,7 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
     xp->ld = ld;
     xp->f = x;
     const int format = lt_x_format_of(k, qtype);
-    int16_t *p8 = NULL; /* where the rows8 blocks go (15-bit x only) */
+    int16_t *p8 = NULL, *qeo = NULL; /* where the rows8 blocks and the even-odd x go (15-bit x only) */
     if (format == LT_X_BF16) {
         /* bf16 x [M, K], then per row of x the sums per 32 [M, ld] (+ padding for masked loads) */
         uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(M * K * 2 + (M * ld + 64) * 4));
@@ -178,16 +187,23 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
         xp->bf = (const uint16_t *)s;
         xp->bs = (const float *)(s + M * K * 2);
     } else {
+        const int eo = k->even_odd_types >> qtype & 1u;
         const size_t head = (size_t)(M * K * 2 + 2 * (M * G + 16) * 4), at8 = (head + 63) / 64 * 64;
-        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, nblk ? at8 + (size_t)(nblk * 8 * (K * 2 + 2 * G * 4)) : head);
+        const size_t ateo = at8 + (size_t)(nblk * 8 * (K * 2 + 2 * G * 4));
+        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, ateo + (eo ? (size_t)(M * K * 2) : 0));
         if (!s) return NULL;
         xp->q = (const int16_t *)s;
         xp->qd = (const float *)(s + M * K * 2);
         xp->qs = xp->qd + M * G + 16;
         p8 = nblk ? (int16_t *)(s + at8) : NULL; /* 64-byte aligned: the tile's aligned loads */
+        qeo = eo ? (int16_t *)(s + ateo) : NULL;
     }
     (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
     if (p8) pack_rows8(xp, M, nblk, p8);
+    if (qeo) {
+        lt_x_even_odd(xp, M, qeo);
+        xp->qeo = qeo;
+    }
     return xp;
 }
 

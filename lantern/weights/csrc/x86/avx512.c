@@ -646,6 +646,8 @@ void lt_fill_avx512(lt_kernels *k) {
      * this level's short rows and even on long ones (bench/rows_vs_ggml.py, docs/PERFORMANCE.md) */
     k->q15_types = 1u << LT_Q8_0 | 1u << LT_Q4_1;
     k->x_prepare_q15 = lt_x_prepare_q15_avx2;
+    k->even_odd_types &= k->q15_types; /* the other types' row kernels here read bf16 */
+    k->fetch_long = 0; /* the avx2 level's distance is unmeasured here (Zen 4 kept up without) */
     /* prompts have bf16 hardware here: no 8-bit x (the avx2 level's) */
     k->gemm_q8 = NULL;
     k->gemm_q8_name = NULL;
