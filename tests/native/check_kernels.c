@@ -10,7 +10,8 @@
  *               (every row-count mix; at levels with an 8-row tile, rows8, M >= LT_ROWS8_MIN
  *               takes it for x rows 0-7, 10 weight rows so that two are left over), several K,
  *               against the generic row of the same x form (Q15: row_q15; BF16:
- *               lt_row_bf16_generic); tolerance 2e-5 of sum |w * x|. At levels with a prompt
+ *               lt_row_bf16_generic; the level's even_odd_types also get lt_x.qeo, as the driver
+ *               makes it); tolerance 2e-5 of sum |w * x|. At levels with a prompt
  *               micro-kernel (gemm_f32), M > 12 bit-exact against lt_gemm_f32_generic over the
  *               generic expansion (float32 x, one fused multiply-add chain per output)
  *   prompt_q8   at levels with an 8-bit prompt tile (gemm_q8), each type it takes through
