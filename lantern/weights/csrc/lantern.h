@@ -149,8 +149,9 @@ static const int LT_ROW_M[LT_ROW_COUNTS] = {1, 2, 3, 4, 8};
  * row r . x row m for r < LT_ROWS8_NW rows `rowbytes` apart and m in [8 xb0, min(8 (xb0 + nxb),
  * m1)): x->p8's blocks xb0 .. xb0 + nxb - 1 (nxb <= LT_ROWS8_XB). The 8 rows of a block are the
  * lanes of one vector: per pair of weights one broadcast and one vpmaddwd give 8 rows' products,
- * the int32 sums per group of 32 are exact, and the float scaling (a conversion, a multiply, an FMA or two) is paid once per group and weight row, where
- * the row kernels pay it per group, weight row and row of x. Each 256 weights are decoded once
+ * the int32 sums per group of 32 are exact, and the float scaling (a conversion, a multiply, an
+ * FMA or two) is paid once per group and weight row, where the row kernels pay it per group,
+ * weight row and row of x. Each 256 weights are decoded once
  * for all nxb blocks. The same products as the row kernels, so the same tolerance. Decode passes
  * of LT_ROWS8_MIN to LT_ROWS_MAX_M rows take it for x rows 0-7; longer calls (prompt chunks) for
  * all their rows, in place of the float32 micro-kernel. */

@@ -66,6 +66,7 @@ typedef struct {
     float *y;
     int64_t ldy;    /* floats between rows of y */
     int64_t mb, nrb; /* rows of x per task; tasks along the rows of W */
+    int64_t ahead;   /* decode passes: bytes ahead of its rows that a task fetches W (0: none) */
 } gmm_args;
 
 #ifndef LT_PROMPT_WBYTES
@@ -111,7 +112,7 @@ static void gmm_task(void *p, int64_t t) {
         }
         return;
     }
-    const int64_t ahead = a->rowbytes <= 1024 ? WAHEAD_SHORT : lt_kernels_get()->fetch_long;
+    const int64_t ahead = a->ahead;
     const int fetch = ahead > 0;
     const uint8_t *end = a->w + r1 * a->rowbytes;
     for (const uint8_t *q = a->w + r0 * a->rowbytes; q < end && q < a->w + r0 * a->rowbytes + ahead; q += 64)
@@ -489,7 +490,9 @@ static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const 
         return gemm_matmul(k, w, qtype, x, y, ldy, N, K, M, E, B, nthreads);
     lt_x xp = {0};
     if (!prepare_x(k, qtype, x, M, K, M >= LT_ROWS8_MIN && k->rows8[qtype] ? 1 : 0, &xp)) return -1; /* M <= 12 here */
-    gmm_args a = {w, k->row[qtype], k->rows8[qtype], &xp, N, M, K / E * B, 1, y, ldy, M, 1};
+    const int64_t rowbytes = K / E * B;
+    gmm_args a = {w, k->row[qtype], k->rows8[qtype], &xp, N, M, rowbytes, 1, y, ldy, M, 1,
+                  rowbytes <= 1024 ? WAHEAD_SHORT : k->fetch_long};
     int64_t rpt;
     if (M <= LT_ROWS_MAX_M) {
         /* decode and verify passes: tasks of about 1M weights (0.5-0.8 MB of blocks: long
