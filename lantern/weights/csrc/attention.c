@@ -12,8 +12,11 @@
  * attention shares them) (SmolLM2-135M, 9 heads over 3 KV heads: 1.9x faster than one task per
  * head). A query's positions are split into spans by their count alone, so its result does not
  * depend on the thread count or on the other queries of the pass; spans are merged like
- * flash-decoding's partial softmaxes. Other head dims: one task per (query, head) in plain C,
- * which is also the oracle the span kernels are tested against (lt_attention_f16_plain). */
+ * flash-decoding's partial softmaxes. A batched pass (step.c) gives every sequence's queries,
+ * each over its own cache, to one dispatch (lt_attention_f16_seqs): 8 decoding sequences of
+ * SmolLM2 make 24 tasks for 2 threads, where one dispatch per sequence made 3 each and left a
+ * thread idle. Other head dims: one task per (query, head) in plain C, which is also the oracle
+ * the span kernels are tested against (lt_attention_f16_plain). */
 
 #include "blocks.h"
 #include "lantern.h"
@@ -30,6 +33,7 @@ typedef struct {
     int64_t H, KVH, D, start, stride, window, ldq;
     float scale;
     const lt_kernels *kern;
+    int64_t n; /* queries */
 } attn_args;
 
 /* The positions query i sees: [lo, lo + T) */
@@ -74,10 +78,12 @@ static void attn_task(void *p, int64_t task) {
 /* ----- span kernels of the level -------------------------------------------------------------- */
 
 typedef struct {
-    const attn_args *a;
-    lt_span_fn const *fn;    /* by heads - 1, for this D */
-    int64_t nchunks, nspans; /* per (query, KV head); spans for the longest query */
-    float *part;             /* per task: HEADS x (max, sum, D outputs) */
+    const attn_args *a;        /* per sequence */
+    lt_span_fn const *fn;      /* by heads - 1, for this D */
+    int64_t nchunks;           /* per (query, KV head) */
+    int64_t nspans[LT_ATTN_SEQS]; /* per (query, KV head, chunk): spans of the sequence's longest query */
+    int64_t first[LT_ATTN_SEQS + 1]; /* the sequences' first tasks */
+    float *part;               /* per task: HEADS x (max, sum, D outputs) */
 } attn_job;
 
 static lt_span_fn const *span_fns(const lt_kernels *k, int64_t D) {
@@ -87,10 +93,13 @@ static lt_span_fn const *span_fns(const lt_kernels *k, int64_t D) {
 
 static void attn_span_task(void *p, int64_t task) {
     const attn_job *job = (const attn_job *)p;
-    const attn_args *a = job->a;
+    int64_t q = 0;
+    while (task >= job->first[q + 1]) q++;
+    const attn_args *a = &job->a[q];
+    const int64_t nspans = job->nspans[q], local = task - job->first[q];
     const int64_t D = a->D, group = a->H / a->KVH;
-    const int64_t sp = task % job->nspans, c = task / job->nspans % job->nchunks;
-    const int64_t kvh = task / (job->nspans * job->nchunks) % a->KVH, i = task / (job->nspans * job->nchunks * a->KVH);
+    const int64_t sp = local % nspans, c = local / nspans % job->nchunks;
+    const int64_t kvh = local / (nspans * job->nchunks) % a->KVH, i = local / (nspans * job->nchunks * a->KVH);
     int64_t lo, T;
     attn_range(a, i, &lo, &T);
     const int64_t spans = (T + ATTN_SPAN - 1) / ATTN_SPAN;
@@ -102,29 +111,30 @@ static void attn_span_task(void *p, int64_t task) {
         return;
     }
     const int64_t t0 = lo + sp * ATTN_SPAN, n = t0 + ATTN_SPAN < lo + T ? ATTN_SPAN : lo + T - t0;
-    const float *q[LT_ATTN_HEADS];
-    for (int64_t j = 0; j < hn; j++) q[j] = a->q + i * a->ldq + (h0 + j) * D;
+    const float *qh[LT_ATTN_HEADS];
+    for (int64_t j = 0; j < hn; j++) qh[j] = a->q + i * a->ldq + (h0 + j) * D;
     float s[LT_ATTN_HEADS * ATTN_SPAN];
-    job->fn[hn - 1](q, a->k + (kvh * a->stride + t0) * D, a->v + (kvh * a->stride + t0) * D, n, a->scale, s, part);
+    job->fn[hn - 1](qh, a->k + (kvh * a->stride + t0) * D, a->v + (kvh * a->stride + t0) * D, n, a->scale, s, part);
 }
 
-/* Merge the spans of every (query, head): out = sum_s e^(m_s - m) o_s / sum_s e^(m_s - m) l_s. */
-static void attn_merge(const attn_job *job, int64_t n) {
-    const attn_args *a = job->a;
-    const int64_t D = a->D, group = a->H / a->KVH, W = LT_ATTN_HEADS * (D + 2);
-    for (int64_t i = 0; i < n; i++)
+/* Merge the spans of every (query, head) of sequence q: out = sum_s e^(m_s - m) o_s / sum_s e^(m_s - m) l_s. */
+static void attn_merge(const attn_job *job, int64_t q) {
+    const attn_args *a = &job->a[q];
+    const int64_t D = a->D, group = a->H / a->KVH, W = LT_ATTN_HEADS * (D + 2), nspans = job->nspans[q];
+    const float *part = job->part + job->first[q] * W;
+    for (int64_t i = 0; i < a->n; i++)
         for (int64_t h = 0; h < a->H; h++) {
             const int64_t kvh = h / group, c = h % group / LT_ATTN_HEADS, j = h % group % LT_ATTN_HEADS;
-            const float *first = job->part + ((i * a->KVH + kvh) * job->nchunks + c) * job->nspans * W + j * (D + 2);
+            const float *first = part + ((i * a->KVH + kvh) * job->nchunks + c) * nspans * W + j * (D + 2);
             float m = -INFINITY;
-            for (int64_t sp = 0; sp < job->nspans; sp++) m = first[sp * W] > m ? first[sp * W] : m;
+            for (int64_t sp = 0; sp < nspans; sp++) m = first[sp * W] > m ? first[sp * W] : m;
             float *o = a->out + (i * a->H + h) * D;
             float l = 0.f;
             for (int64_t d = 0; d < D; d++) o[d] = 0.f;
-            for (int64_t sp = 0; sp < job->nspans; sp++) {
+            for (int64_t sp = 0; sp < nspans; sp++) {
                 const float *ps = first + sp * W;
                 if (ps[1] == 0.f) continue;
-                const float e = job->nspans == 1 ? 1.f : expf(ps[0] - m);
+                const float e = nspans == 1 ? 1.f : expf(ps[0] - m);
                 l += e * ps[1];
                 for (int64_t d = 0; d < D; d++) o[d] += e * ps[2 + d];
             }
@@ -133,31 +143,53 @@ static void attn_merge(const attn_job *job, int64_t n) {
         }
 }
 
-/* 0 when done, 1 when the level has no span kernels for these shapes, -1 without memory. */
-static int attention_spans(const attn_args *a, int64_t n, int nthreads) {
+/* Sequences [0, nseq) (nseq <= LT_ATTN_SEQS, one shape) in one dispatch: 0 when done, 1 when the level
+ * has no span kernels for these shapes, -1 without memory. */
+static int attention_spans(const attn_args *a, int64_t nseq, int nthreads) {
     const int64_t group = a->H / a->KVH;
     lt_span_fn const *fn = span_fns(a->kern, a->D);
     if (!fn) return 1;
-    int64_t lo, T, Tmax = 0;
-    for (int64_t i = 0; i < n; i++) { attn_range(a, i, &lo, &T); if (T > Tmax) Tmax = T; }
-    attn_job job = {a, fn, (group + LT_ATTN_HEADS - 1) / LT_ATTN_HEADS, (Tmax + ATTN_SPAN - 1) / ATTN_SPAN, NULL};
-    const int64_t tasks = n * a->KVH * job.nchunks * job.nspans;
+    attn_job job = {a, fn, (group + LT_ATTN_HEADS - 1) / LT_ATTN_HEADS, {0}, {0}, NULL};
+    for (int64_t q = 0; q < nseq; q++) {
+        int64_t lo, T, Tmax = 0;
+        for (int64_t i = 0; i < a[q].n; i++) { attn_range(&a[q], i, &lo, &T); if (T > Tmax) Tmax = T; }
+        job.nspans[q] = (Tmax + ATTN_SPAN - 1) / ATTN_SPAN;
+        job.first[q + 1] = job.first[q] + a[q].n * a->KVH * job.nchunks * job.nspans[q];
+    }
+    const int64_t tasks = job.first[nseq];
     job.part = (float *)lt_scratch(LT_SCRATCH_ATTN, (size_t)tasks * LT_ATTN_HEADS * (a->D + 2) * sizeof(float));
     if (!job.part) return -1;
     lt_pool_run(attn_span_task, &job, tasks, nthreads);
-    attn_merge(&job, n);
+    for (int64_t q = 0; q < nseq; q++) attn_merge(&job, q);
+    return 0;
+}
+
+int lt_attention_f16_seqs(const lt_attn_seq *seqs, int64_t nseq, int64_t H, int64_t KVH, int64_t D, int64_t window,
+                          float scale, int nthreads) {
+    if (KVH <= 0 || H % KVH) return -1;
+    for (int64_t q = 0; q < nseq; q++)
+        if (seqs[q].n <= 0) return -1;
+    const lt_kernels *kern = lt_kernels_get();
+    for (int64_t q0 = 0; q0 < nseq; q0 += LT_ATTN_SEQS) {
+        const int64_t nq = nseq - q0 < LT_ATTN_SEQS ? nseq - q0 : LT_ATTN_SEQS;
+        attn_args a[LT_ATTN_SEQS];
+        for (int64_t q = 0; q < nq; q++) {
+            const lt_attn_seq *S = &seqs[q0 + q];
+            a[q] = (attn_args){S->q, S->k, S->v, S->out, H, KVH, D, S->start, S->stride, window, S->ldq, scale, kern, S->n};
+        }
+        const int rc = attention_spans(a, nq, nthreads);
+        if (rc < 0) return rc;
+        if (rc > 0)
+            for (int64_t q = 0; q < nq; q++) lt_pool_run(attn_task, &a[q], a[q].n * H, nthreads);
+    }
     return 0;
 }
 
 int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
                      int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
                      int nthreads) {
-    if (n <= 0 || KVH <= 0 || H % KVH) return -1;
-    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get()};
-    const int rc = attention_spans(&a, n, nthreads);
-    if (rc <= 0) return rc;
-    lt_pool_run(attn_task, &a, n * H, nthreads);
-    return 0;
+    const lt_attn_seq one = {q, ldq, k, v, out, n, start, stride};
+    return lt_attention_f16_seqs(&one, 1, H, KVH, D, window, scale, nthreads);
 }
 
 /* The plain-C path alone, whatever the level has (the tests' oracle). */
@@ -165,7 +197,7 @@ int lt_attention_f16_plain(const float *q, int64_t ldq, const uint16_t *k, const
                            int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window,
                            float scale, int nthreads) {
     if (n <= 0 || KVH <= 0 || H % KVH) return -1;
-    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get()};
+    attn_args a = {q, k, v, out, H, KVH, D, start, stride, window, ldq, scale, lt_kernels_get(), n};
     lt_pool_run(attn_task, &a, n * H, nthreads);
     return 0;
 }

@@ -293,6 +293,18 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
                    int64_t M, int64_t m_exact, int nthreads);
 
 /* Causal attention of n queries (rows `ldq` floats apart) over a float16 KV cache; see attention.c. */
+typedef struct {
+    const float *q;
+    int64_t ldq;
+    const uint16_t *k, *v;
+    float *out;
+    int64_t n, start, stride;
+} lt_attn_seq;
+/* Several sequences of one shape, each on its own cache, in one dispatch of the pool (up to
+ * LT_ATTN_SEQS of them per dispatch) */
+#define LT_ATTN_SEQS 64
+int lt_attention_f16_seqs(const lt_attn_seq *seqs, int64_t nseq, int64_t H, int64_t KVH, int64_t D, int64_t window,
+                          float scale, int nthreads);
 int lt_attention_f16(const float *q, int64_t ldq, const uint16_t *k, const uint16_t *v, float *out, int64_t n,
                      int64_t H, int64_t KVH, int64_t D, int64_t start, int64_t stride, int64_t window, float scale,
                      int nthreads);

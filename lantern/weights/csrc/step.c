@@ -169,9 +169,18 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
                     k->to_f16(row + (H + KVH + h) * D, S->values[l] + at, D);
                 }
             }
-            if (lt_attention_f16(qkv + row0 * width, width, S->keys[l], S->values[l], att + row0 * H * D, S->n_tokens,
-                                 H, KVH, D, S->start, S->capacity, L->window, m->scale, nthreads))
-                return -1;
+        }
+        /* every segment's attention in one dispatch of the pool (8 decoding sequences of SmolLM2:
+         * 3 tasks each, which left a thread idle per segment) */
+        lt_attn_seq seqs[LT_ATTN_SEQS];
+        for (int64_t s0 = 0, row0 = 0; s0 < nseg; s0 += LT_ATTN_SEQS) {
+            const int64_t ns = nseg - s0 < LT_ATTN_SEQS ? nseg - s0 : LT_ATTN_SEQS;
+            for (int64_t j = 0; j < ns; row0 += seg[s0 + j].n_tokens, j++) {
+                const lt_segment *S = &seg[s0 + j];
+                seqs[j] = (lt_attn_seq){qkv + row0 * width, width, S->keys[l], S->values[l], att + row0 * H * D,
+                                        S->n_tokens, S->start, S->capacity};
+            }
+            if (lt_attention_f16_seqs(seqs, ns, H, KVH, D, L->window, m->scale, nthreads)) return -1;
         }
         if (linear(&L->wo, att, sub, dim, M, m_exact, nthreads)) return -1;
         if (L->post_attn_norm)
