@@ -17,6 +17,11 @@ each concurrency, and lantern at the highest concurrency / lantern with one clie
     python bench/serve.py smollm2
     python bench/serve.py phi3-mini-synthetic --clients 1,4,8 --prompt-tokens 128 --gen-tokens 128
     python bench/serve.py smollm2 --prompt-tokens 64 --gen-tokens 32 --requests 1 --json out.json
+    python bench/serve.py PHI3.gguf --clients 1,8 --prompt-tokens 16 --gen-tokens 128 --requests 1
+
+Short prompts and long answers (the last line) measure what batching does to decoding; with long
+prompts the figures are mostly the prompts' time, which batching cannot share (each prompt token
+is compute-bound alone or together; docs/PERFORMANCE.md).
 
 llama-cpp-python's server needs its `server` extra (`pip install sse-starlette
 starlette-context pydantic-settings`); it runs with `--interrupt_requests False` (by default a
