@@ -24,7 +24,8 @@
  *               lt_gemm_f32_generic (nw = 1..6, two column counts)
  *   attention   lt_attention_f16, head dims 64, 80, 96, 128, 256, groups 1-5, windows, positions
  *               past 1024 (several spans), vs the plain-C path (the portable level): 1e-5 of
- *               the head's largest |output|
+ *               the head's largest |output|; several sequences in one dispatch
+ *               (lt_attention_f16_seqs, head dims 64 and 128) bit-exact against each alone
  *   vec         exp_sum, silu_mul and gelu_mul within 1e-6 relative, to_f16 bit-exact on finite values
  *   names       at levels above portable, the row kernels' names must not end in "_generic":
  *               a FAIL only for the levels named by --require-isa-kernels[=a,b] (all levels
@@ -629,6 +630,79 @@ static void check_attention(const char *lvl, int isa, int64_t D) {
     report(ok, lvl, what, worst, detail);
 }
 
+/* several sequences in one dispatch (lt_attention_f16_seqs, a batched pass) vs each alone: the
+ * same floats bit for bit (a sequence's result must not depend on what shares its pass), and
+ * within the plain-C path's tolerance */
+static void check_attention_seqs(const char *lvl, int isa, int64_t D) {
+    enum { NSEQ = 6 };
+    static const int64_t starts[NSEQ] = {0, 5, 1030, 37, 2100, 600}, ns[NSEQ] = {1, 3, 1, 4, 2, 1};
+    const int64_t KVH = 3, H = 9;
+    const float scale = 1.f / sqrtf((float)D);
+    double worst = 0.0;
+    int ok = 1;
+    char detail[200] = "";
+    lantern_set_isa(isa);
+    for (int wi = 0; wi < 2; wi++) {
+        const int64_t window = wi ? 700 : 0;
+        lt_attn_seq seqs[NSEQ];
+        float *alone[NSEQ], *plain[NSEQ];
+        seed(9500 + (uint64_t)D + (uint64_t)wi);
+        for (int s = 0; s < NSEQ; s++) {
+            const int64_t n = ns[s], stride = starts[s] + n + 3, rows = n * H * D;
+            float *q = (float *)xmalloc((size_t)rows * 4);
+            uint16_t *kc = (uint16_t *)xmalloc((size_t)(KVH * stride * D) * 2);
+            uint16_t *vc = (uint16_t *)xmalloc((size_t)(KVH * stride * D) * 2);
+            for (int64_t i = 0; i < rows; i++) q[i] = unif(-3.f, 3.f);
+            for (int64_t i = 0; i < KVH * stride * D; i++) {
+                kc[i] = lt_f32_to_f16(unif(-1.f, 1.f));
+                vc[i] = lt_f32_to_f16(unif(-1.f, 1.f));
+            }
+            seqs[s] = (lt_attn_seq){q, H * D, kc, vc, (float *)xmalloc((size_t)rows * 4), n, starts[s], stride};
+            alone[s] = (float *)xmalloc((size_t)rows * 4);
+            plain[s] = (float *)xmalloc((size_t)rows * 4);
+            if (lt_attention_f16(q, H * D, kc, vc, alone[s], n, H, KVH, D, starts[s], stride, window, scale, 2) ||
+                lt_attention_f16_plain(q, H * D, kc, vc, plain[s], n, H, KVH, D, starts[s], stride, window, scale, 2)) {
+                if (ok) snprintf(detail, sizeof detail, "sequence %d alone failed", s);
+                ok = 0;
+            }
+        }
+        if (lt_attention_f16_seqs(seqs, NSEQ, H, KVH, D, window, scale, 2)) {
+            if (ok) snprintf(detail, sizeof detail, "window %lld: lt_attention_f16_seqs failed", (long long)window);
+            ok = 0;
+        }
+        for (int s = 0; s < NSEQ; s++) {
+            const int64_t rows = ns[s] * H;
+            if (memcmp(seqs[s].out, alone[s], (size_t)(rows * D) * 4)) {
+                if (ok) snprintf(detail, sizeof detail, "window %lld: sequence %d differs from itself alone", (long long)window, s);
+                ok = 0;
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                double mx = 0.0;
+                for (int64_t d = 0; d < D; d++) mx = fabs(plain[s][r * D + d]) > mx ? fabs(plain[s][r * D + d]) : mx;
+                for (int64_t d = 0; d < D; d++) {
+                    const double e = fabs((double)seqs[s].out[r * D + d] - plain[s][r * D + d]) / (mx > 0 ? mx : 1e-30);
+                    const double ee = e == e ? e : INFINITY;
+                    if (ee > worst) worst = ee;
+                    if (!(ee <= 1e-5)) {
+                        if (ok) snprintf(detail, sizeof detail, "window %lld: sequence %d row %lld d %lld: %.8g vs %.8g",
+                                         (long long)window, s, (long long)r, (long long)d, seqs[s].out[r * D + d], plain[s][r * D + d]);
+                        ok = 0;
+                    }
+                }
+            }
+            free((void *)seqs[s].q);
+            free((void *)seqs[s].k);
+            free((void *)seqs[s].v);
+            free(seqs[s].out);
+            free(alone[s]);
+            free(plain[s]);
+        }
+    }
+    char what[64];
+    snprintf(what, sizeof what, "attention_seqs_d%lld", (long long)D);
+    report(ok, lvl, what, worst, detail);
+}
+
 static void check_vec(const char *lvl, const lt_kernels *k) {
     static const int64_t Ts[] = {1, 3, 4, 5, 7, 8, 16, 17, 63, 64, 1000, 1027};
     const int nT = (int)(sizeof(Ts) / sizeof(Ts[0]));
@@ -852,6 +926,8 @@ static void check_level(int isa, const char *require) {
         if (k->gemm_q8 && k->expand_q8[ROW_TYPES[i]]) check_prompt_q8(lvl, ROW_TYPES[i]);
     static const int64_t Ds[] = {64, 80, 96, 128, 256};
     for (int i = 0; i < 5; i++) check_attention(lvl, isa, Ds[i]);
+    check_attention_seqs(lvl, isa, 64);
+    check_attention_seqs(lvl, isa, 128);
     lantern_set_isa(isa);
     check_vec(lvl, lt_kernels_get());
 }
