@@ -143,7 +143,7 @@ static void attn_merge(const attn_job *job, int64_t q) {
         }
 }
 
-/* Sequences [0, nseq) (nseq <= LT_ATTN_SEQS, one shape) in one dispatch: 0 when done, 1 when the level
+/* Sequences [0, nseq) of one shape in one dispatch: 0 when done, 1 when the level
  * has no span kernels for these shapes, -1 without memory. */
 static int attention_spans(const attn_args *a, int64_t nseq, int nthreads) {
     const int64_t group = a->H / a->KVH;
@@ -166,22 +166,17 @@ static int attention_spans(const attn_args *a, int64_t nseq, int nthreads) {
 
 int lt_attention_f16_seqs(const lt_attn_seq *seqs, int64_t nseq, int64_t H, int64_t KVH, int64_t D, int64_t window,
                           float scale, int nthreads) {
-    if (KVH <= 0 || H % KVH) return -1;
-    for (int64_t q = 0; q < nseq; q++)
-        if (seqs[q].n <= 0) return -1;
+    if (nseq <= 0 || nseq > LT_ATTN_SEQS || KVH <= 0 || H % KVH) return -1;
     const lt_kernels *kern = lt_kernels_get();
-    for (int64_t q0 = 0; q0 < nseq; q0 += LT_ATTN_SEQS) {
-        const int64_t nq = nseq - q0 < LT_ATTN_SEQS ? nseq - q0 : LT_ATTN_SEQS;
-        attn_args a[LT_ATTN_SEQS];
-        for (int64_t q = 0; q < nq; q++) {
-            const lt_attn_seq *S = &seqs[q0 + q];
-            a[q] = (attn_args){S->q, S->k, S->v, S->out, H, KVH, D, S->start, S->stride, window, S->ldq, scale, kern, S->n};
-        }
-        const int rc = attention_spans(a, nq, nthreads);
-        if (rc < 0) return rc;
-        if (rc > 0)
-            for (int64_t q = 0; q < nq; q++) lt_pool_run(attn_task, &a[q], a[q].n * H, nthreads);
+    attn_args a[LT_ATTN_SEQS];
+    for (int64_t q = 0; q < nseq; q++) {
+        const lt_attn_seq *S = &seqs[q];
+        if (S->n <= 0) return -1;
+        a[q] = (attn_args){S->q, S->k, S->v, S->out, H, KVH, D, S->start, S->stride, window, S->ldq, scale, kern, S->n};
     }
+    const int rc = attention_spans(a, nseq, nthreads);
+    if (rc <= 0) return rc;
+    for (int64_t q = 0; q < nseq; q++) lt_pool_run(attn_task, &a[q], a[q].n * H, nthreads);
     return 0;
 }
 

@@ -300,8 +300,8 @@ typedef struct {
     float *out;
     int64_t n, start, stride;
 } lt_attn_seq;
-/* Several sequences of one shape, each on its own cache, in one dispatch of the pool (up to
- * LT_ATTN_SEQS of them per dispatch) */
+/* 1 to LT_ATTN_SEQS sequences of one shape, each on its own cache, in one dispatch of the pool
+ * (more: the caller splits them); -1 on a bad count or shape, or no memory */
 #define LT_ATTN_SEQS 64
 int lt_attention_f16_seqs(const lt_attn_seq *seqs, int64_t nseq, int64_t H, int64_t KVH, int64_t D, int64_t window,
                           float scale, int nthreads);
