@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -366,6 +367,42 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
 # ----- levels, names and the self-check ---------------------------------------------------------
 
 
+def cpu_has_avx512_vnni() -> bool | None:
+    """Whether this CPU has AVX-512 F, VL and VNNI by the kernel's own list (None: no list here),
+    independently of lantern's cpuid detection."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"avx512f", "avx512vl", "avx512_vnni"} <= set(flags)
+
+
+def avx2_tiles() -> set[str]:
+    """The 8-row tile the avx2 level must choose here: its vnni variant where the CPU has AVX-512
+    VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain one; either where /proc/cpuinfo is absent."""
+    has = cpu_has_avx512_vnni()
+    if has is None:
+        return {"rows8_avx2", "rows8_avx2_vnni"}
+    return {"rows8_avx2_vnni" if has and os.environ.get("LANTERN_AVX2_VNNI", "1")[:1] != "0" else "rows8_avx2"}
+
+
+@contextlib.contextmanager
+def avx2_vnni(on: bool):
+    """Within: the avx2 level with its vnni variant allowed (on) or not (LANTERN_AVX2_VNNI=0)."""
+    before = os.environ.get("LANTERN_AVX2_VNNI")
+    os.environ["LANTERN_AVX2_VNNI"] = "1" if on else "0"
+    try:
+        with at_level("avx2"):
+            yield
+    finally:
+        if before is None:
+            del os.environ["LANTERN_AVX2_VNNI"]
+        else:
+            os.environ["LANTERN_AVX2_VNNI"] = before
+        native.set_isa(native.isa())
+
+
 # Functions a level takes from a lower level above portable because they measured faster there:
 # avx512 multiplies Q4_1 and Q8_0 with the avx2 row kernels (15-bit x; lantern.h q15_types).
 TAKEN_FROM_BELOW = {"avx512": {"matmul Q4_1": "avx2", "matmul Q8_0": "avx2"}}
@@ -394,10 +431,33 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others on the 8-row tile
             int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
             assert all(f == "expand_q8 + gemm_q8_avx2" for t, f in info["prompt"].items() if t in int8), info["prompt"]
-            assert all(f == "rows8_avx2" for t, f in info["prompt"].items() if t not in int8), info["prompt"]
-            assert set(info["rows8"].values()) == {"rows8_avx2"}, info["rows8"]  # 5-12 rows, every type
+            tiles = avx2_tiles()
+            assert all(f in tiles for t, f in info["prompt"].items() if t not in int8), (tiles, info["prompt"])
+            assert len(set(info["rows8"].values())) == 1 and set(info["rows8"].values()) <= tiles, info["rows8"]
         else:
             assert not any(info["rows8"].values()), info["rows8"]
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
+def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
+    """The avx2 level's 8-row tile in its vnni variant (vpdpwssd) gives the same int32 sums as the
+    plain one (vpmaddwd, vpaddd), so the same bits: 5-12 rows of x and a prompt's rows, every type."""
+    if "avx2" not in native.supported_isas():
+        pytest.skip("this CPU does not run the avx2 level")
+    if not cpu_has_avx512_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI (or no /proc/cpuinfo says so): the vnni variant cannot run here")
+    rows, cols = 37, 512 if native.GGUF_BLOCKS[qtype][0] == 256 else 160
+    raw = random_gguf_blocks(qtype, rows, cols, seed=11)
+    runs = {}
+    for on in (False, True):
+        with avx2_vnni(on):
+            assert native.kernel_name("rows8", qtype) == ("rows8_avx2_vnni" if on else "rows8_avx2")
+            k = native.GGUFKernel(raw, qtype, rows, cols)
+            runs[on] = [native.gguf_matmul(k.raw, qtype, torch.randn(m, cols, generator=torch.Generator().manual_seed(m)),
+                                           rows, cols, prompt=m > 12) for m in (5, 8, 12, 40)]
+    for m, plain, vnni in zip((5, 8, 12, 40), runs[False], runs[True]):
+        assert torch.equal(plain, vnni), f"{qtype.name} M={m}: the vnni tile differs from the plain one"
 
 
 @needs_native

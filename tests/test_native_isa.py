@@ -3,7 +3,8 @@ tests/native/check_kernels.c (x_prepare, the row kernels of the 10 in-place type
 IQ4_XS included, at every row count, expansion, attention spans, exp / SiLU / float16 stores: see
 its header).
 
-- natively: built with gcc into a temporary folder, run over every level this CPU has;
+- natively: built with gcc into a temporary folder, run over every level this CPU has (and, on
+  a CPU with AVX-512 VNNI, the avx2 level once more without its vnni tile: LANTERN_AVX2_VNNI=0);
 - ARM64: cross-built with aarch64-linux-gnu-gcc and run under qemu-user, once as a CPU with
   dotprod and i8mm (`-cpu max`) and once as one without (`-cpu cortex-a72`); the NEON level
   must pass on both and choose its dotprod variant on the first only. (qemu says nothing about
@@ -89,9 +90,9 @@ def _build(cc: str, out: Path) -> Path:
     return out
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """Run the harness; assert it passed (exit 0, the summary line with 0 failed). Its output."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env)
     out = proc.stdout
     lines = out.strip().splitlines()
     failed = "\n".join(line for line in lines if line.startswith("FAIL"))
@@ -114,15 +115,38 @@ def _row_names(out: str, level: str) -> dict[str, str]:
     return names
 
 
+def _tile(out: str, level: str) -> str | None:
+    """The 8-row tile the harness reported for `level` ("INFO <level> rows8 <name>")."""
+    return next((line.split()[3] for line in out.splitlines() if line.startswith(f"INFO {level} rows8 ")), None)
+
+
+def _cpu_has_avx512_vnni() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return {"avx512f", "avx512vl", "avx512_vnni"} <= set(flags.split(":", 1)[1].split())
+
+
 def test_native_levels(tmp_path):
+    """Every level this CPU runs; where it has AVX-512 VNNI, twice: the avx2 level with its vnni
+    tile, then (LANTERN_AVX2_VNNI=0) with the plain one, so that both variants are checked here."""
     cc = _need("gcc", "gcc")
     exe = _build(cc, tmp_path / "check_kernels")
-    out = _run([str(exe), *_require_args(_required())])
+    env = {k: v for k, v in os.environ.items() if k != "LANTERN_AVX2_VNNI"}
+    out = _run([str(exe), *_require_args(_required())], env)
     levels = next(line for line in out.splitlines() if line.startswith("INFO levels:")).split()[2:]
     assert "portable" in levels
     for level in levels:
         assert any(line.startswith(f"PASS {level} ") for line in out.splitlines()), f"{level} did not run"
     print(out)
+    if "avx2" in levels:
+        vnni = _cpu_has_avx512_vnni()
+        assert _tile(out, "avx2") == ("rows8_avx2_vnni" if vnni else "rows8_avx2"), out
+        if vnni:
+            plain = _run([str(exe), "--level=avx2", *_require_args(_required())], {**env, "LANTERN_AVX2_VNNI": "0"})
+            assert _tile(plain, "avx2") == "rows8_avx2", plain
+            print(plain)
 
 
 @pytest.fixture(scope="module")

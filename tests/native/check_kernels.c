@@ -858,6 +858,8 @@ static void check_names(const char *lvl, int isa, const char *require) {
     for (int i = 0; i < N_ROW_TYPES; i++)
         if (lantern_kernel_name(6, ROW_TYPES[i]))
             printf("INFO %s prompt_q8 %s %s\n", lvl, type_name(ROW_TYPES[i]), lantern_kernel_name(6, ROW_TYPES[i]));
+    const char *tile = lantern_kernel_name(7, LT_Q4_K);
+    printf("INFO %s rows8 %s\n", lvl, tile ? tile : "(none)");
     fflush(stdout);
     if (isa == LT_ISA_PORTABLE) return;
     int required = 0;

@@ -52,6 +52,15 @@ static int cpu_avx512(void) {
     cpuid(7, 1, d);
     return (d[0] >> 5) & 1;
 }
+
+/* AVX-512 F and VL with VNNI, the OS saving the ZMM state: vpdpwssd on 256-bit vectors, which the
+ * avx2 level uses inside itself (its 8-row tile) where the CPU has it, as NEON its dotprod */
+int lt_cpu_avx512_vnni(void) {
+    unsigned c[4];
+    if (!cpu_avx2() || (xgetbv0() & 0xE6) != 0xE6) return 0;
+    cpuid(7, 0, c);
+    return ((c[1] >> 16) & 1) && ((c[1] >> 31) & 1) && ((c[2] >> 11) & 1);
+}
 #endif
 
 static int cpu_always(void) { return 1; }

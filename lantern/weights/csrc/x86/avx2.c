@@ -17,12 +17,14 @@
  * another vpmaddwd, 5 instructions per 32 weights and row of x against 3 here; the bytes only
  * save part of the codes' widening, which is shared by the M rows. */
 
+#ifndef LT_AVX2_ROWS8 /* the file but its end: the 8-row tile's template, included once per variant */
 #include "../blocks.h"
 #include "../lantern.h"
 
 #ifdef LT_X86
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
@@ -612,82 +614,26 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
     }
 }
 
-LT_INLINE void rows8_impl(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
-                          int64_t ldy, int64_t m1, const int qtype) {
-    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1 || qtype == LT_Q4_K || qtype == LT_Q5_K;
-    const int64_t G = x->G, K = x->K;
-    rows8_chunk ch;
-    LT_ALIGN(32) float c[LT_ROWS8_XB][R8W][8]; /* the sums so far, per block and weight row */
-    for (int64_t g0 = 0; g0 < G; g0 += 8) {
-        const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
-        UNROLL
-        for (int r = 0; r < R8W; r++) r8_decode(w + r * rowbytes, g0, ng, qtype, r, &ch);
-        for (int64_t b = 0; b < nxb; b++) {
-            const int16_t *xq = x->p8 + (xb0 + b) * 8 * K + g0 * 256;
-            const float *qd = x->qd8 + ((xb0 + b) * G + g0) * 8, *qs = x->qs8 + ((xb0 + b) * G + g0) * 8;
-            __m256 acc[R8W];
-            UNROLL
-            for (int r = 0; r < R8W; r++) acc[r] = g0 ? _mm256_load_ps(c[b][r]) : _mm256_setzero_ps();
-            for (int j = 0; j < ng; j++) {
-                const int32_t *wp = (const int32_t *)read_back((const float *)ch.codes[j][0]);
-                __m256i s[R8W];
-                UNROLL
-                for (int r = 0; r < R8W; r++) s[r] = _mm256_setzero_si256();
-                UNROLL
-                for (int p = 0; p < 16; p++) {
-                    const __m256i xv = _mm256_load_si256((const __m256i *)(xq + 256 * j + 16 * p));
-                    UNROLL
-                    for (int r = 0; r < R8W; r++) {
-                        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_set1_epi32(wp[r * 16 + p]), xv));
-                        /* keep each sum one chain: else the compiler regroups the 64 products into a
-                         * tree that spills them all to the stack (0.7x) */
-                        OPAQUE(s[r]);
-                    }
-                }
-                const __m256 qdj = _mm256_loadu_ps(qd + 8 * j);
-                UNROLL
-                for (int r = 0; r < R8W; r++) {
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_broadcast_ss(&ch.scale[r][j]), qdj), acc[r]);
-                    if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ch.minv[r][j]), _mm256_loadu_ps(qs + 8 * j), acc[r]);
-                }
-            }
-            UNROLL
-            for (int r = 0; r < R8W; r++) _mm256_store_ps(c[b][r], acc[r]);
-        }
-    }
-    /* per block, the 4 x 8 sums transposed to 8 rows of y, 4 weight rows each (unpacks and shuffles;
-     * reading c back as floats stalled on the forwarding from its vector stores: 5% of a prompt) */
-    for (int64_t b = 0; b < nxb; b++) {
-        const __m256 v0 = _mm256_load_ps(c[b][0]), v1 = _mm256_load_ps(c[b][1]);
-        const __m256 v2 = _mm256_load_ps(c[b][2]), v3 = _mm256_load_ps(c[b][3]);
-        const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
-        const __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
-        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
-                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
-        for (int j = 0; j < 8; j++) {
-            const int64_t m = 8 * (xb0 + b) + j;
-            if (m >= m1) break;
-            _mm_storeu_ps(y + m * ldy, j < 4 ? _mm256_castps256_ps128(u[j]) : _mm256_extractf128_ps(u[j - 4], 1));
-        }
-    }
-}
-
-#define ROWS8(suffix, QT)                                                                                  \
-    static void rows8_##suffix(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y, \
-                               int64_t ldy, int64_t m1) {                                                 \
-        rows8_impl(w, rowbytes, x, xb0, nxb, y, ldy, m1, QT);                                              \
-    }
-ROWS8(q4_0, LT_Q4_0)
-ROWS8(q4_1, LT_Q4_1)
-ROWS8(q5_0, LT_Q5_0)
-ROWS8(q5_1, LT_Q5_1)
-ROWS8(q8_0, LT_Q8_0)
-ROWS8(q4_k, LT_Q4_K)
-ROWS8(q5_k, LT_Q5_K)
-ROWS8(q6_k, LT_Q6_K)
-ROWS8(iq4_nl, LT_IQ4_NL)
-ROWS8(iq4_xs, LT_IQ4_XS)
-#undef ROWS8
+/* The tile itself: written once (the end of this file, after "#else: LT_AVX2_ROWS8") and compiled
+ * once per variant, this file including itself with R8_VNNI, R8_ATTR (the variant's target) and
+ * R8_NAME (its names). The vnni variant, where the CPU has AVX-512 VNNI with VL (Ice Lake, Tiger
+ * Lake, Zen 4; lt_cpu_avx512_vnni), is vpdpwssd for each vpmaddwd and vpaddd pair; the same int32
+ * sums, so the same results. LANTERN_AVX2_VNNI=0 keeps the plain one (tests, comparisons). */
+#define LT_AVX2_ROWS8 1
+#define R8_VNNI 0
+#define R8_ATTR
+#define R8_NAME(name) name
+#include "avx2.c"
+#undef R8_VNNI
+#undef R8_ATTR
+#undef R8_NAME
+#define R8_VNNI 1
+#define R8_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+#define R8_NAME(name) name##_vnni
+#include "avx2.c"
+#undef R8_VNNI
+#undef R8_ATTR
+#undef R8_NAME
 
 /* ----- expansion (prompt chunks) --------------------------------------------------------------
  * Bit-identical to the generic: w = scale * (float)q, then w + minv for the types with mins,
@@ -1231,6 +1177,14 @@ void lt_fill_avx2(lt_kernels *k) {
     k->rows8[LT_Q5_K] = rows8_q5_k; k->rows8[LT_Q6_K] = rows8_q6_k; k->rows8[LT_IQ4_NL] = rows8_iq4_nl;
     k->rows8[LT_IQ4_XS] = rows8_iq4_xs;
     k->rows8_name = "rows8_avx2";
+    const char *vnni = getenv("LANTERN_AVX2_VNNI");
+    if (lt_cpu_avx512_vnni() && !(vnni && vnni[0] == '0')) {
+        k->rows8[LT_Q4_0] = rows8_q4_0_vnni; k->rows8[LT_Q4_1] = rows8_q4_1_vnni; k->rows8[LT_Q5_0] = rows8_q5_0_vnni;
+        k->rows8[LT_Q5_1] = rows8_q5_1_vnni; k->rows8[LT_Q8_0] = rows8_q8_0_vnni; k->rows8[LT_Q4_K] = rows8_q4_k_vnni;
+        k->rows8[LT_Q5_K] = rows8_q5_k_vnni; k->rows8[LT_Q6_K] = rows8_q6_k_vnni;
+        k->rows8[LT_IQ4_NL] = rows8_iq4_nl_vnni; k->rows8[LT_IQ4_XS] = rows8_iq4_xs_vnni;
+        k->rows8_name = "rows8_avx2_vnni";
+    }
 #define SET_EXPAND(suffix, QT)                                                                  \
     k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
     k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";
@@ -1262,3 +1216,111 @@ void lt_fill_avx2(lt_kernels *k) {
 #endif
 
 #endif /* LT_X86 */
+
+#else /* LT_AVX2_ROWS8: the 8-row tile, included above once per variant */
+
+/* One product of a pair of weights (w, a broadcast) with the pair for 8 rows of x (xv), added to
+ * the chain of its weight row. Plain: vpmaddwd and vpaddd onto one chain (kept one chain: else
+ * the compiler regroups the 64 products into a tree that spills them all to the stack, 0.7x).
+ * vnni: vpdpwssd, whose 5-cycle latency on one chain would bound the loop (0.95x the plain on
+ * Ice Lake), so odd pairs go to a second chain t, added at the group's end (1.13-1.17x the plain
+ * on Phi-3's 8-sequence pass, 1.11x on SmolLM2's, Ice Lake: bench/native_ab.py). */
+#if R8_VNNI
+#if defined(__GNUC__) || defined(__clang__)
+#define R8_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any of the 32 vector registers */
+#else
+#define R8_KEEP(v) ((void)0)
+#endif
+#define R8_DOT(s, t, odd, xv, w)                                                                   \
+    do {                                                                                           \
+        if (odd) { t = _mm256_dpwssd_epi32(t, xv, _mm256_set1_epi32(w)); R8_KEEP(t); }              \
+        else { s = _mm256_dpwssd_epi32(s, xv, _mm256_set1_epi32(w)); R8_KEEP(s); }                  \
+    } while (0)
+#else
+#define R8_DOT(s, t, odd, xv, w)                                                                   \
+    do {                                                                                           \
+        (void)(t);                                                                                 \
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_set1_epi32(w), xv));                      \
+        OPAQUE(s);                                                                                 \
+    } while (0)
+#endif
+
+R8_ATTR LT_INLINE void R8_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
+                                              int64_t ldy, int64_t m1, const int qtype) {
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1 || qtype == LT_Q4_K || qtype == LT_Q5_K;
+    const int64_t G = x->G, K = x->K;
+    rows8_chunk ch;
+    LT_ALIGN(32) float c[LT_ROWS8_XB][R8W][8]; /* the sums so far, per block and weight row */
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+        const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
+        UNROLL
+        for (int r = 0; r < R8W; r++) r8_decode(w + r * rowbytes, g0, ng, qtype, r, &ch);
+        for (int64_t b = 0; b < nxb; b++) {
+            const int16_t *xq = x->p8 + (xb0 + b) * 8 * K + g0 * 256;
+            const float *qd = x->qd8 + ((xb0 + b) * G + g0) * 8, *qs = x->qs8 + ((xb0 + b) * G + g0) * 8;
+            __m256 acc[R8W];
+            UNROLL
+            for (int r = 0; r < R8W; r++) acc[r] = g0 ? _mm256_load_ps(c[b][r]) : _mm256_setzero_ps();
+            for (int j = 0; j < ng; j++) {
+                const int32_t *wp = (const int32_t *)read_back((const float *)ch.codes[j][0]);
+                __m256i s[R8W], t[R8W];
+                UNROLL
+                for (int r = 0; r < R8W; r++) s[r] = t[r] = _mm256_setzero_si256();
+                UNROLL
+                for (int p = 0; p < 16; p++) {
+                    const __m256i xv = _mm256_load_si256((const __m256i *)(xq + 256 * j + 16 * p));
+                    UNROLL
+                    for (int r = 0; r < R8W; r++) R8_DOT(s[r], t[r], p % 2, xv, wp[r * 16 + p]);
+                }
+#if R8_VNNI
+                UNROLL
+                for (int r = 0; r < R8W; r++) s[r] = _mm256_add_epi32(s[r], t[r]);
+#endif
+                const __m256 qdj = _mm256_loadu_ps(qd + 8 * j);
+                UNROLL
+                for (int r = 0; r < R8W; r++) {
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_broadcast_ss(&ch.scale[r][j]), qdj), acc[r]);
+                    if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ch.minv[r][j]), _mm256_loadu_ps(qs + 8 * j), acc[r]);
+                }
+            }
+            UNROLL
+            for (int r = 0; r < R8W; r++) _mm256_store_ps(c[b][r], acc[r]);
+        }
+    }
+    /* per block, the 4 x 8 sums transposed to 8 rows of y, 4 weight rows each (unpacks and shuffles;
+     * reading c back as floats stalled on the forwarding from its vector stores: 5% of a prompt) */
+    for (int64_t b = 0; b < nxb; b++) {
+        const __m256 v0 = _mm256_load_ps(c[b][0]), v1 = _mm256_load_ps(c[b][1]);
+        const __m256 v2 = _mm256_load_ps(c[b][2]), v3 = _mm256_load_ps(c[b][3]);
+        const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
+        const __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+        for (int j = 0; j < 8; j++) {
+            const int64_t m = 8 * (xb0 + b) + j;
+            if (m >= m1) break;
+            _mm_storeu_ps(y + m * ldy, j < 4 ? _mm256_castps256_ps128(u[j]) : _mm256_extractf128_ps(u[j - 4], 1));
+        }
+    }
+}
+
+#define ROWS8(suffix, QT)                                                                                  \
+    R8_ATTR static void R8_NAME(rows8_##suffix)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0,  \
+                                                int64_t nxb, float *y, int64_t ldy, int64_t m1) {          \
+        R8_NAME(rows8_impl)(w, rowbytes, x, xb0, nxb, y, ldy, m1, QT);                                     \
+    }
+ROWS8(q4_0, LT_Q4_0)
+ROWS8(q4_1, LT_Q4_1)
+ROWS8(q5_0, LT_Q5_0)
+ROWS8(q5_1, LT_Q5_1)
+ROWS8(q8_0, LT_Q8_0)
+ROWS8(q4_k, LT_Q4_K)
+ROWS8(q5_k, LT_Q5_K)
+ROWS8(q6_k, LT_Q6_K)
+ROWS8(iq4_nl, LT_IQ4_NL)
+ROWS8(iq4_xs, LT_IQ4_XS)
+#undef ROWS8
+#undef R8_DOT
+#undef R8_KEEP
+
+#endif /* LT_AVX2_ROWS8 */
