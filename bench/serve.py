@@ -131,6 +131,15 @@ def start_lantern(path: Path, port: int, threads: int, parallel: int, ctx: int, 
     return ServerProcess("lantern", cmd, port, "/health", log)
 
 
+def llamacpp_server_missing() -> str | None:
+    """Why llama-cpp-python's server cannot start here (its extras not installed), or None."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return None
+
+
 def start_llamacpp(path: Path, port: int, threads: int, ctx: int, log: Path) -> ServerProcess:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--port", str(port),
            "--host", "127.0.0.1", "--n_threads", str(threads), "--n_threads_batch", str(threads),
@@ -278,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.only != "lantern" and (why := llamacpp_server_missing()):
+        raise SystemExit(f"bench/serve.py: llama-cpp-python's server cannot start ({why}): "
+                         "pip install 'llama-cpp-python[server]==0.3.36', or measure lantern alone with --only lantern")
 
     from lantern.cli import default_threads
 
