@@ -21,6 +21,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 import lantern
+from lantern.testing.cpu import has_avx512_vnni
 from lantern.testing.synthetic import Spec, cached_model
 from lantern.weights import linear
 from lantern.weights.gguf_file import GGUFFile
@@ -367,21 +368,10 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
 # ----- levels, names and the self-check ---------------------------------------------------------
 
 
-def cpu_has_avx512_vnni() -> bool | None:
-    """Whether this CPU has AVX-512 F, VL and VNNI by the kernel's own list (None: no list here),
-    independently of lantern's cpuid detection."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"avx512f", "avx512vl", "avx512_vnni"} <= set(flags)
-
-
 def avx2_tiles() -> set[str]:
     """The 8-row tile the avx2 level must choose here: its vnni variant where the CPU has AVX-512
     VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain one; either where /proc/cpuinfo is absent."""
-    has = cpu_has_avx512_vnni()
+    has = has_avx512_vnni()
     if has is None:
         return {"rows8_avx2", "rows8_avx2_vnni"}
     return {"rows8_avx2_vnni" if has and os.environ.get("LANTERN_AVX2_VNNI", "1")[:1] != "0" else "rows8_avx2"}
@@ -445,7 +435,7 @@ def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
     plain one (vpmaddwd, vpaddd), so the same bits: 5-12 rows of x and a prompt's rows, every type."""
     if "avx2" not in native.supported_isas():
         pytest.skip("this CPU does not run the avx2 level")
-    if not cpu_has_avx512_vnni():
+    if not has_avx512_vnni():
         pytest.skip("this CPU has no AVX-512 VNNI (or no /proc/cpuinfo says so): the vnni variant cannot run here")
     rows, cols = 37, 512 if native.GGUF_BLOCKS[qtype][0] == 256 else 160
     raw = random_gguf_blocks(qtype, rows, cols, seed=11)

@@ -1,0 +1,22 @@
+"""What this CPU has, by the operating system's own list (Linux's /proc/cpuinfo): the tests'
+oracle for the kernels lantern's cpuid code chooses, independent of that code."""
+
+from __future__ import annotations
+
+
+def cpu_flags() -> set[str] | None:
+    """The feature flags of the first CPU in /proc/cpuinfo, or None where there is no such list."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def has_avx512_vnni() -> bool | None:
+    """AVX-512 F and VL with VNNI (the avx2 level's vnni tile), or None where it cannot be known."""
+    flags = cpu_flags()
+    return None if flags is None else {"avx512f", "avx512vl", "avx512_vnni"} <= flags
