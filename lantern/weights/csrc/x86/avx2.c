@@ -1222,9 +1222,10 @@ void lt_fill_avx2(lt_kernels *k) {
 /* One product of a pair of weights (w, a broadcast) with the pair for 8 rows of x (xv), added to
  * the chain of its weight row. Plain: vpmaddwd and vpaddd onto one chain (kept one chain: else
  * the compiler regroups the 64 products into a tree that spills them all to the stack, 0.7x).
- * vnni: vpdpwssd, whose 5-cycle latency on one chain would bound the loop (0.95x the plain on
- * Ice Lake), so odd pairs go to a second chain t, added at the group's end (1.13-1.17x the plain
- * on Phi-3's 8-sequence pass, 1.11x on SmolLM2's, Ice Lake: bench/native_ab.py). */
+ * vnni: vpdpwssd, whose latency on one chain bounds the loop (0.94-0.96x the plain on Ice
+ * Lake), so odd pairs go to a second chain t, added at the group's end: in cache on Ice Lake
+ * 1.11-1.16x the plain (bench/rows_vs_ggml.py --m 8: Q4_1, Q6_K, Q4_K), Phi-3's 8-sequence pass
+ * about 1.07x (bench/native_ab.py, as noisy as that). */
 #if R8_VNNI
 #if defined(__GNUC__) || defined(__clang__)
 #define R8_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any of the 32 vector registers */
