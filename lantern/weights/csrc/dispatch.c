@@ -42,11 +42,18 @@ static int cpu_avx2(void) {
     return (c[1] >> 5) & 1;
 }
 
+/* cpuid leaf 7's registers into c where the CPU has AVX2's features and the OS saves the ZMM
+ * state (else 0): what every AVX-512 check starts from */
+static int cpu_leaf7_zmm(unsigned c[4]) {
+    if (!cpu_avx2() || (xgetbv0() & 0xE6) != 0xE6) return 0;
+    cpuid(7, 0, c);
+    return 1;
+}
+
 /* AVX-512 F, BW, VL, DQ and BF16 (with AVX2's features), the OS saving the ZMM state */
 static int cpu_avx512(void) {
     unsigned c[4], d[4];
-    if (!cpu_avx2() || (xgetbv0() & 0xE6) != 0xE6) return 0;
-    cpuid(7, 0, c);
+    if (!cpu_leaf7_zmm(c)) return 0;
     const int f = (c[1] >> 16) & 1, dq = (c[1] >> 17) & 1, bw = (c[1] >> 30) & 1, vl = (c[1] >> 31) & 1;
     if (!(f && dq && bw && vl)) return 0;
     cpuid(7, 1, d);
@@ -57,8 +64,7 @@ static int cpu_avx512(void) {
  * avx2 level uses inside itself (its 8-row tile) where the CPU has it, as NEON its dotprod */
 int lt_cpu_avx512_vnni(void) {
     unsigned c[4];
-    if (!cpu_avx2() || (xgetbv0() & 0xE6) != 0xE6) return 0;
-    cpuid(7, 0, c);
+    if (!cpu_leaf7_zmm(c)) return 0;
     return ((c[1] >> 16) & 1) && ((c[1] >> 31) & 1) && ((c[2] >> 11) & 1);
 }
 #endif
