@@ -390,7 +390,7 @@ def avx2_vnni(on: bool):
             del os.environ["LANTERN_AVX2_VNNI"]
         else:
             os.environ["LANTERN_AVX2_VNNI"] = before
-        native.set_isa(native.isa())
+        native.set_isa(native.isa())  # at_level refilled the table under the setting above: again under the restored one
 
 
 # Functions a level takes from a lower level above portable because they measured faster there:

@@ -1172,19 +1172,21 @@ void lt_fill_avx2(lt_kernels *k) {
     /* Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none): one sequence 1.01-1.06x, 8
      * sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB */
     k->fetch_long = 4096;
-    k->rows8[LT_Q4_0] = rows8_q4_0; k->rows8[LT_Q4_1] = rows8_q4_1; k->rows8[LT_Q5_0] = rows8_q5_0;
-    k->rows8[LT_Q5_1] = rows8_q5_1; k->rows8[LT_Q8_0] = rows8_q8_0; k->rows8[LT_Q4_K] = rows8_q4_k;
-    k->rows8[LT_Q5_K] = rows8_q5_k; k->rows8[LT_Q6_K] = rows8_q6_k; k->rows8[LT_IQ4_NL] = rows8_iq4_nl;
-    k->rows8[LT_IQ4_XS] = rows8_iq4_xs;
-    k->rows8_name = "rows8_avx2";
-    const char *vnni = getenv("LANTERN_AVX2_VNNI");
-    if (lt_cpu_avx512_vnni() && !(vnni && vnni[0] == '0')) {
-        k->rows8[LT_Q4_0] = rows8_q4_0_vnni; k->rows8[LT_Q4_1] = rows8_q4_1_vnni; k->rows8[LT_Q5_0] = rows8_q5_0_vnni;
-        k->rows8[LT_Q5_1] = rows8_q5_1_vnni; k->rows8[LT_Q8_0] = rows8_q8_0_vnni; k->rows8[LT_Q4_K] = rows8_q4_k_vnni;
-        k->rows8[LT_Q5_K] = rows8_q5_k_vnni; k->rows8[LT_Q6_K] = rows8_q6_k_vnni;
-        k->rows8[LT_IQ4_NL] = rows8_iq4_nl_vnni; k->rows8[LT_IQ4_XS] = rows8_iq4_xs_vnni;
-        k->rows8_name = "rows8_avx2_vnni";
+    /* the 8-row tile: its vnni variant where the CPU has it, unless LANTERN_AVX2_VNNI=0 */
+    const char *vnni_env = getenv("LANTERN_AVX2_VNNI");
+    const int vnni = lt_cpu_avx512_vnni() && !(vnni_env && vnni_env[0] == '0');
+#define SET_TILE(sfx)                                                                                          \
+    k->rows8[LT_Q4_0] = rows8_q4_0##sfx; k->rows8[LT_Q4_1] = rows8_q4_1##sfx; k->rows8[LT_Q5_0] = rows8_q5_0##sfx; \
+    k->rows8[LT_Q5_1] = rows8_q5_1##sfx; k->rows8[LT_Q8_0] = rows8_q8_0##sfx; k->rows8[LT_Q4_K] = rows8_q4_k##sfx; \
+    k->rows8[LT_Q5_K] = rows8_q5_k##sfx; k->rows8[LT_Q6_K] = rows8_q6_k##sfx;                                  \
+    k->rows8[LT_IQ4_NL] = rows8_iq4_nl##sfx; k->rows8[LT_IQ4_XS] = rows8_iq4_xs##sfx;
+    if (vnni) {
+        SET_TILE(_vnni)
+    } else {
+        SET_TILE()
     }
+#undef SET_TILE
+    k->rows8_name = vnni ? "rows8_avx2_vnni" : "rows8_avx2";
 #define SET_EXPAND(suffix, QT)                                                                  \
     k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
     k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";
