@@ -26,7 +26,7 @@ import math
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["BLOCK_SIZES", "KVALUES_IQ4NL", "QK_K", "block_geometry", "dequantize"]
+__all__ = ["BLOCK_SIZES", "GROUP_SIZES", "KVALUES_IQ4NL", "QK_K", "block_geometry", "decompose", "dequantize"]
 
 QK_K = 256
 
@@ -41,6 +41,14 @@ KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69
 # qtype -> (elements per block, bytes per block), for every type `dequantize` accepts.
 BLOCK_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = {
     t: tuple(GGML_QUANT_SIZES[t]) for t in (*_FLOAT_TYPES, *_QUANT_TYPES)
+}
+
+# A quantized tensor as (codes, scale, offset): see `decompose`.
+Parts = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+# qtype -> elements that share one scale (and offset): llama.cpp's sub-blocks.
+GROUP_SIZES: dict[GGMLQuantizationType, int] = {
+    t: 16 if t in (T.Q2_K, T.Q3_K, T.Q6_K) else 32 for t in _QUANT_TYPES
 }
 
 # Elements decoded per step on CPU: big enough to amortize torch's per-op overhead, small enough
@@ -114,12 +122,36 @@ def dequantize(
     blocks = raw.reshape(n_blocks, block_bytes)  # a view when raw is contiguous (never written)
     result = out if out is not None else torch.empty(shape, dtype=torch.float32, device=raw.device)
     dst = result.view(n_blocks, block_elems)
-    kernel = _KERNELS[qtype]
+    parts = _PARTS[qtype]
     chunk_elems = _CPU_CHUNK_ELEMS if raw.device.type == "cpu" else _DEVICE_CHUNK_ELEMS
     step = max(1, chunk_elems // block_elems)
     for start in range(0, n_blocks, step):
-        kernel(blocks[start : start + step], dst[start : start + step])
+        q, scale, offset = parts(blocks[start : start + step])
+        o = dst[start : start + step]
+        o.copy_(q)
+        groups = o.view(o.shape[0], scale.shape[1], -1)
+        groups.mul_(scale.unsqueeze(-1))
+        if offset is not None:
+            groups.sub_(offset.unsqueeze(-1))
     return result
+
+
+def decompose(raw: torch.Tensor, qtype: GGMLQuantizationType, rows: int, cols: int) -> Parts:
+    """A quantized [rows, cols] tensor as its parts: integer codes `q` (int8 or uint8,
+    [rows, cols], element order) and float32 `scale` and `offset` per group of GROUP_SIZES[qtype]
+    consecutive elements of a row ([rows, cols // group]; offset None where the format has none),
+    such that `scale * q - offset` is exactly what `dequantize` gives (the product is exact in
+    float32, see above). For kernels that keep a weight in this form (lantern.weights.kernels.gpu)."""
+    qtype = GGMLQuantizationType(qtype)
+    if qtype not in _PARTS:
+        raise ValueError(f"{_type_name(qtype)} has no integer codes to decompose")
+    block_elems, block_bytes = BLOCK_SIZES[qtype]
+    if cols % block_elems or raw.numel() != rows * cols // block_elems * block_bytes:
+        raise ValueError(f"{qtype.name} data of {raw.numel()} bytes is not a [{rows}, {cols}] tensor")
+    q, scale, offset = _PARTS[qtype](raw.reshape(-1, block_bytes))
+    per_row = cols // GROUP_SIZES[qtype]
+    return (q.reshape(rows, cols), scale.reshape(rows, per_row),
+            None if offset is None else offset.reshape(rows, per_row))
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -185,8 +217,10 @@ def _bit_spread(device: torch.device) -> torch.Tensor:
 
 
 # ----- legacy 32-element blocks ---------------------------------------------------------------
-# Each kernel writes block-major float32 values of the blocks `b` ([n, block_bytes] uint8) into
-# `o` ([n, block_elems] float32).
+# Each decoder takes blocks `b` ([n, block_bytes] uint8) and returns their Parts: the integer
+# codes in element order ([n, block_elems], int8 or uint8) and the float32 scale and offset of
+# each group of GROUP_SIZES consecutive elements ([n, groups]; offset None when zero), where the
+# value is scale * q - offset.
 
 
 def _nibbles32(b: torch.Tensor, offset: int) -> torch.Tensor:
@@ -206,59 +240,48 @@ def _qh32(qh: torch.Tensor) -> torch.Tensor:
     return _bit_spread(qh.device).index_select(0, idx).view(torch.uint8).view(-1, 32)
 
 
-def _q4_0(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q4_0(b: torch.Tensor) -> Parts:
     # y[j] = ((qs[j] & 15) - 8) * d, y[j + 16] = ((qs[j] >> 4) - 8) * d
-    d = _f16(b, 0)
     q = _nibbles32(b, 2).sub_(8)  # uint8 wraps; as int8 it reads q - 8
-    o.copy_(q.view(torch.int8))
-    o.mul_(d)
+    return q.view(torch.int8), _f16(b, 0), None
 
 
-def _q4_1(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q4_1(b: torch.Tensor) -> Parts:
     # y = q * d + m
-    d, m = _f16(b, 0), _f16(b, 2)
-    o.copy_(_nibbles32(b, 4))
-    o.mul_(d).add_(m)
+    return _nibbles32(b, 4), _f16(b, 0), _f16(b, 2).neg_()
 
 
-def _q5_0(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q5_0(b: torch.Tensor) -> Parts:
     # y = ((low nibble | high bit << 4) - 16) * d
-    d = _f16(b, 0)
     q = _nibbles32(b, 6).bitwise_or_(_qh32(b[:, 2:6])).sub_(16)
-    o.copy_(q.view(torch.int8))
-    o.mul_(d)
+    return q.view(torch.int8), _f16(b, 0), None
 
 
-def _q5_1(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q5_1(b: torch.Tensor) -> Parts:
     # y = (low nibble | high bit << 4) * d + m
-    d, m = _f16(b, 0), _f16(b, 2)
-    o.copy_(_nibbles32(b, 8).bitwise_or_(_qh32(b[:, 4:8])))
-    o.mul_(d).add_(m)
+    return _nibbles32(b, 8).bitwise_or_(_qh32(b[:, 4:8])), _f16(b, 0), _f16(b, 2).neg_()
 
 
-def _q8_0(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q8_0(b: torch.Tensor) -> Parts:
     # y = qs * d
-    d = _f16(b, 0)
-    o.copy_(b[:, 2:34].view(torch.int8))
-    o.mul_(d)
+    return b[:, 2:34].view(torch.int8), _f16(b, 0), None
 
 
 # ----- K-quants: 256-element super-blocks -----------------------------------------------------
 
 
-def _q2_k(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q2_k(b: torch.Tensor) -> Parts:
     # scales[16] (low nibble: scale, high: min), qs[64], d, dmin.
     # Element 128h + 32j + l = (qs[32h + l] >> 2j) & 3 with scale byte e // 16;
     # y = (d * (sc & 15)) * q - (dmin * (sc >> 4)).
     n = b.shape[0]
     d, dmin = _f16(b, 80), _f16(b, 82)
     s = _as(b[:, 0:16], torch.int32)
-    dl = (d * _u8_to_f32(s & 0x0F0F0F0F)).unsqueeze(-1)
-    ml = (dmin * _u8_to_f32((s >> 4) & 0x0F0F0F0F)).unsqueeze(-1)
+    dl = d * _u8_to_f32(s & 0x0F0F0F0F)
+    ml = dmin * _u8_to_f32((s >> 4) & 0x0F0F0F0F)
     w = _as(b[:, 16:80], torch.int32).view(n, 2, 8)  # [n, h, 8 words]
     q = torch.stack([_shift(w, -2 * j) & 0x03030303 for j in range(4)], dim=2)  # [n, h, j, 8]
-    o.copy_(q.view(torch.uint8).view(n, 256))
-    o.view(n, 16, 16).mul_(dl).sub_(ml)
+    return q.view(torch.uint8).view(n, 256), dl, ml
 
 
 def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
@@ -277,13 +300,13 @@ def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
     return aux.view(torch.uint8).sub_(32).view(torch.int8).to(torch.float32)
 
 
-def _q3_k(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q3_k(b: torch.Tensor) -> Parts:
     # hmask[32], qs[64], scales[12], d.
     # Element e = 128h + 32j + l: low = (qs[32h + l] >> 2j) & 3, high = bit (4h + j) of
     # hmask[l]; q = low - (high ? 0 : 4); y = (d * (scale[e // 16] - 32)) * q.
     n = b.shape[0]
     d = _f16(b, 108)
-    dl = (d * _q3_k_scales(_as(b[:, 96:108], torch.int32))).unsqueeze(-1)
+    dl = d * _q3_k_scales(_as(b[:, 96:108], torch.int32))
     words = _as(b, torch.int16)  # [n, 55]; fields at even offsets
     hm = words[:, 0:16].reshape(n, 1, 16)
     qs = words[:, 16:48].view(n, 2, 16)  # [n, h, 16]
@@ -293,8 +316,7 @@ def _q3_k(b: torch.Tensor, o: torch.Tensor) -> None:
         for j in range(4)
     ]
     q = torch.stack(planes, dim=2).view(torch.uint8).sub_(4)  # [n, h, j, 16]: low + 4 * high - 4
-    o.copy_(q.view(torch.int8).view(n, 256))
-    o.view(n, 16, 16).mul_(dl)
+    return q.view(torch.int8).view(n, 256), dl, None
 
 
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,10 +329,10 @@ def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _k4_prologue(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K: per-sub-block factors d * sc and dmin * m, each float32 [n, 8, 1]."""
+    """Q4_K/Q5_K: per-sub-block factors d * sc and dmin * m, each float32 [n, 8]."""
     d, dmin = _f16(b, 0), _f16(b, 2)
     sc, mn = _scale_min_k4(_as(b[:, 4:16], torch.int32))
-    return (d * sc).unsqueeze(-1), (dmin * mn).unsqueeze(-1)
+    return d * sc, dmin * mn
 
 
 def _k4_nibbles(qs: torch.Tensor) -> torch.Tensor:
@@ -319,17 +341,16 @@ def _k4_nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.stack((w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F), dim=2).view(-1, 8, 8)
 
 
-def _q4_k(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q4_k(b: torch.Tensor) -> Parts:
     # d, dmin, scales[12], qs[128]. Sub-block 2g = low nibbles of qs[32g : 32g + 32], 2g + 1 =
     # high nibbles; y = (d * sc) * q - (dmin * m).
     n = b.shape[0]
     d1, m1 = _k4_prologue(b)
     q = _k4_nibbles(b[:, 16:144])
-    o.copy_(q.view(torch.uint8).view(n, 256))
-    o.view(n, 8, 32).mul_(d1).sub_(m1)
+    return q.view(torch.uint8).view(n, 256), d1, m1
 
 
-def _q5_k(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q5_k(b: torch.Tensor) -> Parts:
     # d, dmin, scales[12], qh[32], qs[128]. As Q4_K, plus 16 * bit s of qh[l] for sub-block s;
     # y = (d * sc) * q - (dmin * m).
     n = b.shape[0]
@@ -340,18 +361,17 @@ def _q5_k(b: torch.Tensor, o: torch.Tensor) -> None:
     lo = (w & 0x0F0F0F0F).bitwise_or_((qh4 << 4).bitwise_and_(0x10101010))
     hi = ((w >> 4).bitwise_and_(0x0F0F0F0F)).bitwise_or_((qh4 << 3).bitwise_and_(0x10101010))
     q = torch.stack((lo, hi), dim=2)  # [n, g, k, 8]
-    o.copy_(q.view(torch.uint8).view(n, 256))
-    o.view(n, 8, 32).mul_(d1).sub_(m1)
+    return q.view(torch.uint8).view(n, 256), d1, m1
 
 
-def _q6_k(b: torch.Tensor, o: torch.Tensor) -> None:
+def _q6_k(b: torch.Tensor) -> Parts:
     # ql[128], qh[64], scales int8[16], d.
     # Half h (128 elements): element 64k + 32c + l (k: nibble, c: which 32 bytes of ql) is
     # ((ql[64h + 32c + l] >> 4k) & 15) | ((qh[32h + l] >> 2(2k + c)) & 3) << 4, minus 32;
     # y = (d * scale[e // 16]) * q.
     n = b.shape[0]
     d = _f16(b, 208)
-    dl = (d * b[:, 192:208].view(torch.int8).to(torch.float32)).unsqueeze(-1)
+    dl = d * b[:, 192:208].view(torch.int8).to(torch.float32)
     words = _as(b, torch.int16)  # [n, 105]; fields at even offsets
     ql = words[:, 0:64].view(n, 2, 32)  # [n, h, (c, 16)]
     qh = words[:, 64:96].view(n, 2, 1, 16)
@@ -359,8 +379,7 @@ def _q6_k(b: torch.Tensor, o: torch.Tensor) -> None:
     lo = (ql & 0x0F0F).bitwise_or_((qh2 << 4).bitwise_and_(0x3030))
     hi = ((ql >> 4).bitwise_and_(0x0F0F)).bitwise_or_(qh2 & 0x3030)
     q = torch.stack((lo, hi), dim=2).view(torch.uint8).sub_(32)  # [n, h, k, (c, 16)]
-    o.copy_(q.view(torch.int8).view(n, 256))
-    o.view(n, 16, 16).mul_(dl)
+    return q.view(torch.int8).view(n, 256), dl, None
 
 
 # ----- IQ4: 4-bit codes into a non-linear table of 16 values -----------------------------------
@@ -376,14 +395,12 @@ def _iq4_lookup(codes: torch.Tensor) -> torch.Tensor:
     return table[codes.to(torch.int64)]
 
 
-def _iq4_nl(b: torch.Tensor, o: torch.Tensor) -> None:
+def _iq4_nl(b: torch.Tensor) -> Parts:
     # d, qs[16]: y[j] = d * kvalues[qs[j] & 15], y[j + 16] = d * kvalues[qs[j] >> 4]
-    d = _f16(b, 0)
-    o.copy_(_iq4_lookup(_nibbles32(b, 2)))
-    o.mul_(d)
+    return _iq4_lookup(_nibbles32(b, 2)), _f16(b, 0), None
 
 
-def _iq4_xs(b: torch.Tensor, o: torch.Tensor) -> None:
+def _iq4_xs(b: torch.Tensor) -> Parts:
     # d, scales_h (u16), scales_l[4], qs[128]. Sub-block ib (32 elements): 6-bit scale
     # ls = (scales_l[ib / 2] >> 4 (ib % 2)) & 15 | ((scales_h >> 2 ib) & 3) << 4; its codes are
     # qs[16 ib + j] & 15 (element j) and >> 4 (element j + 16); y = (d * (ls - 32)) * kvalues[code].
@@ -393,14 +410,13 @@ def _iq4_xs(b: torch.Tensor, o: torch.Tensor) -> None:
     sl = b[:, 4:8].to(torch.int32)  # [n, 4]
     lo = torch.stack((sl & 15, sl >> 4), dim=2).view(n, 8)
     hi = (sh >> torch.arange(0, 16, 2, dtype=torch.int32, device=b.device)) & 3
-    dl = (d * (lo | (hi << 4)).sub_(32).to(torch.float32)).unsqueeze(-1)  # [n, 8, 1]
+    dl = d * (lo | (hi << 4)).sub_(32).to(torch.float32)  # [n, 8]
     w = _as(b[:, 8:136], torch.int16).view(n, 8, 8)  # [n, ib, 8 words]
     q = torch.stack((w & 0x0F0F, (w >> 4) & 0x0F0F), dim=2).view(torch.uint8).view(n, 256)
-    o.copy_(_iq4_lookup(q))
-    o.view(n, 8, 32).mul_(dl)
+    return _iq4_lookup(q), dl, None
 
 
-_KERNELS = {
+_PARTS = {
     T.Q4_0: _q4_0,
     T.Q4_1: _q4_1,
     T.Q5_0: _q5_0,
