@@ -69,9 +69,9 @@ class Model:
     @classmethod
     def load(cls, spec: str | os.PathLike, device="cpu", context_length: int | None = None,
              sliding_window: bool = True, kernels: str | None = None) -> "Model":
-        """`kernels`: "fast" (weights converted once at load for the fast CPU kernels, bf16
-        activations), "reference" (exact float32 math, dequantized per call), or None
-        (environment variable LANTERN_KERNELS, else fast on the CPU)."""
+        """`kernels`: "fast" (the native kernels on the CPU; on a GPU the file's integer codes
+        kept on the device, lantern.weights.kernels.gpu), "reference" (exact float32 math,
+        dequantized per call), or None (environment variable LANTERN_KERNELS, else fast)."""
         started = time.perf_counter()
         path = Path(spec) if isinstance(spec, os.PathLike) else _resolve_spec(spec)
         model = cls(GGUFFile(path), resolve_device(device), context_length, sliding_window, kernels)

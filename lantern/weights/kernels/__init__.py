@@ -4,7 +4,7 @@ Two policies:
 
 * ``"reference"``: the weight keeps its file encoding and is dequantized to float32 for each
   call (exact float32 math; slow). Implemented in `lantern.weights.linear`.
-* ``"fast"`` (default on CPU), with the C library (`native`, sources in lantern/weights/csrc):
+* ``"fast"`` (the default), on the CPU with the C library (`native`, sources in lantern/weights/csrc):
 
   - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS stay in their file
     encoding, a view of the memory map (no conversion at load), and are multiplied in place
@@ -22,9 +22,12 @@ Two policies:
   disagrees is not used (the type takes the reference path, and `describe()` says why).
   The level is the best the CPU runs; LANTERN_ISA=portable|avx2|avx512|neon asks for another.
 
+On a GPU (CUDA, MPS) every quantized type keeps its integer codes on the device, with a float32
+scale and offset per group, and is multiplied by a Triton kernel (small batches, CUDA) or
+expanded to float32 slab by slab for torch's GEMM (`gpu.py`): the file's weights exactly.
+
 Choose with `set_kernel_policy`, the environment variable ``LANTERN_KERNELS`` (read when the first
-layer is built) or per layer (`QuantizedLinear(..., kernels="reference")`). Non-CPU devices always
-use the reference path.
+layer is built) or per layer (`QuantizedLinear(..., kernels="reference")`).
 """
 
 from __future__ import annotations
@@ -76,28 +79,28 @@ def self_check(kernel, raw: torch.Tensor, qtype: QT, rows: int, cols: int, name:
     """None when `kernel` multiplies a tile of this weight right on both paths (a single token and a
     prompt chunk), else what went wrong. Raises ModelFileError when the file's own weights in the
     tile are not finite. Runs once per level and type."""
-    from . import native
-    from ..quants import dequantize
+    from . import gpu, native
+    from ..quants import BLOCK_SIZES, dequantize
 
-    key = (native.isa() or "", qtype)
+    key = (kernel.level, qtype)
     if key in _verdicts:
         return _verdicts[key]
-    elems, nbytes = native.GGUF_BLOCKS[qtype]
+    elems, nbytes = BLOCK_SIZES[qtype]
     r, c = min(rows, CHECK_ROWS), min(cols, CHECK_COLS)
     tile = raw.reshape(rows, -1)[:r, : c // elems * nbytes].contiguous()
     w = dequantize(tile, qtype, (r, c))
     if not torch.isfinite(w).all():
         raise ModelFileError(f"{name}: the file's {qtype.name} weights hold non-finite values (inf or NaN); "
                              "the file is corrupt: download it again")
-    probe = type(kernel)(tile, qtype, r, c)
+    probe = kernel.for_tile(tile, r, c)
     # One draw of x serves both paths: its first row alone (a decode step, the row kernels) and
-    # all of it (a prompt chunk: more than GGUF_MAX_M rows).
-    x = torch.randn(native.GGUF_MAX_M + 4, c, generator=torch.Generator().manual_seed(0))
+    # all of it (a prompt chunk: more than GGUF_MAX_M or GEMV_MAX_M rows).
+    x = torch.randn(max(native.GGUF_MAX_M, gpu.GEMV_MAX_M) + 4, c, generator=torch.Generator().manual_seed(0))
     exact = x @ w.T  # float32: its own error (~1e-7 relative) is far below the tolerance
     bound = CHECK_TOLERANCE * (x.abs() @ w.abs().T) + 1e-30
     verdict = None
     for m, path in ((1, "single-token"), (x.shape[0], "prompt-chunk")):
-        y = probe(x[:m])
+        y = probe(x[:m].to(probe.device)).cpu()
         worst = float(((y - exact[:m]).abs() / bound[:m]).max()) if torch.isfinite(y).all() else float("inf")
         if not worst <= 1.0:
             verdict = (f"{kernel_function(kernel) or kernel.name} ({path}) is off by {worst * CHECK_TOLERANCE:.3g} "
@@ -116,20 +119,22 @@ def kernel_function(kernel) -> str | None:
 
 def build(raw: torch.Tensor, qtype: QT, rows: int, cols: int, device, name: str = "weight") -> "object | None":
     """The fast kernel for a [rows, cols] weight of `qtype`, or None where the reference path
-    is the right one (float types, non-CPU devices, shapes the kernels do not take, a kernel that
-    failed its self-check)."""
-    from . import dense, native
+    is the right one (float types, shapes the kernels do not take, a kernel that failed its
+    self-check)."""
+    from . import dense, gpu, native
 
-    if torch.device(device).type != "cpu":
-        return None
-    if (qtype in native.GGUF_BLOCKS and cols % native.GGUF_BLOCKS[qtype][0] == 0 and native.available()
-            and native.kernel_name("matmul", qtype)):
-        kernel = native.GGUFKernel(raw, qtype, rows, cols)
+    def checked(kernel):
         why = self_check(kernel, raw, qtype, rows, cols, name)
         if why is None:
             return kernel
         fallbacks[qtype] = why
         return None
+
+    if torch.device(device).type != "cpu":
+        return checked(gpu.PackedKernel(raw, qtype, rows, cols, device)) if qtype in gpu.GPU_TYPES else None
+    if (qtype in native.GGUF_BLOCKS and cols % native.GGUF_BLOCKS[qtype][0] == 0 and native.available()
+            and native.kernel_name("matmul", qtype)):
+        return checked(native.GGUFKernel(raw, qtype, rows, cols))
     if qtype in dense.DENSE_TYPES:
         return dense.DenseKernel(raw, qtype, rows, cols)
     return None

@@ -306,6 +306,7 @@ class GGUFKernel:
 
     name = "gguf-native"
     in_place = True  # QuantizedLinear leaves the file's pages alone
+    device = torch.device("cpu")
 
     def __init__(self, raw: torch.Tensor, qtype: QT, rows: int, cols: int):
         elems, nbytes = GGUF_BLOCKS[qtype]
@@ -317,6 +318,13 @@ class GGUFKernel:
     @property
     def nbytes(self) -> int:
         return self.raw.numel()
+
+    @property
+    def level(self) -> str:
+        return isa() or ""
+
+    def for_tile(self, raw: torch.Tensor, rows: int, cols: int) -> "GGUFKernel":
+        return GGUFKernel(raw, self.qtype, rows, cols)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [M, cols] -> float32 [M, rows]."""
