@@ -286,4 +286,7 @@ def run(args: argparse.Namespace) -> int:
         note(f"lantern: {gen.speculation.summary()}")
     if args.verbose:
         note(f"lantern: {gen.timings.summary()}")
+        graphed = model.transformer.graphed
+        if graphed is not None and graphed.disabled:
+            note(f"lantern: {graphed.disabled}")
     return 0

@@ -247,6 +247,7 @@ class KVCache:
         self.keys = [self._empty(capacity) for _ in range(n_layers)]
         self.values = [self._empty(capacity) for _ in range(n_layers)]
         self.native_view = None
+        self.graph_mark = None  # cuda_graph.GraphedDecode's name for this cache
 
     def _empty(self, capacity: int) -> torch.Tensor:
         heads, dim = self._shape
@@ -491,6 +492,12 @@ class Transformer(nn.Module):
         # Passes as one native call where every weight allows it: decode steps and drafts, and
         # prompt chunks where the level multiplies them in place (NativeStep.runs).
         self.native_step, self.step_description = NativeStep.build(self)
+        from .cuda_graph import GraphedDecode  # imports this module
+
+        # Decode steps on CUDA replayed from a captured graph (None elsewhere).
+        self.graphed = GraphedDecode.build(self)
+        if self.graphed is not None:
+            self.step_description = "PyTorch blocks, one-token steps replayed from CUDA graphs"
 
     @property
     def variants(self) -> list[str]:
@@ -536,6 +543,10 @@ class Transformer(nn.Module):
         prompt: the tokens are a prompt being read, whose weight products the native step may
         round x to 8 bits for (NativeStep.__call__); the PyTorch blocks ignore it."""
         n = tokens.shape[0]
+        if n == 1 and outputs != "none" and self.graphed is not None:
+            logits = self.graphed(tokens, cache)
+            if logits is not None:
+                return logits
         cache.reserve(n)
         start = cache.length
         x = self.embed(tokens)
@@ -547,13 +558,23 @@ class Transformer(nn.Module):
             return logits
         tables = {id(r): r.tables(start, n) for r in self._rotaries}
         biases = {w: attention_bias(start, n, w, tokens.device) for w in self._windows}
-        for block, rotary in zip(self.blocks, self._layer_rotary):
-            x = block(x, rotary, *tables[id(rotary)], cache, biases[block.attn.window])
+        x = self.run_blocks(x, tables, biases, cache)
         cache.length = start + n
         if outputs == "none":
             return None
         if outputs == "last":
             x = x[-1:]
+        return self.head(x)
+
+    def run_blocks(self, x: torch.Tensor, tables: dict, biases: dict, cache) -> torch.Tensor:
+        """The decoder blocks over x, with each rotary table's (cos, sin) by id and each window's
+        attention bias; `cache` is a KVCache, or anything with its write()."""
+        for block, rotary in zip(self.blocks, self._layer_rotary):
+            x = block(x, rotary, *tables[id(rotary)], cache, biases[block.attn.window])
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, output head and soft-capping: float32 logits for each row of x."""
         logits = self.output(self.norm(x))
         if self.params.logit_softcap:
             cap = self.params.logit_softcap
