@@ -25,8 +25,8 @@ def available() -> bool:
 
 # (BLOCK_N, BLOCK_K) per BLOCK_M: rows of W per program and columns per step. On an H200, one
 # token's Phi-3-mini matrices (3.1 GB packed) took 5.2 to 5.7 ms at M=1 with tiles from 4x256 to
-# 16x512 (0.55-0.60 TB/s), 7.0 to 7.7 ms at 128 columns; at M=8, 19 to 24 ms. A decode step
-# took 27 ms there, bound by the eager step's launches, not by this kernel (docs/PERFORMANCE.md).
+# 16x512 (0.55-0.60 TB/s), 7.0 to 7.7 ms at 128 columns; at M=8, 19 to 24 ms. A graphed decode
+# step took 7.3 ms there: this kernel is its bound (docs/PERFORMANCE.md).
 TILES = {1: (8, 256), 2: (8, 256), 4: (8, 128), 8: (8, 128)}
 
 
