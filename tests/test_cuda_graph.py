@@ -8,6 +8,9 @@ themselves need a CUDA GPU and skip, saying why, elsewhere. Time: about 15 s on 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +110,59 @@ def test_a_capture_that_fails_falls_back_to_eager(monkeypatch):
     assert graphed.disabled and "planted" in graphed.disabled
     assert logits.shape == (1, 1024) and cache.length == 11
     assert cuda_graph.GraphedDecode.KEEP >= 8
+
+
+class ReplayedEagerly:
+    """Stands in for a CUDA graph on the CPU: replay() runs the static step again into the
+    captured logits, so GraphedDecode's bookkeeping runs here exactly as on a GPU."""
+
+    def __init__(self, step, cache, span):
+        self.step, self.cache, self.span = step, weakref.ref(cache), span  # a graph holds no cache
+        self.logits = step(cache, span)
+
+    def replay(self):
+        self.logits.copy_(self.step(self.cache(), self.span))
+
+
+def test_one_graph_per_sequence_recaptured_on_a_new_span_or_growth(monkeypatch):
+    """GraphedDecode's bookkeeping, with graphs replayed eagerly on the CPU: a sequence keeps one
+    graph, captured anew when it crosses into the next span or its cache grows; a second
+    sequence gets its own; a rollback replays the same graph; a dead cache's graph goes."""
+    spec, qtype = MODELS["llama-gqa"]
+    model = lantern.load(cached_model(spec, qtype), kernels="reference")
+    graphed = cuda_graph.GraphedDecode(model.transformer, torch.device("cpu"))
+    captures = []
+
+    def capture(cache, span, pos):
+        graphed.step.clear_unwritten(cache, pos, span)
+        captures.append((cache.graph_mark, span, cache.keys[0].data_ptr()))
+        fake = ReplayedEagerly(graphed.step, cache, span)
+        return fake, fake.logits
+
+    monkeypatch.setattr(graphed, "_capture", capture)
+    ids = ids_for(spec.vocab_size, SPAN + 12)
+    start = SPAN - 6
+    eager_cache, cache = model.new_cache(), model.new_cache()
+    model.forward(ids[:start], eager_cache)
+    model.forward(ids[:start], cache)
+    assert cache.capacity == SPAN
+    for token in ids[start:]:
+        eager = model.forward([token], eager_cache)
+        logits = graphed(torch.tensor([token]), cache)
+        torch.testing.assert_close(logits, eager, atol=1e-5 * float(eager.std()), rtol=0)
+    assert cache.length == SPAN + 12 and len(graphed.graphs) == 1
+    # Crossing into the second span grew the cache: one capture for the first span, one after.
+    assert [span for _, span, _ in captures] == [SPAN, 2 * SPAN]
+    assert captures[0][2] != captures[1][2] and captures[0][0] == captures[1][0]
+
+    other = model.new_cache()
+    model.forward(ids[:start], other)
+    first = graphed(torch.tensor([ids[start]]), other)
+    assert len(graphed.graphs) == 2 and len(captures) == 3
+    other.truncate(start)
+    assert torch.equal(graphed(torch.tensor([ids[start]]), other), first)
+    assert len(captures) == 3  # the rollback replayed the same graph
+
+    del other
+    gc.collect()
+    assert len(graphed.graphs) == 1

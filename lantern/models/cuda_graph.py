@@ -110,7 +110,7 @@ class GraphedDecode:
     def __init__(self, transformer, device: torch.device):
         self.step = StaticDecode(transformer, device)
         self.graphs: OrderedDict[int, tuple[tuple, torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
-        self.pool = torch.cuda.graph_pool_handle()  # the graphs run one at a time: one memory pool
+        self.pool = None  # the graphs run one at a time: one memory pool, made at the first capture
         self.disabled: str | None = None  # why graphs are off for this model
 
     def __call__(self, tokens: torch.Tensor, cache) -> torch.Tensor | None:
@@ -154,6 +154,8 @@ class GraphedDecode:
             for _ in range(2):
                 self.step(cache, span)
         torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = self.step(cache, span)
