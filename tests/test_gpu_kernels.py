@@ -83,3 +83,30 @@ def test_load_on_a_gpu_device_keeps_codes_not_floats():
     kernel = build(raw, QT.Q4_K, rows, cols, "cuda")
     assert isinstance(kernel, gpu.PackedKernel) and kernel.codes.device.type == "cuda"
     assert kernel.nbytes == rows * cols * 3 // 4  # 4-bit codes, float32 scale and offset per 32
+
+
+class _SwappedNibbles(gpu.PackedKernel):
+    """The GPU kernel with a planted layout bug: each byte's two codes swapped."""
+
+    def _pack(self, q):
+        packed = super()._pack(q)
+        return (packed >> 4) | (packed << 4) if self.nibbles else packed
+
+
+def test_the_self_check_turns_a_wrong_gpu_kernel_away(monkeypatch):
+    """The load-time check that guards the CPU kernels guards this one too: right, it serves;
+    wrong, the type takes the reference path and --verbose's description says why."""
+    from lantern.weights import kernels
+
+    rows, cols = 96, 512
+    raw = random_gguf_blocks(QT.Q4_K, rows, cols, seed=4)
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    monkeypatch.setattr(kernels, "fallbacks", {})
+    assert kernels.self_check(gpu.PackedKernel(raw, QT.Q4_K, rows, cols), raw, QT.Q4_K, rows, cols, "w") is None
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    why = kernels.self_check(_SwappedNibbles(raw, QT.Q4_K, rows, cols), raw, QT.Q4_K, rows, cols, "w")
+    assert why is not None and "single-token" in why
+    kernels.fallbacks[QT.Q4_K] = why
+    text = kernels.describe("cuda")
+    assert "GPU kernels on cuda" in text and "native C" not in text
+    assert "Q4_K on the reference kernels" in text

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
             from ..weights.kernels import describe
 
             note(f"lantern: {model!r}")
-            note(f"lantern: device {model.device}; kernels: {describe()}; {kernel_mix(model)}")
+            note(f"lantern: device {model.device}; kernels: {describe(model.device)}; {kernel_mix(model)}")
             note(f"lantern: decode steps: {model.transformer.step_description}")
             note(f"lantern: prompt {gen.prompt_tokens} tokens, seed {gen.seed}")
         out = sys.stdout

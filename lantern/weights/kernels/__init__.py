@@ -204,10 +204,17 @@ def level() -> dict:
     }
 
 
-def describe() -> str:
-    """One line on what the fast kernels use on this machine (for --verbose)."""
-    from . import native
+def describe(device="cpu") -> str:
+    """One line on what the fast kernels use on this machine for `device` (for --verbose)."""
+    from . import gpu, native
 
+    device = torch.device(device)
+    if device.type != "cpu":
+        how = ("a Triton GEMV for up to {m} rows, float32 GEMM beyond" if gpu.triton_available(device)
+               else "float32 GEMM over expanded slabs (no Triton here)").format(m=gpu.GEMV_MAX_M)
+        parts = [f"torch {torch.__version__}", f"GPU kernels on {device.type}: integer codes on the device, {how}"]
+        parts += [f"{qtype.name} on the reference kernels: {why}" for qtype, why in fallbacks.items()]
+        return ", ".join(parts)
     parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
     if native.available():
         info = level()

@@ -76,7 +76,7 @@ class PackedKernel:
         return self.device.type
 
     def for_tile(self, raw: torch.Tensor, rows: int, cols: int) -> "PackedKernel":
-        return PackedKernel(raw, self.qtype, rows, cols, self.device)
+        return type(self)(raw, self.qtype, rows, cols, self.device)
 
     @property
     def nbytes(self) -> int:

@@ -324,7 +324,7 @@ class GGUFKernel:
         return isa() or ""
 
     def for_tile(self, raw: torch.Tensor, rows: int, cols: int) -> "GGUFKernel":
-        return GGUFKernel(raw, self.qtype, rows, cols)
+        return type(self)(raw, self.qtype, rows, cols)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [M, cols] -> float32 [M, rows]."""
