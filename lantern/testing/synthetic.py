@@ -231,7 +231,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str) -> Path
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
-    params.nthread = 2
+    params.nthread = min(os.cpu_count() or 2, 16)  # the output does not depend on it
     tmp = Path(str(dst) + ".tmp")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
