@@ -33,6 +33,13 @@ GEMV_MAX_M = 8
 SLAB_WEIGHTS = 1 << 24
 
 
+def _slabs(rows: int, cols: int):
+    """(start, stop) of consecutive slabs of rows of at most SLAB_WEIGHTS weights (at least a row)."""
+    step = max(1, SLAB_WEIGHTS // cols)
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
 def triton_available(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
@@ -60,9 +67,7 @@ class PackedKernel:
         self.scale = torch.empty(rows, groups, dtype=torch.float32, device=self.device)
         self.offset = None
         raw = raw.reshape(rows, -1)
-        step = max(1, SLAB_WEIGHTS // cols)
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
+        for start, stop in _slabs(rows, cols):
             q, scale, offset = decompose(raw[start:stop].to(self.device), qtype, stop - start, cols)
             self.codes[start:stop] = self._pack(q)
             self.scale[start:stop] = scale
@@ -113,8 +118,6 @@ class PackedKernel:
 
             return gpu_triton.gemv(self, x)
         out = torch.empty(x.shape[0], self.rows, dtype=torch.float32, device=x.device)
-        step = max(1, SLAB_WEIGHTS // self.cols)
-        for start in range(0, self.rows, step):
-            stop = min(start + step, self.rows)
+        for start, stop in _slabs(self.rows, self.cols):
             out[:, start:stop] = F.linear(x, self.dense(start, stop))
         return out

@@ -92,9 +92,10 @@ def gemv(kernel, x: torch.Tensor) -> torch.Tensor:
     block_k = _block_k(kernel.cols, kernel.group, block_k)
     x = x.contiguous()
     y = torch.empty(m, kernel.rows, dtype=torch.float32, device=x.device)
-    offset = kernel.offset if kernel.offset is not None else kernel.scale
+    offset = kernel.offset if kernel.offset is not None else kernel.scale  # unread without one
+    group_bytes = kernel.group // 2 if kernel.nibbles else kernel.group
     _gemv[(triton.cdiv(kernel.rows, block_n),)](
         kernel.codes, kernel.scale, offset, x, y, m, kernel.rows, kernel.cols,
-        G=kernel.group, H=kernel.group // 2 if kernel.nibbles else kernel.group, NIBBLES=kernel.nibbles, BIAS=kernel.bias or 0, HAS_OFFSET=kernel.offset is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        G=kernel.group, H=group_bytes, NIBBLES=kernel.nibbles, BIAS=kernel.bias or 0,
+        HAS_OFFSET=kernel.offset is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y
