@@ -9,7 +9,8 @@ builds timed side by side; run it with A = B once to see the noise floor (ratio 
     python bench/native_ab.py PHI3.gguf /tmp/A.so lantern/weights/kernels/_native*.so --prompt 256 --rounds 4
 
 Prints per batch size the median over rounds of each build's fastest of 5 steps, and A / B
-(above 1: B is faster); with --prompt N, the median over rounds of one N-token prompt pass.
+(above 1: B is faster); with --prompt N, the median over rounds of one N-token prompt pass (read
+as generation reads prompts: `prompt=True`).
 Both builds must be of this version of lantern (the ABI check).
 """
 
@@ -94,7 +95,7 @@ def prompt_ab(model, libs, tokens: int, rounds: int) -> None:
         for name, lib in libs.items():
             use(model, lib)
             t = time.perf_counter()
-            model.forward(ids, model.new_cache(), last_only=True)
+            model.forward(ids, model.new_cache(), last_only=True, prompt=True)  # as generation reads prompts
             if r:  # round 0 warms both builds up
                 times[name].append(time.perf_counter() - t)
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
