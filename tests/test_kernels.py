@@ -370,7 +370,8 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
 
 def avx2_tiles() -> set[str]:
     """The 8-row tile the avx2 level must choose here: its vnni variant where the CPU has AVX-512
-    VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain one; either where /proc/cpuinfo is absent."""
+    VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain one; either where /proc/cpuinfo is absent.
+    The 8-bit prompt tile takes the same variant (gemm_q8_avx2[_vnni])."""
     has = has_avx512_vnni()
     if has is None:
         return {"rows8_avx2", "rows8_avx2_vnni"}
@@ -420,8 +421,9 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
         if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others on the 8-row tile
             int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
-            assert all(f == "expand_q8 + gemm_q8_avx2" for t, f in info["prompt"].items() if t in int8), info["prompt"]
-            tiles = avx2_tiles()
+            tiles = avx2_tiles()  # the 8-bit tile takes the same variant as the 8-row one
+            int8_tiles = {"expand_q8 + " + t.replace("rows8", "gemm_q8") for t in tiles}
+            assert all(f in int8_tiles for t, f in info["prompt"].items() if t in int8), (int8_tiles, info["prompt"])
             assert all(f in tiles for t, f in info["prompt"].items() if t not in int8), (tiles, info["prompt"])
             assert len(set(info["rows8"].values())) == 1 and set(info["rows8"].values()) <= tiles, info["rows8"]
         else:

@@ -122,9 +122,15 @@ def _tile(out: str, level: str) -> str | None:
     return next((line.split()[3] for line in out.splitlines() if line.startswith(f"INFO {level} rows8 ")), None)
 
 
+def _int8_tiles(out: str, level: str) -> set[str]:
+    """The 8-bit prompt tiles the harness reported for `level` ("INFO <level> prompt_q8 <type> <name>")."""
+    return {line.split()[4] for line in out.splitlines() if line.startswith(f"INFO {level} prompt_q8 ")}
+
+
 def test_native_levels(tmp_path):
     """Every level this CPU runs; where it has AVX-512 VNNI, twice: the avx2 level with its vnni
-    tile, then (LANTERN_AVX2_VNNI=0) with the plain one, so that both variants are checked here."""
+    tiles (8-row and 8-bit), then (LANTERN_AVX2_VNNI=0) with the plain ones, so that both variants
+    are checked here."""
     cc = _need("gcc", "gcc")
     exe = _build(cc, tmp_path / "check_kernels")
     env = {k: v for k, v in os.environ.items() if k != "LANTERN_AVX2_VNNI"}
@@ -138,9 +144,11 @@ def test_native_levels(tmp_path):
         vnni = has_avx512_vnni()
         if vnni is not None:  # else no /proc/cpuinfo to say which tile is right
             assert _tile(out, "avx2") == ("rows8_avx2_vnni" if vnni else "rows8_avx2"), out
+            assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2_vnni" if vnni else "gemm_q8_avx2"}, out
         if vnni:
             plain = _run([str(exe), "--level=avx2", *_require_args(_required())], {**env, "LANTERN_AVX2_VNNI": "0"})
             assert _tile(plain, "avx2") == "rows8_avx2", plain
+            assert _int8_tiles(plain, "avx2") == {"gemm_q8_avx2"}, plain
             print(plain)
 
 

@@ -1,7 +1,7 @@
 /* prompt_q8_matmul: lt_gguf_matmul on a Phi-3-mini-shaped Q4_K matrix (3072 x 3072, random
  * blocks), one thread, M rows of x taken as prompt rows (x int8 per 32, lantern.h's 8-bit tile)
- * against the same rows kept exact (the float32 micro-kernel), alternating 15 times; prints the
- * median ratio (exact time / int8 time) and the tile alone in L1. The task geometry (Q8_ROWS,
+ * against the same rows kept to 15 bits (the 8-row tile), alternating 15 times; prints the
+ * median ratio (15-bit time / int8 time) and the tile alone in L1. The task geometry (Q8_ROWS,
  * Q8_XB in matmul.c) can be set with -D to compare:
  *
  *   cc -O3 -std=c11 -pthread -Ilantern/weights/csrc bench/native/prompt_q8_matmul.c \
@@ -44,17 +44,18 @@ int main(int argc, char **argv) {
     float *x = malloc((size_t)(M * K) * 4), *y = malloc((size_t)(M * N) * 4);
     for (int64_t i = 0; i < M * K; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
 
-    static uint8_t rec[2 * LT_Q8_WREC] __attribute__((aligned(64)));
-    static uint8_t xr[LT_Q8_XREC] __attribute__((aligned(64)));
-    static float c[2 * LT_Q8_XROWS * 8] __attribute__((aligned(64)));
-    k->expand_q8[LT_Q4_K](LT_Q4_K, w, rec);
-    k->expand_q8[LT_Q4_K](LT_Q4_K, w + B * (K / 256), rec + LT_Q8_WREC);
-    lt_pack_q8_rows(x, LT_Q8_XROWS, 256, 0, 1, xr);
+    static uint8_t rec[LT_Q8_NW * LT_Q8_WREC] __attribute__((aligned(64)));
+    static uint8_t xr[LT_Q8_NX * LT_Q8_XREC] __attribute__((aligned(64)));
+    static float c[LT_Q8_NX * LT_Q8_NW * LT_Q8_XROWS] __attribute__((aligned(64)));
+    for (int r = 0; r < LT_Q8_NW; r++) k->expand_q8[LT_Q4_K](LT_Q4_K, w + B * (K / 256) * r, rec + r * LT_Q8_WREC);
+    float *x1 = malloc((size_t)(LT_Q8_NX * LT_Q8_XROWS * 256) * 4);
+    for (int64_t i = 0; i < LT_Q8_NX * LT_Q8_XROWS * 256; i++) x1[i] = x[i % (M * K)];
+    lt_pack_q8_rows(x1, LT_Q8_NX * LT_Q8_XROWS, 256, 0, LT_Q8_NX, xr);
     double best = 0;
     for (int r = 0; r < 5; r++) {
         const double t = now();
-        for (int i = 0; i < 200000; i++) k->gemm_q8(rec, 2, xr, 0, c);
-        const double g = 200000.0 * 2 * LT_Q8_XROWS * 256 / (now() - t) * 1e-9;
+        for (int i = 0; i < 200000; i++) k->gemm_q8(rec, LT_Q8_NW, xr, LT_Q8_XREC, LT_Q8_NX, LT_Q4_K, c, LT_Q8_NW * LT_Q8_XROWS);
+        const double g = 200000.0 * LT_Q8_NW * LT_Q8_NX * LT_Q8_XROWS * 256 / (now() - t) * 1e-9;
         if (g > best) best = g;
     }
     double ratio[15];

@@ -18,7 +18,7 @@
  *               lt_gguf_matmul (all rows prompt rows, and a mix after exact ones), 2 threads, an
  *               odd N over several tasks: bit-exact against lt_gemm_q8_generic over
  *               lt_expand_q8_generic and lt_pack_q8_rows (the same integer sums, float ops in the
- *               same order per lane)
+ *               same order per output)
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
  *   gemm_f32    at levels with a float32 micro-kernel, the tile itself bit-exact against
  *               lt_gemm_f32_generic (nw = 1..6, two column counts)
@@ -429,7 +429,7 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
 /* Prompt rows on 8-bit x: the level's route against the generic tile, record by record. */
 static void check_prompt_q8(const char *lvl, int qt) {
     static const int64_t Ks[] = {256, 768, 3072};
-    static const int64_t Ms[] = {1, 5, 6, 7, 13, 64, 100};
+    static const int64_t Ms[] = {1, 5, 7, 8, 9, 13, 24, 33, 64, 100}; /* records of 8 rows: 1-13, tiles of 1-4 */
     const int64_t N = 53, MX = 100, R = LT_Q8_XROWS;
     double worst = 0.0;
     int ok = 1;
@@ -445,15 +445,12 @@ static void check_prompt_q8(const char *lvl, int qt) {
         lt_pack_q8_rows(x, MX, K, 0, nxb, xp);
         for (int64_t n = 0; n < N; n++)
             for (int64_t xb = 0; xb < nxb; xb++) {
-                float c[2 * LT_Q8_XROWS * 8] = {0};
+                float c[LT_Q8_XROWS] = {0};
                 for (int64_t kb = 0; kb < nsb; kb++) {
                     lt_expand_q8_generic(qt, w + n * rowbytes + kb * (rowbytes / nsb), rec);
-                    lt_gemm_q8_generic(rec, 1, xp + (xb * nsb + kb) * LT_Q8_XREC, qt == LT_Q6_K, c);
+                    lt_gemm_q8_generic(rec, 1, xp + (xb * nsb + kb) * LT_Q8_XREC, LT_Q8_XREC, 1, qt, c, LT_Q8_XROWS);
                 }
-                for (int j = 0; j < R && xb * R + j < MX; j++) {
-                    const float *v = c + j * 8;
-                    yref[(xb * R + j) * N + n] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-                }
+                for (int j = 0; j < R && xb * R + j < MX; j++) yref[(xb * R + j) * N + n] = c[j];
             }
         for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++) {
             const int64_t M = Ms[mi];

@@ -179,30 +179,43 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 /* Prompt rows at levels with an 8-bit tile (avx2), for the K-quants: x rounded to int8 with a
  * scale per 32 (xd = max|x| / 127), where llama.cpp rounds per 256; the weights as unsigned
  * codes u times integer sub-scales S and a float d per super-block, plus float mins per 16:
- *   y = sum over super-blocks of d * sum_g xd_g * sum_s S_s * (sum_i u_i q_i)  (exact in int32)
+ *   y = sum over super-blocks of d * sum_g xd_g * sum_{s in g} S_s * (sum_i u_i q_i)  (exact in int32)
  *       + sum_h mins_h * (xd * sum_i q_i over the weights of sub-block h: 16 for Q6_K, else 32)
  * i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode and verify
  * rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on whether
- * a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs. */
+ * a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs.
+ *
+ * x is packed 8 rows to a record, the rows in the lanes of a vector (as the rows8 tile's), so that
+ * one vpmaddubsw (or vpdpbusd) of 4 broadcast codes with a record's 4 bytes of 8 rows makes 32
+ * products, and x's scale per 32 is a vector over the rows: the float work is paid once per group
+ * of 32, weight row and 8 rows of x. */
 /* One row's super-block, LT_Q8_WREC bytes: codes u[256], then (byte offsets) */
-#define LT_Q8_W_S 256    /* S int16 [8 groups][16 lanes] */
-#define LT_Q8_W_MINS 512 /* mins float: 16 per 16 for Q6_K, else 8 per 32 */
-#define LT_Q8_W_D 576    /* d float */
-#define LT_Q8_WREC 640
-#define LT_Q8_XROWS 6 /* rows of x per tile */
-/* One block of LT_Q8_XROWS rows of x over a super-block, LT_Q8_XREC bytes: q int8 [8 groups][rows][32],
- * then (byte offsets) xd [8][rows] each broadcast to 8 floats, the sums of xd * q [rows][16] per 16,
- * and [rows][8] per 32 */
-#define LT_Q8_X_D (256 * LT_Q8_XROWS)
-#define LT_Q8_X_S16 (LT_Q8_X_D + 8 * LT_Q8_XROWS * 8 * 4)
-#define LT_Q8_X_S32 (LT_Q8_X_S16 + LT_Q8_XROWS * 16 * 4)
-#define LT_Q8_XREC (LT_Q8_X_S32 + LT_Q8_XROWS * 8 * 4)
+#define LT_Q8_W_S 256    /* S int32 [16]: the sub-scale in both int16 halves (vpmaddwd); Q4_K, Q5_K: 8 */
+#define LT_Q8_W_SF 320   /* S float [16] (vpdpbusd's int32 sums times S in float: exact, < 2^24) */
+#define LT_Q8_W_MINS 384 /* mins float: 16 per 16 for Q6_K, else 8 per 32 */
+#define LT_Q8_W_D 448    /* d float */
+#define LT_Q8_WREC 512
+#define LT_Q8_XROWS 8 /* rows of x per record: the lanes of one vector */
+/* One record of LT_Q8_XROWS rows of x over a super-block, LT_Q8_XREC bytes: q int8 [64 quads][8 rows][4]
+ * (quad i: elements 4i .. 4i + 3), then (byte offsets) float [..][8 rows]: xd per 32 [8], the sums
+ * of xd * q per 16 [16], and per 32 [8] */
+#define LT_Q8_X_D 2048
+#define LT_Q8_X_S16 (LT_Q8_X_D + 8 * 8 * 4)
+#define LT_Q8_X_S32 (LT_Q8_X_S16 + 16 * 8 * 4)
+#define LT_Q8_XREC (LT_Q8_X_S32 + 8 * 8 * 4)
+#define LT_Q8_NW 2 /* weight records per call at most */
+#define LT_Q8_NX 4 /* x records per call at most */
 typedef void (*lt_expand_q8_fn)(int qtype, const uint8_t *blk, uint8_t *rec); /* one super-block */
-/* c[r][j] (8 partial sums each, [nw][LT_Q8_XROWS][8]) += weight record r (nw = 1 or 2, LT_Q8_WREC
- * bytes apart) . x rows j of the x record (LT_Q8_XREC bytes); per16: the mins are per 16 (Q6_K) */
-typedef void (*lt_gemm_q8_fn)(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c);
+/* c[b * ldc + 8 r + l] += weight record r (r < nw <= LT_Q8_NW, LT_Q8_WREC bytes apart) . row l of
+ * x record b (b < nx <= LT_Q8_NX, xstride bytes apart). Per output, in this order: f = 0, per group
+ * of 32 f = fma(float(sum_{s in g} S_s isum_s), xd_g, f) (the int32 sum exact, one rounding), then
+ * c = fma(f, d, c), then c = fma(mins_h, xs_h, c) per sub-block h: the generic and every level's
+ * tile agree bit for bit. */
+typedef void (*lt_gemm_q8_fn)(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype, float *c,
+                              int64_t ldc);
 void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec);
-void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c);
+void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype, float *c,
+                        int64_t ldc);
 /* x [M, K] (K a multiple of 256) -> records [ceil(M / LT_Q8_XROWS)][K / 256] (zero rows past M) */
 void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t xb1, uint8_t *out);
 

@@ -309,13 +309,13 @@ static int gemm_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const f
 /* ----- prompt rows on 8-bit x (lt_kernels.gemm_q8; lantern.h) ------------------------------------
  * x is rounded once per call into records of LT_Q8_XROWS rows by a super-block. A task takes
  * Q8_ROWS rows of W by Q8_XB records of x; per super-block it expands its rows' blocks (Q8_ROWS
- * records: 15 KB, in L1), then runs each x record (3.6 KB, from L2 once) against every pair of
- * them, accumulating 8 partial sums per output in this thread's scratch, summed at the end. */
+ * records: 12 KB, in L1), then runs each LT_Q8_NX records of x (12 KB) against every pair of them,
+ * accumulating into this thread's scratch. */
 #ifndef Q8_ROWS
 #define Q8_ROWS 24
 #endif
 #ifndef Q8_XB
-#define Q8_XB 43 /* 258 rows of x: Phi-3's Q4_K at M = 256, one thread: 1.18x as fast as with 96 */
+#define Q8_XB 32 /* 256 rows of x */
 #endif
 
 void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t xb1, uint8_t *out) {
@@ -329,7 +329,7 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
             for (int j = 0; j < R; j++) {
                 const int64_t m = xb * R + j;
                 for (int g = 0; g < 8; g++) {
-                    int8_t *q = xq + (g * R + j) * 32;
+                    int8_t q[32];
                     float d = 0.f, amax = 0.f, probe = 0.f;
                     const float *p = m < M ? x + m * K + kb * 256 + 32 * g : NULL;
                     for (int i = 0; p && i < 32; i++) {
@@ -346,12 +346,13 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
                         memset(q, 0, 32);
                         d = p ? NAN : 0.f;
                     }
-                    for (int l = 0; l < 8; l++) xd[(g * R + j) * 8 + l] = d;
+                    for (int i = 0; i < 32; i += 4) memcpy(xq + ((8 * g + i / 4) * R + j) * 4, q + i, 4);
+                    xd[g * R + j] = d;
                     int32_t sum[2] = {0, 0};
                     for (int i = 0; i < 32; i++) sum[i / 16] += q[i];
-                    xs[j * 16 + 2 * g] = d * (float)sum[0];
-                    xs[j * 16 + 2 * g + 1] = d * (float)sum[1];
-                    xs32[j * 8 + g] = d * (float)(sum[0] + sum[1]);
+                    xs[(2 * g) * R + j] = d * (float)sum[0];
+                    xs[(2 * g + 1) * R + j] = d * (float)sum[1];
+                    xs32[g * R + j] = d * (float)(sum[0] + sum[1]);
                 }
             }
         }
@@ -378,33 +379,32 @@ static void q8_task(void *p, int64_t t) {
     q8_args *a = (q8_args *)p;
     const int64_t r0 = t % a->nrb * Q8_ROWS, r1 = r0 + Q8_ROWS < a->N ? r0 + Q8_ROWS : a->N;
     const int64_t xb0 = t / a->nrb * Q8_XB, xb1 = xb0 + Q8_XB < a->nxb ? xb0 + Q8_XB : a->nxb;
-    const int64_t nr = r1 - r0, npair = (nr + 1) / 2, tile = 2 * LT_Q8_XROWS * 8;
-    uint8_t *wrec = (uint8_t *)lt_scratch(LT_SCRATCH_GEMM, (size_t)(Q8_ROWS * LT_Q8_WREC + (xb1 - xb0) * npair * tile * 4));
+    const int64_t nr = r1 - r0, ldc = Q8_ROWS * LT_Q8_XROWS; /* c: [record of x][weight row][row of x] */
+    uint8_t *wrec = (uint8_t *)lt_scratch(LT_SCRATCH_GEMM, (size_t)(Q8_ROWS * LT_Q8_WREC + (xb1 - xb0) * ldc * 4));
     if (!wrec) {
         a->failed = 1;
         return;
     }
-    float *c = (float *)(wrec + Q8_ROWS * LT_Q8_WREC); /* [block of x][pair of rows][tile] */
-    for (int64_t i = 0; i < (xb1 - xb0) * npair * tile; i++) c[i] = 0.f;
+    float *c = (float *)(wrec + Q8_ROWS * LT_Q8_WREC);
+    for (int64_t i = 0; i < (xb1 - xb0) * ldc; i++) c[i] = 0.f;
+    const int64_t xstride = a->nsb * LT_Q8_XREC;
     for (int64_t kb = 0; kb < a->nsb; kb++) {
         for (int64_t r = r0; r < r1; r++)
             a->k->expand_q8[a->qtype](a->qtype, a->w + (r * a->nsb + kb) * a->B, wrec + (r - r0) * LT_Q8_WREC);
-        for (int64_t xb = xb0; xb < xb1; xb++) {
+        for (int64_t xb = xb0; xb < xb1; xb += LT_Q8_NX) {
+            const int nx = xb1 - xb < LT_Q8_NX ? (int)(xb1 - xb) : LT_Q8_NX;
             const uint8_t *xr = a->xp + (xb * a->nsb + kb) * LT_Q8_XREC;
-            float *ct = c + (xb - xb0) * npair * tile;
-            for (int64_t i = 0; i < npair; i++)
-                a->k->gemm_q8(wrec + 2 * i * LT_Q8_WREC, nr - 2 * i >= 2 ? 2 : 1, xr, a->qtype == LT_Q6_K,
-                              ct + i * tile);
+            for (int64_t i = 0; i < nr; i += LT_Q8_NW) {
+                const int nw = nr - i < LT_Q8_NW ? (int)(nr - i) : LT_Q8_NW;
+                a->k->gemm_q8(wrec + i * LT_Q8_WREC, nw, xr, xstride, nx, a->qtype, c + (xb - xb0) * ldc + i * LT_Q8_XROWS, ldc);
+            }
         }
     }
     for (int64_t xb = xb0; xb < xb1; xb++)
         for (int j = 0; j < LT_Q8_XROWS && xb * LT_Q8_XROWS + j < a->M; j++) {
             float *dst = a->y + (xb * LT_Q8_XROWS + j) * a->ldy;
-            const float *ct = c + (xb - xb0) * npair * tile + j * 8;
-            for (int64_t r = r0; r < r1; r++) {
-                const float *v = ct + (r - r0) / 2 * tile + (r - r0) % 2 * LT_Q8_XROWS * 8;
-                dst[r] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-            }
+            const float *ct = c + (xb - xb0) * ldc + j;
+            for (int64_t r = r0; r < r1; r++) dst[r] = ct[(r - r0) * LT_Q8_XROWS];
         }
 }
 

@@ -163,8 +163,8 @@ PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "in_place", "neon": "expand_f3
 
 def prompt_int8_types() -> list[QT]:
     """The types whose prompt rows the level in use multiplies on x rounded to int8 per 32
-    (`kernel_name("gemm_q8", t)`; lantern.h): the K-quants at avx2, where that tile runs 1.37x
-    the float32 one (bench/native/int8_tile.c) and prompts have no bf16 hardware."""
+    (`kernel_name("gemm_q8", t)`; lantern.h): the K-quants at avx2, where prompts have no bf16
+    hardware and that tile outruns the float32 and 15-bit ones (bench/native/int8_tile.c)."""
     return [t for t in GGUF_BLOCKS if kernel_name("gemm_q8", t)]
 
 

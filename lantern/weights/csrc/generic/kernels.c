@@ -454,21 +454,23 @@ void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, i
 
 /* ----- prompt rows on 8-bit x (lantern.h LT_Q8_WREC / LT_Q8_XREC) ---------------------------- */
 
-/* One K-quant super-block -> its record: u = codes made unsigned (Q6_K + 32), S the integer
- * sub-scales per lane of a vpmaddubsw pair (a group of 32: lanes 0-7 the first 16 weights, 8-15
- * the next), mins per sub-block (-(dmin * m) per 32; Q6_K -32 * d * sc per 16: the offset of its
- * codes), d. */
+/* One K-quant super-block -> its record: u = codes made unsigned (Q6_K + 32), the integer
+ * sub-scales (per 32; Q6_K per 16) as int16 pairs and as floats, mins per sub-block (-(dmin * m)
+ * per 32; Q6_K -32 * d * sc per 16: the offset of its codes), d. */
 void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
     int8_t q[256];
     float scale[16], minv[16];
     lt_decode_block(qtype, blk, q, scale, minv);
-    int16_t *S = (int16_t *)(rec + LT_Q8_W_S);
-    float *mins = (float *)(rec + LT_Q8_W_MINS), d;
+    int32_t *S = (int32_t *)(rec + LT_Q8_W_S);
+    float *Sf = (float *)(rec + LT_Q8_W_SF), *mins = (float *)(rec + LT_Q8_W_MINS), d;
+    memset(rec + LT_Q8_W_S, 0, LT_Q8_WREC - LT_Q8_W_S);
     if (qtype == LT_Q6_K) {
         d = lt_rd_f16(blk + 208);
         for (int i = 0; i < 256; i++) rec[i] = (uint8_t)(q[i] + 32);
         for (int h = 0; h < 16; h++) {
-            for (int l = 0; l < 8; l++) S[8 * h + l] = (int16_t)(int8_t)blk[192 + h];
+            const int16_t sc = (int8_t)blk[192 + h];
+            S[h] = (int32_t)((uint32_t)(uint16_t)sc | (uint32_t)(uint16_t)sc << 16);
+            Sf[h] = (float)sc;
             mins[h] = -32.f * scale[h];
         }
     } else { /* Q4_K, Q5_K */
@@ -477,47 +479,43 @@ void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
         d = lt_rd_f16(blk);
         for (int i = 0; i < 256; i++) rec[i] = (uint8_t)q[i];
         for (int g = 0; g < 8; g++) {
-            for (int l = 0; l < 16; l++) S[16 * g + l] = sc[g];
+            S[g] = (int32_t)((uint32_t)sc[g] | (uint32_t)sc[g] << 16);
+            Sf[g] = (float)sc[g];
             mins[g] = minv[g];
         }
     }
     memcpy(rec + LT_Q8_W_D, &d, 4);
 }
 
-/* The tile in plain C: the same integer sums, and per lane the same float operations in the same
- * order as the avx2 tile (lane l of a group's 8 int32 sums: weights 4l .. 4l + 3 of it). */
-void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c) {
-    const int R = LT_Q8_XROWS;
-    const int8_t *xq = (const int8_t *)x;
-    const float *xd = (const float *)(x + LT_Q8_X_D), *xs = (const float *)(x + LT_Q8_X_S16);
-    const float *xs32 = (const float *)(x + LT_Q8_X_S32);
-    for (int r = 0; r < nw; r++) {
-        const uint8_t *u = w + r * LT_Q8_WREC;
-        const int16_t *S = (const int16_t *)(u + LT_Q8_W_S);
-        const float *mins = (const float *)(u + LT_Q8_W_MINS);
-        float d;
-        memcpy(&d, u + LT_Q8_W_D, 4);
-        for (int j = 0; j < R; j++) {
-            float acc[8] = {0};
-            for (int g = 0; g < 8; g++)
-                for (int l = 0; l < 8; l++) {
+/* The tile in plain C: the order of lantern.h's lt_gemm_q8_fn, which every level's tile keeps. */
+void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype, float *c,
+                        int64_t ldc) {
+    const int six = qtype == LT_Q6_K, sub = six ? 16 : 32;
+    for (int b = 0; b < nx; b++) {
+        const uint8_t *xr = x + b * xstride;
+        const int8_t *xq = (const int8_t *)xr;
+        const float *xd = (const float *)(xr + LT_Q8_X_D);
+        const float *xs = (const float *)(xr + (six ? LT_Q8_X_S16 : LT_Q8_X_S32));
+        for (int r = 0; r < nw; r++) {
+            const uint8_t *u = w + r * LT_Q8_WREC;
+            const float *Sf = (const float *)(u + LT_Q8_W_SF), *mins = (const float *)(u + LT_Q8_W_MINS);
+            float d;
+            memcpy(&d, u + LT_Q8_W_D, 4);
+            for (int l = 0; l < LT_Q8_XROWS; l++) {
+                float f = 0.f;
+                for (int g = 0; g < 8; g++) {
                     int32_t t = 0;
-                    for (int p = 0; p < 2; p++) {
-                        const int e = 32 * g + 4 * l + 2 * p; /* one int16 lane: two weights */
-                        t += S[16 * g + 2 * l + p] * (u[e] * xq[(g * R + j) * 32 + e - 32 * g] +
-                                                      u[e + 1] * xq[(g * R + j) * 32 + e + 1 - 32 * g]);
+                    for (int s = 32 * g / sub; s < 32 * (g + 1) / sub; s++) {
+                        int32_t isum = 0;
+                        for (int e = sub * s; e < sub * (s + 1); e++) isum += u[e] * xq[(e / 4 * 8 + l) * 4 + e % 4];
+                        t += (int32_t)Sf[s] * isum;
                     }
-                    acc[l] = fma_f32((float)t, xd[(g * R + j) * 8 + l], acc[l]);
+                    f = fma_f32((float)t, xd[8 * g + l], f);
                 }
-            float *cj = c + (r * R + j) * 8;
-            for (int l = 0; l < 8; l++) {
-                float v = fma_f32(acc[l], d, cj[l]);
-                if (per16) {
-                    v = fma_f32(mins[l], xs[j * 16 + l], v);
-                    cj[l] = fma_f32(mins[8 + l], xs[j * 16 + 8 + l], v);
-                } else {
-                    cj[l] = fma_f32(mins[l], xs32[j * 8 + l], v);
-                }
+                float *cl = c + b * ldc + 8 * r + l;
+                float v = fma_f32(f, d, *cl);
+                for (int h = 0; h < 256 / sub; h++) v = fma_f32(mins[h], xs[8 * h + l], v);
+                *cl = v;
             }
         }
     }

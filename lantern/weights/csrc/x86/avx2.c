@@ -49,6 +49,13 @@ LT_INLINE const float *read_back(const float *p) { return p; }
 #define OPAQUE(v) ((void)0)
 #endif
 
+/* 4 bytes at p (any alignment): a broadcast from memory where the caller makes one */
+LT_INLINE int32_t rd_i32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 /* Loops with compile-time bounds in the row kernels, unrolled so that the accumulator arrays
  * stay in registers (indexed by constants). */
 #if defined(__clang__)
@@ -614,11 +621,12 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
     }
 }
 
-/* The tile itself: written once (the end of this file, after "#else: LT_AVX2_ROWS8") and compiled
- * once per variant, this file including itself with R8_VNNI, R8_ATTR (the variant's target) and
- * R8_NAME (its names). The vnni variant, where the CPU has AVX-512 VNNI with VL (Ice Lake, Tiger
- * Lake, Zen 4; lt_cpu_avx512_vnni), is vpdpwssd for each vpmaddwd and vpaddd pair; the same int32
- * sums, so the same results. LANTERN_AVX2_VNNI=0 keeps the plain one (tests, comparisons). */
+/* The tiles themselves (this 8-row one, and the 8-bit prompt tile): written once (the end of this
+ * file, after "#else: LT_AVX2_ROWS8") and compiled once per variant, this file including itself
+ * with R8_VNNI, R8_ATTR (the variant's target) and R8_NAME (its names). The vnni variant, where the
+ * CPU has AVX-512 VNNI with VL (Ice Lake, Tiger Lake, Zen 4; lt_cpu_avx512_vnni), is vpdpwssd for
+ * each vpmaddwd and vpaddd pair (8-row tile) and vpdpbusd for vpmaddubsw (8-bit tile); the same
+ * int32 sums, so the same results. LANTERN_AVX2_VNNI=0 keeps the plain ones (tests, comparisons). */
 #define LT_AVX2_ROWS8 1
 #define R8_VNNI 0
 #define R8_ATTR
@@ -851,62 +859,11 @@ static void gemm_f32_avx2(const float *w, int64_t ldw, int nw, const float *xp, 
     }
 }
 
-/* ----- prompt rows on 8-bit x (lantern.h lt_gemm_q8_fn) ------------------------------------------
- * NW (1, 2) weight records against LT_Q8_XROWS rows of x: per group of 32 and pair (row, x row) a
- * vpmaddubsw (unsigned codes times int8 x), a vpmaddwd by the integer sub-scales, a conversion
- * and an FMA by x's scale: 4 instructions per 32 multiply-adds where the float tile takes 4 per
- * 8 x 4 (12 accumulators, 2 code and 1 sub-scale registers: all 16). bench/native/int8_tile.c:
- * 1.37x the float32 tile on Zen 3. */
-LT_INLINE void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, const int per16, float *c) {
-    enum { R = LT_Q8_XROWS };
-    const int8_t *xq = (const int8_t *)x;
-    const float *xd = (const float *)(x + LT_Q8_X_D), *xs = (const float *)(x + LT_Q8_X_S16);
-    const float *xs32 = (const float *)(x + LT_Q8_X_S32);
-    __m256 acc[2][R];
-    UNROLL
-    for (int r = 0; r < NW; r++)
-        UNROLL
-        for (int j = 0; j < R; j++) acc[r][j] = _mm256_setzero_ps();
-    for (int g = 0; g < 8; g++) {
-        __m256i W[2];
-        UNROLL
-        for (int r = 0; r < NW; r++) W[r] = _mm256_loadu_si256((const __m256i *)(w + r * LT_Q8_WREC + 32 * g));
-        UNROLL
-        for (int r = 0; r < NW; r++) {
-            const __m256i S = _mm256_loadu_si256((const __m256i *)(w + r * LT_Q8_WREC + LT_Q8_W_S + 32 * g));
-            UNROLL
-            for (int j = 0; j < R; j++) {
-                __m256i t = _mm256_maddubs_epi16(W[r], _mm256_loadu_si256((const __m256i *)(xq + (g * R + j) * 32)));
-                t = _mm256_madd_epi16(t, S);
-                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(xd + (g * R + j) * 8), acc[r][j]);
-            }
-        }
-    }
-    UNROLL
-    for (int r = 0; r < NW; r++) {
-        const uint8_t *rec = w + r * LT_Q8_WREC;
-        const __m256 d = _mm256_broadcast_ss((const float *)(rec + LT_Q8_W_D));
-        const __m256 m0 = _mm256_loadu_ps((const float *)(rec + LT_Q8_W_MINS));
-        const __m256 m1 = per16 ? _mm256_loadu_ps((const float *)(rec + LT_Q8_W_MINS) + 8) : m0;
-        UNROLL
-        for (int j = 0; j < R; j++) {
-            float *cj = c + (r * R + j) * 8;
-            __m256 v = _mm256_fmadd_ps(acc[r][j], d, _mm256_loadu_ps(cj));
-            if (per16) {
-                v = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs + j * 16), v);
-                _mm256_storeu_ps(cj, _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs + j * 16 + 8), v));
-            } else {
-                _mm256_storeu_ps(cj, _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs32 + j * 8), v));
-            }
-        }
-    }
-}
-
-/* lt_expand_q8_generic's records, with vectors: the codes as whole bytes, the sub-scales
- * broadcast per lane, the mins (bit for bit: the same float32 products). */
+/* lt_expand_q8_generic's records, with vectors: the codes as whole bytes, the sub-scales, the
+ * mins (bit for bit: the same float32 products). */
 static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
-    int16_t *S = (int16_t *)(rec + LT_Q8_W_S);
-    float *mins = (float *)(rec + LT_Q8_W_MINS), d;
+    int32_t *S = (int32_t *)(rec + LT_Q8_W_S);
+    float *Sf = (float *)(rec + LT_Q8_W_SF), *mins = (float *)(rec + LT_Q8_W_MINS), d;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     if (qtype == LT_Q6_K) {
         __m256i c[4];
@@ -922,9 +879,11 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
         const __m256 dv = _mm256_set1_ps(d), m32 = _mm256_set1_ps(-32.f);
         _mm256_storeu_ps(mins, _mm256_mul_ps(m32, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8)))));
         _mm256_storeu_ps(mins + 8, _mm256_mul_ps(m32, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8))))));
-        for (int g = 0; g < 8; g++)
-            _mm256_storeu_si256((__m256i *)(S + 16 * g),
-                                _mm256_set_m128i(_mm_set1_epi16((int8_t)blk[193 + 2 * g]), _mm_set1_epi16((int8_t)blk[192 + 2 * g])));
+        for (int h = 0; h < 16; h++) {
+            const int16_t sc = (int8_t)blk[192 + h];
+            S[h] = (int32_t)((uint32_t)(uint16_t)sc | (uint32_t)(uint16_t)sc << 16);
+            Sf[h] = (float)sc;
+        }
     } else { /* Q4_K, Q5_K */
         const int five = qtype == LT_Q5_K;
         const uint8_t *qs = blk + (five ? 48 : 16);
@@ -945,21 +904,12 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
         d = f16_to_f32(blk);
         const float dmin = f16_to_f32(blk + 2);
         for (int g = 0; g < 8; g++) {
-            _mm256_storeu_si256((__m256i *)(S + 16 * g), _mm256_set1_epi16(sc[g]));
+            S[g] = (int32_t)((uint32_t)sc[g] | (uint32_t)sc[g] << 16);
+            Sf[g] = (float)sc[g];
             mins[g] = -(dmin * (float)mn[g]);
         }
     }
     memcpy(rec + LT_Q8_W_D, &d, 4);
-}
-
-static void gemm_q8_avx2(const uint8_t *w, int nw, const uint8_t *x, int per16, float *c) {
-    if (per16) {
-        if (nw == 2) q8_tile(w, 2, x, 1, c);
-        else q8_tile(w, 1, x, 1, c);
-    } else {
-        if (nw == 2) q8_tile(w, 2, x, 0, c);
-        else q8_tile(w, 1, x, 0, c);
-    }
 }
 
 /* ----- vector helpers ----------------------------------------------------------------------------
@@ -1194,8 +1144,8 @@ void lt_fill_avx2(lt_kernels *k) {
 #undef SET_EXPAND
     k->gemm_f32 = gemm_f32_avx2;
     k->gemm_name = "gemm_f32_avx2";
-    k->gemm_q8 = gemm_q8_avx2;
-    k->gemm_q8_name = "gemm_q8_avx2";
+    k->gemm_q8 = vnni ? gemm_q8_vnni : gemm_q8;
+    k->gemm_q8_name = vnni ? "gemm_q8_avx2_vnni" : "gemm_q8_avx2";
     k->expand_q8[LT_Q4_K] = k->expand_q8[LT_Q5_K] = k->expand_q8[LT_Q6_K] = expand_q8_avx2;
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
         {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
@@ -1323,6 +1273,135 @@ ROWS8(q6_k, LT_Q6_K)
 ROWS8(iq4_nl, LT_IQ4_NL)
 ROWS8(iq4_xs, LT_IQ4_XS)
 #undef ROWS8
+
+/* ----- prompt rows on 8-bit x (lantern.h lt_gemm_q8_fn) ------------------------------------------
+ * NW (1, 2) weight records against NX (1-4) records of 8 rows of x, the rows in the lanes: per 4
+ * weights a broadcast of their codes, and per record of x one vpmaddubsw (unsigned codes times int8
+ * x: 32 products) summed in int16 over a run of quads that cannot overflow (Q4_K 8, Q5_K 4, Q6_K 2:
+ * 2 * 63 * 127 * 2 < 2^15), then one vpmaddwd by the run's sub-scale, a conversion and an FMA by
+ * x's scales per group of 32: 2.4 instructions per 32 products where the first tile, 6 rows of x
+ * along its lanes' groups, took 4 (bench/native/int8_tile.c). vnni: vpdpbusd for the products, which
+ * sums into int32 directly, the int32 sums of a sub-block times S in float (exact, < 2^24; the two
+ * halves of a Q6_K group in one FMA, rounded once as the conversion of their int32 sum is). */
+#if R8_VNNI
+#define Q8_BX(qtype) 4
+#else
+#define Q8_BX(qtype) ((qtype) == LT_Q4_K ? 4 : 2) /* x records per pass: int16 runs and int32 sums in 16 registers */
+#endif
+R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const uint8_t *x, int64_t xstride, const int NX,
+                                      const int qtype, float *c, int64_t ldc) {
+    const int six = qtype == LT_Q6_K;
+    __m256 f[LT_Q8_NW][LT_Q8_NX];
+    UNROLL
+    for (int r = 0; r < NW; r++)
+        UNROLL
+        for (int b = 0; b < NX; b++) f[r][b] = _mm256_setzero_ps();
+    for (int g = 0; g < 8; g++) {
+        __m256 v[LT_Q8_NW][LT_Q8_NX];
+        /* run: quads summed before their sub-scale is applied (vnni: a sub-block; plain: as many
+         * as int16 holds); the sub-scale of the run ending at quad q: sub(q) */
+#if R8_VNNI
+        const int run = six ? 4 : 8;
+#else
+        const int run = qtype == LT_Q4_K ? 8 : qtype == LT_Q5_K ? 4 : 2;
+#endif
+#define Q8_SUB(q) (six ? 2 * g + (q) / 4 : g)
+        __m256i t[LT_Q8_NW][LT_Q8_NX];
+#if !R8_VNNI
+        __m256i u[LT_Q8_NW][LT_Q8_NX];
+#endif
+        UNROLL
+        for (int q = 0; q < 8; q++) {
+            __m256i wv[LT_Q8_NW];
+            UNROLL
+            for (int r = 0; r < NW; r++) wv[r] = _mm256_set1_epi32(rd_i32(w + r * LT_Q8_WREC + 32 * g + 4 * q));
+            UNROLL
+            for (int b = 0; b < NX; b++) {
+                const __m256i xv = _mm256_load_si256((const __m256i *)(x + b * xstride + (8 * g + q) * 32));
+                UNROLL
+                for (int r = 0; r < NW; r++) {
+#if R8_VNNI
+                    t[r][b] = _mm256_dpbusd_epi32(q % run ? t[r][b] : _mm256_setzero_si256(), wv[r], xv);
+#else
+                    const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
+                    t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : p;
+#endif
+                }
+            }
+            if (q % run != run - 1) continue;
+            UNROLL
+            for (int r = 0; r < NW; r++) {
+#if R8_VNNI
+                const __m256 sf = _mm256_broadcast_ss((const float *)(w + r * LT_Q8_WREC + LT_Q8_W_SF) + Q8_SUB(q));
+                UNROLL
+                for (int b = 0; b < NX; b++)
+                    v[r][b] = q >= run ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(t[r][b]), sf, v[r][b])
+                                       : _mm256_mul_ps(_mm256_cvtepi32_ps(t[r][b]), sf);
+#else
+                const __m256i S = _mm256_set1_epi32(rd_i32(w + r * LT_Q8_WREC + LT_Q8_W_S + 4 * Q8_SUB(q)));
+                UNROLL
+                for (int b = 0; b < NX; b++) {
+                    const __m256i m = _mm256_madd_epi16(t[r][b], S);
+                    u[r][b] = q >= run ? _mm256_add_epi32(u[r][b], m) : m;
+                    if (q == 7) v[r][b] = _mm256_cvtepi32_ps(u[r][b]);
+                }
+#endif
+            }
+        }
+#undef Q8_SUB
+        UNROLL
+        for (int b = 0; b < NX; b++) {
+            const __m256 xd = _mm256_load_ps((const float *)(x + b * xstride + LT_Q8_X_D) + 8 * g);
+            UNROLL
+            for (int r = 0; r < NW; r++) f[r][b] = _mm256_fmadd_ps(v[r][b], xd, f[r][b]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < NW; r++) {
+        const uint8_t *rec = w + r * LT_Q8_WREC;
+        const __m256 d = _mm256_broadcast_ss((const float *)(rec + LT_Q8_W_D));
+        const float *mins = (const float *)(rec + LT_Q8_W_MINS);
+        UNROLL
+        for (int b = 0; b < NX; b++) {
+            const float *xs = (const float *)(x + b * xstride + (six ? LT_Q8_X_S16 : LT_Q8_X_S32));
+            float *cl = c + b * ldc + 8 * r;
+            __m256 val = _mm256_fmadd_ps(f[r][b], d, _mm256_loadu_ps(cl));
+            UNROLL
+            for (int h = 0; h < 16; h++)
+                if (h < 8 || six) val = _mm256_fmadd_ps(_mm256_broadcast_ss(mins + h), _mm256_load_ps(xs + 8 * h), val);
+            _mm256_storeu_ps(cl, val);
+        }
+    }
+}
+
+#define Q8_TILES(QT)                                                                                         \
+    do {                                                                                                     \
+        for (int b = 0; b < nx; b += Q8_BX(QT)) {                                                            \
+            const int n = nx - b < Q8_BX(QT) ? nx - b : Q8_BX(QT);                                           \
+            const uint8_t *xb = x + b * xstride;                                                             \
+            float *cb = c + b * ldc;                                                                         \
+            if (nw == 2) {                                                                                   \
+                if (n == 4) R8_NAME(q8_tile)(w, 2, xb, xstride, 4, QT, cb, ldc);                             \
+                else if (n == 3) R8_NAME(q8_tile)(w, 2, xb, xstride, 3, QT, cb, ldc);                        \
+                else if (n == 2) R8_NAME(q8_tile)(w, 2, xb, xstride, 2, QT, cb, ldc);                        \
+                else R8_NAME(q8_tile)(w, 2, xb, xstride, 1, QT, cb, ldc);                                    \
+            } else {                                                                                         \
+                if (n == 4) R8_NAME(q8_tile)(w, 1, xb, xstride, 4, QT, cb, ldc);                             \
+                else if (n == 3) R8_NAME(q8_tile)(w, 1, xb, xstride, 3, QT, cb, ldc);                        \
+                else if (n == 2) R8_NAME(q8_tile)(w, 1, xb, xstride, 2, QT, cb, ldc);                        \
+                else R8_NAME(q8_tile)(w, 1, xb, xstride, 1, QT, cb, ldc);                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    } while (0)
+R8_ATTR static void R8_NAME(gemm_q8)(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype,
+                                     float *c, int64_t ldc) {
+    if (qtype == LT_Q4_K) Q8_TILES(LT_Q4_K);
+    else if (qtype == LT_Q5_K) Q8_TILES(LT_Q5_K);
+    else Q8_TILES(LT_Q6_K);
+}
+#undef Q8_TILES
+#undef Q8_BX
+
 #undef R8_DOT
 #undef R8_KEEP
 
