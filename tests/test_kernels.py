@@ -21,7 +21,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 import lantern
-from lantern.testing.cpu import has_avx512_vnni
+from lantern.testing.cpu import avx2_variant
 from lantern.testing.synthetic import Spec, cached_model
 from lantern.weights import linear
 from lantern.weights.gguf_file import GGUFFile
@@ -370,12 +370,13 @@ def test_decode_steps_run_torch_single_threaded_and_the_pool_on_all_threads():
 
 def avx2_tiles() -> set[str]:
     """The 8-row tile the avx2 level must choose here: its vnni variant where the CPU has AVX-512
-    VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain one; either where /proc/cpuinfo is absent.
-    The 8-bit prompt tile takes the same variant (gemm_q8_avx2[_vnni])."""
-    has = has_avx512_vnni()
-    if has is None:
-        return {"rows8_avx2", "rows8_avx2_vnni"}
-    return {"rows8_avx2_vnni" if has and os.environ.get("LANTERN_AVX2_VNNI", "1")[:1] != "0" else "rows8_avx2"}
+    VNNI, its avxvnni one where it has AVX-VNNI (and LANTERN_AVX2_VNNI is not 0), else the plain
+    one; any where /proc/cpuinfo is absent. The 8-bit prompt tile takes the same variant
+    (gemm_q8_avx2[_vnni|_avxvnni])."""
+    variant = avx2_variant()
+    if variant is None:
+        return {"rows8_avx2", "rows8_avx2_vnni", "rows8_avx2_avxvnni"}
+    return {"rows8_avx2" + variant}
 
 
 @contextlib.contextmanager
@@ -433,18 +434,21 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
 @needs_native
 @pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
 def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
-    """The avx2 level's 8-row tile in its vnni variant (vpdpwssd) gives the same int32 sums as the
-    plain one (vpmaddwd, vpaddd), so the same bits: 5-12 rows of x and a prompt's rows, every type."""
+    """The avx2 level's tiles in their vnni variant (vpdpwssd, vpdpbusd; AVX-512 VNNI or AVX-VNNI)
+    give the same int32 sums as the plain ones (vpmaddwd, vpmaddubsw, vpaddd), so the same bits:
+    5-12 rows of x and a prompt's rows (the 8-bit tile for the K-quants), every type."""
     if "avx2" not in native.supported_isas():
         pytest.skip("this CPU does not run the avx2 level")
-    if not has_avx512_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI (or no /proc/cpuinfo says so): the vnni variant cannot run here")
+    with avx2_vnni(True):
+        variant = avx2_variant()
+    if not variant:
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX-VNNI (or no /proc/cpuinfo says so): no vnni variant runs here")
     rows, cols = 37, 512 if native.GGUF_BLOCKS[qtype][0] == 256 else 160
     raw = random_gguf_blocks(qtype, rows, cols, seed=11)
     runs = {}
     for on in (False, True):
         with avx2_vnni(on):
-            assert native.kernel_name("rows8", qtype) == ("rows8_avx2_vnni" if on else "rows8_avx2")
+            assert native.kernel_name("rows8", qtype) == "rows8_avx2" + (variant if on else "")
             k = native.GGUFKernel(raw, qtype, rows, cols)
             runs[on] = [native.gguf_matmul(k.raw, qtype, torch.randn(m, cols, generator=torch.Generator().manual_seed(m)),
                                            rows, cols, prompt=m > 12) for m in (5, 8, 12, 40)]

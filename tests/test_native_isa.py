@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from lantern.testing.cpu import has_avx512_vnni
+from lantern.testing.cpu import avx2_variant, cpu_flags, has_avx512_vnni
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "lantern" / "weights" / "csrc"
@@ -81,12 +81,12 @@ def _compile(cmd: list[str]) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 
 
-def _build(cc: str, out: Path) -> Path:
+def _build(cc: str, out: Path, defines: tuple[str, ...] = ()) -> Path:
     """The harness and the library, one object per source file (in parallel), linked to `out`."""
     sources = [str(HARNESS), *_library_sources()]
     objects = [str(out.parent / f"{i}_{Path(src).stem}.o") for i, src in enumerate(sources)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        list(pool.map(_compile, [[cc, *CFLAGS, f"-I{CSRC}", "-c", src, "-o", obj]
+        list(pool.map(_compile, [[cc, *CFLAGS, *defines, f"-I{CSRC}", "-c", src, "-o", obj]
                                  for src, obj in zip(sources, objects)]))
     _compile([cc, "-pthread", "-o", str(out), *objects, "-lm"])
     return out
@@ -127,12 +127,18 @@ def _int8_tiles(out: str, level: str) -> set[str]:
     return {line.split()[4] for line in out.splitlines() if line.startswith(f"INFO {level} prompt_q8 ")}
 
 
-def test_native_levels(tmp_path):
-    """Every level this CPU runs; where it has AVX-512 VNNI, twice: the avx2 level with its vnni
-    tiles (8-row and 8-bit), then (LANTERN_AVX2_VNNI=0) with the plain ones, so that both variants
-    are checked here."""
+@pytest.fixture(scope="module")
+def native_harness(tmp_path_factory) -> Path:
+    """The harness built with gcc, as the library is built."""
     cc = _need("gcc", "gcc")
-    exe = _build(cc, tmp_path / "check_kernels")
+    return _build(cc, tmp_path_factory.mktemp("native") / "check_kernels")
+
+
+def test_native_levels(native_harness):
+    """Every level this CPU runs; where it has a VNNI variant of the avx2 level's tiles (8-row and
+    8-bit), twice: with it, then (LANTERN_AVX2_VNNI=0) with the plain ones, so that both are
+    checked here."""
+    exe = native_harness
     env = {k: v for k, v in os.environ.items() if k != "LANTERN_AVX2_VNNI"}
     out = _run([str(exe), *_require_args(_required())], env)
     levels = next(line for line in out.splitlines() if line.startswith("INFO levels:")).split()[2:]
@@ -141,15 +147,60 @@ def test_native_levels(tmp_path):
         assert any(line.startswith(f"PASS {level} ") for line in out.splitlines()), f"{level} did not run"
     print(out)
     if "avx2" in levels:
-        vnni = has_avx512_vnni()
-        if vnni is not None:  # else no /proc/cpuinfo to say which tile is right
-            assert _tile(out, "avx2") == ("rows8_avx2_vnni" if vnni else "rows8_avx2"), out
-            assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2_vnni" if vnni else "gemm_q8_avx2"}, out
-        if vnni:
+        variant = avx2_variant()
+        if variant is not None:  # else no /proc/cpuinfo to say which tile is right
+            assert _tile(out, "avx2") == "rows8_avx2" + variant, out
+            assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2" + variant}, out
+        if variant:
             plain = _run([str(exe), "--level=avx2", *_require_args(_required())], {**env, "LANTERN_AVX2_VNNI": "0"})
             assert _tile(plain, "avx2") == "rows8_avx2", plain
             assert _int8_tiles(plain, "avx2") == {"gemm_q8_avx2"}, plain
             print(plain)
+
+
+def test_avxvnni_variant_on_avx512_vnni_instructions(tmp_path):
+    """The avx2 level's avxvnni variant (AVX-VNNI: Alder Lake and later, no AVX-512), which no CPU
+    of the test machines has: its code built with LT_AVXVNNI_ON_AVX512, which makes its products
+    with AVX-512 VNNI's instructions (the same operations, EVEX-encoded), and run in the vnni
+    variant's place on a CPU with AVX-512 VNNI (gcc may then fold it into the vnni variant's
+    identical code). Checked bit for bit as every level is: the variant's source, its table entries
+    and names. What this does not check, the encoding, test_avxvnni_variant_is_vex_only does."""
+    if "avx_vnni" in (cpu_flags() or set()):
+        pytest.skip("this CPU has AVX-VNNI: test_native_levels runs the avxvnni variant itself")
+    if not has_avx512_vnni():
+        pytest.skip("this CPU has neither AVX-VNNI nor AVX-512 VNNI (or no /proc/cpuinfo says so): "
+                    "the avxvnni variant's code cannot run here")
+    exe = _build(_need("gcc", "gcc"), tmp_path / "check_kernels", ("-DLT_AVXVNNI_ON_AVX512",))
+    env = {k: v for k, v in os.environ.items() if k != "LANTERN_AVX2_VNNI"}
+    out = _run([str(exe), "--level=avx2", *_require_args(_required())], env)
+    assert _tile(out, "avx2") == "rows8_avx2_avxvnni", out
+    assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2_avxvnni"}, out
+
+
+def test_avxvnni_variant_is_vex_only(native_harness):
+    """The real build's avxvnni functions (the harness is built as the library) make their products
+    with VEX-encoded vpdpbusd and vpdpwssd, and hold no EVEX-encoded instruction (first byte 0x62):
+    on a CPU with AVX-VNNI but no AVX-512 they run, where one EVEX instruction would fault."""
+    objdump = _need("objdump", "binutils")
+    proc = subprocess.run([objdump, "-d", str(native_harness)], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    functions: dict[str, list[tuple[list[str], str]]] = {}
+    name = None
+    for line in proc.stdout.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(\w+)>:$", line)
+        if head:
+            name = head.group(1) if head.group(1).endswith("_avxvnni") else None
+            if name:
+                functions[name] = []
+            continue
+        parts = line.split("\t")
+        if name and len(parts) >= 3:
+            functions[name].append((parts[1].split(), parts[2]))
+    assert "gemm_q8_avxvnni" in functions and "rows8_q4_k_avxvnni" in functions, sorted(functions)
+    text = "\n".join(ins for body in functions.values() for _, ins in body)
+    assert "{vex} vpdpbusd" in text and "{vex} vpdpwssd" in text
+    evex = [(f, ins) for f, body in functions.items() for raw, ins in body if raw and (raw[0] == "62" or raw[:2] == ["67", "62"])]
+    assert not evex, f"EVEX-encoded instructions in the avxvnni variant: {evex[:5]}"
 
 
 @pytest.fixture(scope="module")

@@ -20,3 +20,19 @@ def has_avx512_vnni() -> bool | None:
     """AVX-512 F and VL with VNNI (the avx2 level's vnni tile), or None where it cannot be known."""
     flags = cpu_flags()
     return None if flags is None else {"avx512f", "avx512vl", "avx512_vnni"} <= flags
+
+
+def avx2_variant() -> str | None:
+    """The variant of the avx2 level's tiles this CPU must run, as the suffix of their names:
+    "_vnni" (AVX-512 VNNI with VL), "_avxvnni" (AVX-VNNI, where the C compiler knows it), "" (plain),
+    or None where it cannot be known. LANTERN_AVX2_VNNI=0 asks for the plain ones."""
+    import os
+
+    flags = cpu_flags()
+    if flags is None:
+        return None
+    if os.environ.get("LANTERN_AVX2_VNNI", "1")[:1] == "0":
+        return ""
+    if {"avx512f", "avx512vl", "avx512_vnni"} <= flags:
+        return "_vnni"
+    return "_avxvnni" if "avx_vnni" in flags else ""

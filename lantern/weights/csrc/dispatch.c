@@ -67,6 +67,17 @@ int lt_cpu_avx512_vnni(void) {
     if (!cpu_leaf7_zmm(c)) return 0;
     return ((c[1] >> 16) & 1) && ((c[1] >> 31) & 1) && ((c[2] >> 11) & 1);
 }
+
+/* AVX-VNNI (VEX-encoded vpdpbusd / vpdpwssd on 256-bit vectors) with AVX2's features: Intel's
+ * client cores since Alder Lake, which have no AVX-512; the avx2 level's avxvnni variant */
+int lt_cpu_avx_vnni(void) {
+    unsigned c[4], d[4];
+    if (!cpu_avx2()) return 0;
+    cpuid(7, 0, c);
+    if (c[0] < 1) return 0; /* no sub-leaf 1 */
+    cpuid(7, 1, d);
+    return (d[0] >> 4) & 1;
+}
 #endif
 
 static int cpu_always(void) { return 1; }

@@ -286,7 +286,8 @@ void lt_fill_generic(lt_kernels *k);
 void lt_fill_avx2(lt_kernels *k);
 void lt_fill_avx512(lt_kernels *k);
 void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp); /* the avx2 level's, for avx512's q15_types */
-int lt_cpu_avx512_vnni(void); /* AVX-512 VNNI with VL: the avx2 level's vnni variant of its 8-row tile */
+int lt_cpu_avx512_vnni(void); /* AVX-512 VNNI with VL: the avx2 level's vnni variant of its tiles */
+int lt_cpu_avx_vnni(void);    /* AVX-VNNI (VEX): the avx2 level's avxvnni variant of its tiles */
 #endif
 #ifdef LT_ARM64
 void lt_fill_neon(lt_kernels *k);

@@ -642,6 +642,29 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
 #undef R8_VNNI
 #undef R8_ATTR
 #undef R8_NAME
+/* AVX-VNNI: the same instructions VEX-encoded (Alder Lake and later Intel client cores, which have
+ * no AVX-512), from compilers that know them (gcc 11, clang 12; MSVC keeps the plain tiles). No CPU
+ * of the test machines has it: built with LT_AVXVNNI_ON_AVX512, this variant's code runs on AVX-512
+ * VNNI's instructions, so that tests/test_native_isa.py checks it bit for bit on such a CPU, and
+ * that test checks the real build's avxvnni functions hold VEX instructions only. */
+#if defined(__has_include)
+#if __has_include(<avxvnniintrin.h>)
+#define LT_HAVE_AVXVNNI 1
+#endif
+#endif
+#ifdef LT_HAVE_AVXVNNI
+#define R8_VNNI 2
+#ifdef LT_AVXVNNI_ON_AVX512
+#define R8_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+#else
+#define R8_ATTR LT_TARGET("avx2,fma,f16c,avxvnni")
+#endif
+#define R8_NAME(name) name##_avxvnni
+#include "avx2.c"
+#undef R8_VNNI
+#undef R8_ATTR
+#undef R8_NAME
+#endif
 
 /* ----- expansion (prompt chunks) --------------------------------------------------------------
  * Bit-identical to the generic: w = scale * (float)q, then w + minv for the types with mins,
@@ -1122,21 +1145,33 @@ void lt_fill_avx2(lt_kernels *k) {
     /* Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none): one sequence 1.01-1.06x, 8
      * sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB */
     k->fetch_long = 4096;
-    /* the 8-row tile: its vnni variant where the CPU has it, unless LANTERN_AVX2_VNNI=0 */
+    /* the tiles (8-row and 8-bit): their vnni variant where the CPU has AVX-512 VNNI, else their
+     * avxvnni one where it has AVX-VNNI, unless LANTERN_AVX2_VNNI=0 */
     const char *vnni_env = getenv("LANTERN_AVX2_VNNI");
-    const int vnni = lt_cpu_avx512_vnni() && !(vnni_env && vnni_env[0] == '0');
-#define SET_TILE(sfx)                                                                                          \
+    const int off = vnni_env && vnni_env[0] == '0';
+    enum { PLAIN, VNNI, AVXVNNI } variant = off ? PLAIN : lt_cpu_avx512_vnni() ? VNNI : PLAIN;
+#ifdef LT_HAVE_AVXVNNI
+    if (!off && variant == PLAIN && lt_cpu_avx_vnni()) variant = AVXVNNI;
+#ifdef LT_AVXVNNI_ON_AVX512
+    if (variant == VNNI) variant = AVXVNNI; /* tests: the avxvnni variant's code in the vnni one's place */
+#endif
+#endif
+#define SET_TILES(sfx, name)                                                                                   \
     k->rows8[LT_Q4_0] = rows8_q4_0##sfx; k->rows8[LT_Q4_1] = rows8_q4_1##sfx; k->rows8[LT_Q5_0] = rows8_q5_0##sfx; \
     k->rows8[LT_Q5_1] = rows8_q5_1##sfx; k->rows8[LT_Q8_0] = rows8_q8_0##sfx; k->rows8[LT_Q4_K] = rows8_q4_k##sfx; \
     k->rows8[LT_Q5_K] = rows8_q5_k##sfx; k->rows8[LT_Q6_K] = rows8_q6_k##sfx;                                  \
-    k->rows8[LT_IQ4_NL] = rows8_iq4_nl##sfx; k->rows8[LT_IQ4_XS] = rows8_iq4_xs##sfx;
-    if (vnni) {
-        SET_TILE(_vnni)
-    } else {
-        SET_TILE()
+    k->rows8[LT_IQ4_NL] = rows8_iq4_nl##sfx; k->rows8[LT_IQ4_XS] = rows8_iq4_xs##sfx;                          \
+    k->rows8_name = "rows8_avx2" name;                                                                         \
+    k->gemm_q8 = gemm_q8##sfx;                                                                                 \
+    k->gemm_q8_name = "gemm_q8_avx2" name;
+    switch (variant) {
+    case VNNI: SET_TILES(_vnni, "_vnni") break;
+#ifdef LT_HAVE_AVXVNNI
+    case AVXVNNI: SET_TILES(_avxvnni, "_avxvnni") break;
+#endif
+    default: SET_TILES(, "") break;
     }
-#undef SET_TILE
-    k->rows8_name = vnni ? "rows8_avx2_vnni" : "rows8_avx2";
+#undef SET_TILES
 #define SET_EXPAND(suffix, QT)                                                                  \
     k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
     k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";
@@ -1144,8 +1179,6 @@ void lt_fill_avx2(lt_kernels *k) {
 #undef SET_EXPAND
     k->gemm_f32 = gemm_f32_avx2;
     k->gemm_name = "gemm_f32_avx2";
-    k->gemm_q8 = vnni ? gemm_q8_vnni : gemm_q8;
-    k->gemm_q8_name = vnni ? "gemm_q8_avx2_vnni" : "gemm_q8_avx2";
     k->expand_q8[LT_Q4_K] = k->expand_q8[LT_Q5_K] = k->expand_q8[LT_Q6_K] = expand_q8_avx2;
     static const lt_span_fn spans[LT_ATTN_DIMS][LT_ATTN_HEADS] = {
         {attn_span_8_1, attn_span_8_2, attn_span_8_3, attn_span_8_4},
@@ -1178,16 +1211,23 @@ void lt_fill_avx2(lt_kernels *k) {
  * Lake), so odd pairs go to a second chain t, added at the group's end: in cache on Ice Lake
  * 1.11-1.16x the plain (bench/rows_vs_ggml.py --m 8: Q4_1, Q6_K, Q4_K), Phi-3's 8-sequence pass
  * about 1.07x (bench/native_ab.py, as noisy as that). */
+#if R8_VNNI == 2 && !defined(LT_AVXVNNI_ON_AVX512)
+#define R8_DPWSSD _mm256_dpwssd_avx_epi32
+#define R8_DPBUSD _mm256_dpbusd_avx_epi32
+#else
+#define R8_DPWSSD _mm256_dpwssd_epi32
+#define R8_DPBUSD _mm256_dpbusd_epi32
+#endif
 #if R8_VNNI
 #if defined(__GNUC__) || defined(__clang__)
-#define R8_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any of the 32 vector registers */
+#define R8_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any vector register the variant has */
 #else
 #define R8_KEEP(v) ((void)0)
 #endif
 #define R8_DOT(s, t, odd, xv, w)                                                                   \
     do {                                                                                           \
-        if (odd) { t = _mm256_dpwssd_epi32(t, xv, _mm256_set1_epi32(w)); R8_KEEP(t); }              \
-        else { s = _mm256_dpwssd_epi32(s, xv, _mm256_set1_epi32(w)); R8_KEEP(s); }                  \
+        if (odd) { t = R8_DPWSSD(t, xv, _mm256_set1_epi32(w)); R8_KEEP(t); }                         \
+        else { s = R8_DPWSSD(s, xv, _mm256_set1_epi32(w)); R8_KEEP(s); }                             \
     } while (0)
 #else
 #define R8_DOT(s, t, odd, xv, w)                                                                   \
@@ -1321,7 +1361,7 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
                 UNROLL
                 for (int r = 0; r < NW; r++) {
 #if R8_VNNI
-                    t[r][b] = _mm256_dpbusd_epi32(q % run ? t[r][b] : _mm256_setzero_si256(), wv[r], xv);
+                    t[r][b] = R8_DPBUSD(q % run ? t[r][b] : _mm256_setzero_si256(), wv[r], xv);
 #else
                     const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
                     t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : p;
@@ -1404,5 +1444,7 @@ R8_ATTR static void R8_NAME(gemm_q8)(const uint8_t *w, int nw, const uint8_t *x,
 
 #undef R8_DOT
 #undef R8_KEEP
+#undef R8_DPWSSD
+#undef R8_DPBUSD
 
 #endif /* LT_AVX2_ROWS8 */
