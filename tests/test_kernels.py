@@ -518,6 +518,30 @@ def test_a_kernel_that_fails_its_self_check_is_not_used(qtype, monkeypatch):
     torch.testing.assert_close(layer(x), x @ dequantize(t.raw, qtype, t.shape).T)
 
 
+class _PromptRowsShifted(native.GGUFKernel):
+    """A kernel right on decode steps and 15-bit prompt chunks whose 8-bit prompt rows read the
+    wrong row of x (what a packing bug in that tile would give)."""
+
+    def __call__(self, x, prompt=False):
+        return super().__call__(x.roll(1, dims=0) if prompt else x, prompt=prompt)
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K], ids=lambda t: t.name)
+def test_the_self_check_covers_the_8_bit_prompt_rows(qtype, monkeypatch):
+    """Where the level reads a type's prompt rows on x rounded to int8 (the K-quants at avx2: what
+    generation's prompts take), the self-check runs that route too, with the rounding's worst case
+    in its bound: the real tile passes, and one that misreads x there is turned away by name."""
+    if qtype not in native.prompt_int8_types():
+        pytest.skip(f"the {native.isa()} level reads no prompt rows of {qtype.name} on 8-bit x (avx2 does)")
+    t = tensors_of(qtype)[0]
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    assert kernels.self_check(native.GGUFKernel(t.raw, qtype, *t.shape), t.raw, qtype, *t.shape, t.name) is None
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    why = kernels.self_check(_PromptRowsShifted(t.raw, qtype, *t.shape), t.raw, qtype, *t.shape, t.name)
+    assert why is not None and "prompt rows on 8-bit x" in why, why
+
+
 @needs_native
 def test_non_finite_weights_in_the_file_are_a_clean_error(monkeypatch):
     """A file whose own weights are inf/NaN is refused at load, naming the tensor: no fallback,

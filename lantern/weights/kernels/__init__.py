@@ -93,15 +93,23 @@ def self_check(kernel, raw: torch.Tensor, qtype: QT, rows: int, cols: int, name:
         raise ModelFileError(f"{name}: the file's {qtype.name} weights hold non-finite values (inf or NaN); "
                              "the file is corrupt: download it again")
     probe = kernel.for_tile(tile, r, c)
-    # One draw of x serves both paths: its first row alone (a decode step, the row kernels) and
-    # all of it (a prompt chunk: more than GGUF_MAX_M or GEMV_MAX_M rows).
+    # One draw of x serves every path: its first row alone (a decode step, the row kernels) and
+    # all of it (a prompt chunk: more than GGUF_MAX_M or GEMV_MAX_M rows), and where the level
+    # reads prompt rows of this type on x rounded to int8 per 32 (native.prompt_int8_types), all
+    # of it that way, with that rounding's worst case added to the bound: half of x's step per
+    # group (max|x| / 127) times |w|.
     x = torch.randn(max(native.GGUF_MAX_M, gpu.GEMV_MAX_M) + 4, c, generator=torch.Generator().manual_seed(0))
     exact = x @ w.T  # float32: its own error (~1e-7 relative) is far below the tolerance
     bound = CHECK_TOLERANCE * (x.abs() @ w.abs().T) + 1e-30
+    paths = [(1, "single-token", None), (x.shape[0], "prompt-chunk", None)]
+    if isinstance(probe, native.GGUFKernel) and qtype in native.prompt_int8_types():
+        step = x.abs().reshape(x.shape[0], -1, 32).amax(-1, keepdim=True).expand(-1, -1, 32).reshape(x.shape) / 127
+        paths.append((x.shape[0], "prompt rows on 8-bit x", bound + 0.5 * (step @ w.abs().T)))
     verdict = None
-    for m, path in ((1, "single-token"), (x.shape[0], "prompt-chunk")):
-        y = probe(x[:m].to(probe.device)).cpu()
-        worst = float(((y - exact[:m]).abs() / bound[:m]).max()) if torch.isfinite(y).all() else float("inf")
+    for m, path, int8_bound in paths:
+        y = (probe(x[:m], prompt=True) if int8_bound is not None else probe(x[:m].to(probe.device))).cpu()
+        b = (bound if int8_bound is None else int8_bound)[:m]
+        worst = float(((y - exact[:m]).abs() / b).max()) if torch.isfinite(y).all() else float("inf")
         if not worst <= 1.0:
             verdict = (f"{kernel_function(kernel) or kernel.name} ({path}) is off by {worst * CHECK_TOLERANCE:.3g} "
                        f"of sum|x*w| on {qtype.name}, beyond {CHECK_TOLERANCE:.3g}")

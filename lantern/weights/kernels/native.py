@@ -326,12 +326,13 @@ class GGUFKernel:
     def for_tile(self, raw: torch.Tensor, rows: int, cols: int) -> "GGUFKernel":
         return type(self)(raw, self.qtype, rows, cols)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x float32 [M, cols] -> float32 [M, rows]."""
+    def __call__(self, x: torch.Tensor, prompt: bool = False) -> torch.Tensor:
+        """x float32 [M, cols] -> float32 [M, rows]. prompt: x's rows are a prompt being read
+        (`gguf_matmul`'s; the native step's prompt chunks take that route)."""
         m = x.shape[0]
-        route = "in_place" if m <= GGUF_MAX_M else prompt_route()
+        route = "in_place" if m <= GGUF_MAX_M or prompt else prompt_route()
         if route == "in_place":  # decode steps and drafts (and prompt chunks where that is faster)
-            return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols)
+            return gguf_matmul(self.raw, self.qtype, x, self.rows, self.cols, prompt=prompt)
         dtype = torch.bfloat16 if route == "expand_bf16" else torch.float32
         xw = x.to(dtype)
         out = torch.empty(m, self.rows, dtype=torch.float32)
