@@ -178,12 +178,13 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 
 /* Prompt rows at levels with an 8-bit tile (avx2), for the K-quants: x rounded to int8 with a
  * scale per 32 (xd = max|x| / 127), where llama.cpp rounds per 256; the weights as unsigned
- * codes u times integer sub-scales S and a float d per super-block, plus float mins per 16:
- *   y = sum over super-blocks of d * sum_g xd_g * sum_{s in g} S_s * (sum_i u_i q_i)  (exact in int32)
- *       + sum_h mins_h * (xd * sum_i q_i over the weights of sub-block h: 16 for Q6_K, else 32)
- * i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode and verify
- * rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on whether
- * a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs.
+ * codes u times integer sub-scales S and a float d per super-block, plus (Q4_K, Q5_K) float mins:
+ *   y = sum over super-blocks of d * sum_g xd_g * sum_{s in g} S_s * (sum_i u_i q_i + o_s)  (exact in int32)
+ *       + sum_g mins_g * (xd_g * sum_i q_i over group g)                                      (Q4_K, Q5_K)
+ * with o_s = -32 * sum_i q_i over Q6_K's sub-block s (its codes' offset, u = code + 32; 0 for the
+ * others), i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode
+ * and verify rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on
+ * whether a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs.
  *
  * x is packed 8 rows to a record, the rows in the lanes of a vector (as the rows8 tile's), so that
  * one vpmaddubsw (or vpdpbusd) of 4 broadcast codes with a record's 4 bytes of 8 rows makes 32
@@ -192,17 +193,20 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 /* One row's super-block, LT_Q8_WREC bytes: codes u[256], then (byte offsets) */
 #define LT_Q8_W_S 256    /* S int32 [16]: the sub-scale in both int16 halves (vpmaddwd); Q4_K, Q5_K: 8 */
 #define LT_Q8_W_SF 320   /* S float [16] (vpdpbusd's int32 sums times S in float: exact, < 2^24) */
-#define LT_Q8_W_MINS 384 /* mins float: 16 per 16 for Q6_K, else 8 per 32 */
+#define LT_Q8_W_MINS 384 /* mins float [8] per 32 (Q4_K, Q5_K) */
 #define LT_Q8_W_D 448    /* d float */
 #define LT_Q8_WREC 512
 #define LT_Q8_XROWS 8 /* rows of x per record: the lanes of one vector */
 /* One record of LT_Q8_XROWS rows of x over a super-block, LT_Q8_XREC bytes: q int8 [64 quads][8 rows][4]
- * (quad i: elements 4i .. 4i + 3), then (byte offsets) float [..][8 rows]: xd per 32 [8], the sums
- * of xd * q per 16 [16], and per 32 [8] */
+ * (quad i: elements 4i .. 4i + 3), then (byte offsets): xd float [8 groups][8 rows]; the sums of
+ * xd * q per 32, float [8][8 rows]; Q6_K's offsets o_s, int32 [16][8 rows]; and the same per pair of
+ * quads as the lanes of their vpmaddubsw products hold them, int16 [32][8 rows][2] (-32 * the sums of
+ * elements 2k, 2k + 1 of both quads, k = 0, 1). */
 #define LT_Q8_X_D 2048
-#define LT_Q8_X_S16 (LT_Q8_X_D + 8 * 8 * 4)
-#define LT_Q8_X_S32 (LT_Q8_X_S16 + 16 * 8 * 4)
-#define LT_Q8_XREC (LT_Q8_X_S32 + 8 * 8 * 4)
+#define LT_Q8_X_S32 (LT_Q8_X_D + 8 * 8 * 4)
+#define LT_Q8_X_O32 (LT_Q8_X_S32 + 8 * 8 * 4)
+#define LT_Q8_X_O16 (LT_Q8_X_O32 + 16 * 8 * 4)
+#define LT_Q8_XREC (LT_Q8_X_O16 + 32 * 16 * 2)
 #define LT_Q8_NW 2 /* weight records per call at most */
 #define LT_Q8_NX 4 /* x records per call at most */
 typedef void (*lt_expand_q8_fn)(int qtype, const uint8_t *blk, uint8_t *rec); /* one super-block */

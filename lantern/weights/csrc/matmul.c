@@ -325,7 +325,9 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
         for (int64_t kb = 0; kb < nsb; kb++) {
             uint8_t *rec = out + (xb * nsb + kb) * LT_Q8_XREC;
             int8_t *xq = (int8_t *)rec;
-            float *xd = (float *)(rec + LT_Q8_X_D), *xs = (float *)(rec + LT_Q8_X_S16), *xs32 = (float *)(rec + LT_Q8_X_S32);
+            float *xd = (float *)(rec + LT_Q8_X_D), *xs32 = (float *)(rec + LT_Q8_X_S32);
+            int32_t *o32 = (int32_t *)(rec + LT_Q8_X_O32);
+            int16_t *o16 = (int16_t *)(rec + LT_Q8_X_O16);
             for (int j = 0; j < R; j++) {
                 const int64_t m = xb * R + j;
                 for (int g = 0; g < 8; g++) {
@@ -350,9 +352,13 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
                     xd[g * R + j] = d;
                     int32_t sum[2] = {0, 0};
                     for (int i = 0; i < 32; i++) sum[i / 16] += q[i];
-                    xs[(2 * g) * R + j] = d * (float)sum[0];
-                    xs[(2 * g + 1) * R + j] = d * (float)sum[1];
                     xs32[g * R + j] = d * (float)(sum[0] + sum[1]);
+                    o32[(2 * g) * R + j] = -32 * sum[0];
+                    o32[(2 * g + 1) * R + j] = -32 * sum[1];
+                    for (int p = 0; p < 4; p++) /* pairs of quads 4g + 2p, 4g + 2p + 1: elements 8p .. 8p + 7 */
+                        for (int k = 0; k < 2; k++)
+                            o16[((4 * g + p) * R + j) * 2 + k] =
+                                (int16_t)(-32 * (q[8 * p + 2 * k] + q[8 * p + 2 * k + 1] + q[8 * p + 4 + 2 * k] + q[8 * p + 5 + 2 * k]));
                 }
             }
         }

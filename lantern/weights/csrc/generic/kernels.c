@@ -454,9 +454,9 @@ void lt_gemm_f32_generic(const float *w, int64_t ldw, int nw, const float *xp, i
 
 /* ----- prompt rows on 8-bit x (lantern.h LT_Q8_WREC / LT_Q8_XREC) ---------------------------- */
 
-/* One K-quant super-block -> its record: u = codes made unsigned (Q6_K + 32), the integer
- * sub-scales (per 32; Q6_K per 16) as int16 pairs and as floats, mins per sub-block (-(dmin * m)
- * per 32; Q6_K -32 * d * sc per 16: the offset of its codes), d. */
+/* One K-quant super-block -> its record: u = codes made unsigned (Q6_K + 32: its offset is x's
+ * side, lantern.h o_s), the integer sub-scales (per 32; Q6_K per 16) as int16 pairs and as floats,
+ * the mins per 32 (Q4_K, Q5_K: -(dmin * m)), d. */
 void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
     int8_t q[256];
     float scale[16], minv[16];
@@ -471,7 +471,6 @@ void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec) {
             const int16_t sc = (int8_t)blk[192 + h];
             S[h] = (int32_t)((uint32_t)(uint16_t)sc | (uint32_t)(uint16_t)sc << 16);
             Sf[h] = (float)sc;
-            mins[h] = -32.f * scale[h];
         }
     } else { /* Q4_K, Q5_K */
         uint8_t sc[8], mn[8];
@@ -494,8 +493,8 @@ void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstr
     for (int b = 0; b < nx; b++) {
         const uint8_t *xr = x + b * xstride;
         const int8_t *xq = (const int8_t *)xr;
-        const float *xd = (const float *)(xr + LT_Q8_X_D);
-        const float *xs = (const float *)(xr + (six ? LT_Q8_X_S16 : LT_Q8_X_S32));
+        const float *xd = (const float *)(xr + LT_Q8_X_D), *xs = (const float *)(xr + LT_Q8_X_S32);
+        const int32_t *o32 = (const int32_t *)(xr + LT_Q8_X_O32);
         for (int r = 0; r < nw; r++) {
             const uint8_t *u = w + r * LT_Q8_WREC;
             const float *Sf = (const float *)(u + LT_Q8_W_SF), *mins = (const float *)(u + LT_Q8_W_MINS);
@@ -506,7 +505,7 @@ void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstr
                 for (int g = 0; g < 8; g++) {
                     int32_t t = 0;
                     for (int s = 32 * g / sub; s < 32 * (g + 1) / sub; s++) {
-                        int32_t isum = 0;
+                        int32_t isum = six ? o32[8 * s + l] : 0;
                         for (int e = sub * s; e < sub * (s + 1); e++) isum += u[e] * xq[(e / 4 * 8 + l) * 4 + e % 4];
                         t += (int32_t)Sf[s] * isum;
                     }
@@ -514,7 +513,7 @@ void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstr
                 }
                 float *cl = c + b * ldc + 8 * r + l;
                 float v = fma_f32(f, d, *cl);
-                for (int h = 0; h < 256 / sub; h++) v = fma_f32(mins[h], xs[8 * h + l], v);
+                for (int g = 0; !six && g < 8; g++) v = fma_f32(mins[g], xs[8 * g + l], v);
                 *cl = v;
             }
         }

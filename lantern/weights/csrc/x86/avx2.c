@@ -883,7 +883,7 @@ static void gemm_f32_avx2(const float *w, int64_t ldw, int nw, const float *xp, 
 }
 
 /* lt_expand_q8_generic's records, with vectors: the codes as whole bytes, the sub-scales, the
- * mins (bit for bit: the same float32 products). */
+ * mins of Q4_K and Q5_K (bit for bit: the same float32 products). */
 static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
     int32_t *S = (int32_t *)(rec + LT_Q8_W_S);
     float *Sf = (float *)(rec + LT_Q8_W_SF), *mins = (float *)(rec + LT_Q8_W_MINS), d;
@@ -898,10 +898,6 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
                 _mm256_storeu_si256((__m256i *)(rec + 128 * h + 32 * t), _mm256_add_epi8(c[t], k32));
         }
         d = f16_to_f32(blk + 208);
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
-        const __m256 dv = _mm256_set1_ps(d), m32 = _mm256_set1_ps(-32.f);
-        _mm256_storeu_ps(mins, _mm256_mul_ps(m32, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8)))));
-        _mm256_storeu_ps(mins + 8, _mm256_mul_ps(m32, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8))))));
         for (int h = 0; h < 16; h++) {
             const int16_t sc = (int8_t)blk[192 + h];
             S[h] = (int32_t)((uint32_t)(uint16_t)sc | (uint32_t)(uint16_t)sc << 16);
@@ -1346,6 +1342,10 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
         const int run = qtype == LT_Q4_K ? 8 : qtype == LT_Q5_K ? 4 : 2;
 #endif
 #define Q8_SUB(q) (six ? 2 * g + (q) / 4 : g)
+/* Q6_K's code offset, x's side (lantern.h o_s): the start of a sub-block's int32 sum (vnni), or of
+ * a pair of quads' int16 one (plain) */
+#define Q8_O32(b, s) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O32) + (s))
+#define Q8_O16(b, p) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O16) + (p))
         __m256i t[LT_Q8_NW][LT_Q8_NX];
 #if !R8_VNNI
         __m256i u[LT_Q8_NW][LT_Q8_NX];
@@ -1361,10 +1361,10 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
                 UNROLL
                 for (int r = 0; r < NW; r++) {
 #if R8_VNNI
-                    t[r][b] = R8_DPBUSD(q % run ? t[r][b] : _mm256_setzero_si256(), wv[r], xv);
+                    t[r][b] = R8_DPBUSD(q % run ? t[r][b] : six ? Q8_O32(b, Q8_SUB(q)) : _mm256_setzero_si256(), wv[r], xv);
 #else
                     const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
-                    t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : p;
+                    t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : six ? _mm256_add_epi16(Q8_O16(b, 4 * g + q / 2), p) : p;
 #endif
                 }
             }
@@ -1389,6 +1389,8 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
             }
         }
 #undef Q8_SUB
+#undef Q8_O32
+#undef Q8_O16
         UNROLL
         for (int b = 0; b < NX; b++) {
             const __m256 xd = _mm256_load_ps((const float *)(x + b * xstride + LT_Q8_X_D) + 8 * g);
@@ -1403,12 +1405,12 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
         const float *mins = (const float *)(rec + LT_Q8_W_MINS);
         UNROLL
         for (int b = 0; b < NX; b++) {
-            const float *xs = (const float *)(x + b * xstride + (six ? LT_Q8_X_S16 : LT_Q8_X_S32));
+            const float *xs = (const float *)(x + b * xstride + LT_Q8_X_S32);
             float *cl = c + b * ldc + 8 * r;
             __m256 val = _mm256_fmadd_ps(f[r][b], d, _mm256_loadu_ps(cl));
             UNROLL
-            for (int h = 0; h < 16; h++)
-                if (h < 8 || six) val = _mm256_fmadd_ps(_mm256_broadcast_ss(mins + h), _mm256_load_ps(xs + 8 * h), val);
+            for (int h = 0; h < 8; h++)
+                if (!six) val = _mm256_fmadd_ps(_mm256_broadcast_ss(mins + h), _mm256_load_ps(xs + 8 * h), val);
             _mm256_storeu_ps(cl, val);
         }
     }
