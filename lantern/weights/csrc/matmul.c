@@ -307,12 +307,16 @@ static int gemm_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const f
 }
 
 /* ----- prompt rows on 8-bit x (lt_kernels.gemm_q8; lantern.h) ------------------------------------
- * x is rounded once per call into records of LT_Q8_XROWS rows by a super-block. A task takes
- * Q8_ROWS rows of W by Q8_XB records of x; per super-block it expands its rows' blocks (Q8_ROWS
- * records: 12 KB, in L1), then runs each LT_Q8_NX records of x (12 KB) against every pair of them,
- * accumulating into this thread's scratch. */
+ * x is rounded once per call into records of LT_Q8_XROWS rows by a super-block. A task takes up to
+ * Q8_ROWS rows of W by Q8_XB records of x; per super-block it expands its rows' blocks (512 bytes
+ * each), then runs each LT_Q8_NX records of x (16 KB) against every pair of them, accumulating into
+ * this thread's scratch. */
 #ifndef Q8_ROWS
-#define Q8_ROWS 24
+/* weight rows per task at most: each chunk of x (LT_Q8_NX records, 16 KB, in L1) passes this many
+ * rows. Phi-3's Q4_K 3072 x 3072 at M = 256, one thread, vnni tile (bench/native/prompt_q8_matmul.c,
+ * int8 / 15-bit speed): 24 rows 1.33-1.36, 48 1.39, 64 1.49, 96 1.47-1.54, 192 1.47; the plain
+ * tile the same at 24 and 96. Fewer where N gives too few tasks for the threads (q8_matmul). */
+#define Q8_ROWS 96
 #endif
 #ifndef Q8_XB
 #define Q8_XB 32 /* 256 rows of x */
@@ -370,7 +374,7 @@ typedef struct {
     const lt_kernels *k;
     const float *x;    /* [M, K] */
     uint8_t *xp;       /* x's records */
-    int64_t N, M, K, nsb, nxb, B, nrb; /* B: bytes per block (a super-block) */
+    int64_t N, M, K, nsb, nxb, B, rows, nrb; /* B: bytes per block (a super-block); rows: of W per task */
     float *y;
     int64_t ldy;
     int failed;
@@ -383,15 +387,15 @@ static void q8_pack(void *p, int64_t xb0, int64_t xb1) {
 
 static void q8_task(void *p, int64_t t) {
     q8_args *a = (q8_args *)p;
-    const int64_t r0 = t % a->nrb * Q8_ROWS, r1 = r0 + Q8_ROWS < a->N ? r0 + Q8_ROWS : a->N;
+    const int64_t r0 = t % a->nrb * a->rows, r1 = r0 + a->rows < a->N ? r0 + a->rows : a->N;
     const int64_t xb0 = t / a->nrb * Q8_XB, xb1 = xb0 + Q8_XB < a->nxb ? xb0 + Q8_XB : a->nxb;
-    const int64_t nr = r1 - r0, ldc = Q8_ROWS * LT_Q8_XROWS; /* c: [record of x][weight row][row of x] */
-    uint8_t *wrec = (uint8_t *)lt_scratch(LT_SCRATCH_GEMM, (size_t)(Q8_ROWS * LT_Q8_WREC + (xb1 - xb0) * ldc * 4));
+    const int64_t nr = r1 - r0, ldc = a->rows * LT_Q8_XROWS; /* c: [record of x][weight row][row of x] */
+    uint8_t *wrec = (uint8_t *)lt_scratch(LT_SCRATCH_GEMM, (size_t)(a->rows * LT_Q8_WREC + (xb1 - xb0) * ldc * 4));
     if (!wrec) {
         a->failed = 1;
         return;
     }
-    float *c = (float *)(wrec + Q8_ROWS * LT_Q8_WREC);
+    float *c = (float *)(wrec + a->rows * LT_Q8_WREC);
     for (int64_t i = 0; i < (xb1 - xb0) * ldc; i++) c[i] = 0.f;
     const int64_t xstride = a->nsb * LT_Q8_XREC;
     for (int64_t kb = 0; kb < a->nsb; kb++) {
@@ -419,7 +423,9 @@ static int q8_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const flo
     const int64_t nxb = (M + LT_Q8_XROWS - 1) / LT_Q8_XROWS, nsb = K / 256;
     uint8_t *xp = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(nxb * nsb * LT_Q8_XREC));
     if (!xp) return -1;
-    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, B, (N + Q8_ROWS - 1) / Q8_ROWS, y, ldy, 0};
+    int64_t rows = (N + 2 * nthreads - 1) / (2 * nthreads); /* at least 2 tasks per thread along N */
+    rows = rows > Q8_ROWS ? Q8_ROWS : rows < LT_Q8_NW ? LT_Q8_NW : (rows + LT_Q8_NW - 1) / LT_Q8_NW * LT_Q8_NW;
+    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, B, rows, (N + rows - 1) / rows, y, ldy, 0};
     lt_parallel_rows(q8_pack, &a, nxb, nthreads, 1);
     lt_pool_run(q8_task, &a, a.nrb * ((nxb + Q8_XB - 1) / Q8_XB), nthreads);
     return a.failed ? -1 : 0;
