@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
     for (int r = 0; r < LT_Q8_NW; r++) k->expand_q8[LT_Q4_K](LT_Q4_K, w + B * (K / 256) * r, rec + r * LT_Q8_WREC);
     float *x1 = malloc((size_t)(LT_Q8_NX * LT_Q8_XROWS * 256) * 4);
     for (int64_t i = 0; i < LT_Q8_NX * LT_Q8_XROWS * 256; i++) x1[i] = x[i % (M * K)];
-    lt_pack_q8_rows(x1, LT_Q8_NX * LT_Q8_XROWS, 256, 0, LT_Q8_NX, xr);
+    lt_pack_q8_rows(x1, LT_Q8_NX * LT_Q8_XROWS, 256, LT_Q4_K, 0, LT_Q8_NX, xr);
     double best = 0;
     for (int r = 0; r < 5; r++) {
         const double t = now();

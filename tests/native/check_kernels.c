@@ -442,7 +442,7 @@ static void check_prompt_q8(const char *lvl, int qt) {
         float *x = (float *)xmalloc((size_t)(MX * K) * 4), *yref = (float *)xmalloc((size_t)(MX * N) * 4);
         rnd_x(x, MX * K);
         uint8_t *xp = (uint8_t *)xmalloc((size_t)(nxb * nsb * LT_Q8_XREC)), rec[2 * LT_Q8_WREC];
-        lt_pack_q8_rows(x, MX, K, 0, nxb, xp);
+        lt_pack_q8_rows(x, MX, K, qt, 0, nxb, xp);
         for (int64_t n = 0; n < N; n++)
             for (int64_t xb = 0; xb < nxb; xb++) {
                 float c[LT_Q8_XROWS] = {0};

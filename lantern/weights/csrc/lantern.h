@@ -199,9 +199,9 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 #define LT_Q8_XROWS 8 /* rows of x per record: the lanes of one vector */
 /* One record of LT_Q8_XROWS rows of x over a super-block, LT_Q8_XREC bytes: q int8 [64 quads][8 rows][4]
  * (quad i: elements 4i .. 4i + 3), then (byte offsets): xd float [8 groups][8 rows]; the sums of
- * xd * q per 32, float [8][8 rows]; Q6_K's offsets o_s, int32 [16][8 rows]; and the same per pair of
- * quads as the lanes of their vpmaddubsw products hold them, int16 [32][8 rows][2] (-32 * the sums of
- * elements 2k, 2k + 1 of both quads, k = 0, 1). */
+ * xd * q per 32, float [8][8 rows]; for Q6_K only, its offsets o_s, int32 [16][8 rows], and the same
+ * per pair of quads as the lanes of their vpmaddubsw products hold them, int16 [32][8 rows][2] (-32 *
+ * the sums of elements 2k, 2k + 1 of both quads, k = 0, 1). */
 #define LT_Q8_X_D 2048
 #define LT_Q8_X_S32 (LT_Q8_X_D + 8 * 8 * 4)
 #define LT_Q8_X_O32 (LT_Q8_X_S32 + 8 * 8 * 4)
@@ -220,8 +220,9 @@ typedef void (*lt_gemm_q8_fn)(const uint8_t *w, int nw, const uint8_t *x, int64_
 void lt_expand_q8_generic(int qtype, const uint8_t *blk, uint8_t *rec);
 void lt_gemm_q8_generic(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype, float *c,
                         int64_t ldc);
-/* x [M, K] (K a multiple of 256) -> records [ceil(M / LT_Q8_XROWS)][K / 256] (zero rows past M) */
-void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t xb1, uint8_t *out);
+/* x [M, K] (K a multiple of 256) -> records [ceil(M / LT_Q8_XROWS)][K / 256] (zero rows past M), for
+ * weights of `qtype` (Q6_K's offsets only where it is Q6_K) */
+void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int qtype, int64_t xb0, int64_t xb1, uint8_t *out);
 
 /* Attention of HN query heads q[j] (scores times `scale`) over T positions of one KV head
  * (float16 rows of D): writes per head (max score, sum of exp, D unnormalised outputs) to

@@ -322,8 +322,8 @@ static int gemm_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const f
 #define Q8_XB 32 /* 256 rows of x */
 #endif
 
-void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t xb1, uint8_t *out) {
-    const int R = LT_Q8_XROWS;
+void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int qtype, int64_t xb0, int64_t xb1, uint8_t *out) {
+    const int R = LT_Q8_XROWS, six = qtype == LT_Q6_K;
     const int64_t nsb = K / 256;
     for (int64_t xb = xb0; xb < xb1; xb++)
         for (int64_t kb = 0; kb < nsb; kb++) {
@@ -357,6 +357,7 @@ void lt_pack_q8_rows(const float *x, int64_t M, int64_t K, int64_t xb0, int64_t 
                     int32_t sum[2] = {0, 0};
                     for (int i = 0; i < 32; i++) sum[i / 16] += q[i];
                     xs32[g * R + j] = d * (float)(sum[0] + sum[1]);
+                    if (!six) continue;
                     o32[(2 * g) * R + j] = -32 * sum[0];
                     o32[(2 * g + 1) * R + j] = -32 * sum[1];
                     for (int p = 0; p < 4; p++) /* pairs of quads 4g + 2p, 4g + 2p + 1: elements 8p .. 8p + 7 */
@@ -382,7 +383,7 @@ typedef struct {
 
 static void q8_pack(void *p, int64_t xb0, int64_t xb1) {
     const q8_args *a = (const q8_args *)p;
-    lt_pack_q8_rows(a->x, a->M, a->K, xb0, xb1, a->xp);
+    lt_pack_q8_rows(a->x, a->M, a->K, a->qtype, xb0, xb1, a->xp);
 }
 
 static void q8_task(void *p, int64_t t) {
