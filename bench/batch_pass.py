@@ -35,7 +35,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def pass_seconds(model, caches, tokens: int, steps: int) -> float:
+def pass_seconds(model, caches, tokens: int, steps: int, exact: bool = False) -> float:
     """Median seconds of one pass over len(caches) sequences, each fed one token per pass, under
     `decode_threads()` as the engine runs them: without it torch's idle OpenMP workers spin on
     the cores lantern's pool needs, and a one-token step measured 1.3x slower (8 tokens 1.0x)."""
@@ -43,7 +43,7 @@ def pass_seconds(model, caches, tokens: int, steps: int) -> float:
     for _ in range(steps):
         started = time.perf_counter()
         with model.decode_threads():
-            model.forward_batch([([tokens], cache) for cache in caches])
+            model.forward_batch([([tokens], cache) for cache in caches], exact=exact)
         times.append(time.perf_counter() - started)
         for cache in caches:
             cache.truncate(cache.length - 1)
@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=9, help="passes per measurement")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--levels", default=None, help="comma-separated (default: every level the CPU runs)")
+    parser.add_argument("--exact", action="store_true",
+                        help="decode tokens on 15 bits at any batch size (forward_batch's exact; default: "
+                             "8-bit x from native.BATCH_INT8_SEQUENCES sequences, where the level has the tile)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     levels = args.levels.split(",") if args.levels else native.supported_isas()
@@ -71,7 +74,7 @@ def main() -> None:
         for level in levels:
             native.set_isa(level)
             for b in batches:
-                results.setdefault((level, b), []).append(pass_seconds(model, caches[:b], 42, args.steps))
+                results.setdefault((level, b), []).append(pass_seconds(model, caches[:b], 42, args.steps, args.exact))
     print(f"{Path(model.file.path).name} on {cpu_name()}; context {args.context} tokens per sequence; "
           f"median of {args.reps} x {args.steps} passes")
     print(f"{'level':<10}{'B':>4}{'pass ms':>10}{'x one step':>12}{'tokens/s':>10}{'B / cost':>10}")

@@ -11,9 +11,11 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def assert_same_greedy_output(model, prompt_ids, plain, other):
+def assert_same_greedy_output(model, prompt_ids, plain, other, batched_logits=None):
     """Identical, or the first difference is a near-tie: the plain run's top two logits there are
-    closer than one-token decoding and a batched pass differ on those logits."""
+    closer than one-token decoding and a batched pass differ on those logits. batched_logits:
+    the last token's logits after a context as `other`'s passes form them (default: the whole
+    context in one pass, `Model.logits`)."""
     i = first_divergence(plain, other)
     if i is None:
         return
@@ -21,7 +23,7 @@ def assert_same_greedy_output(model, prompt_ids, plain, other):
     cache = model.new_cache()
     model.forward(context[:-1], cache)
     single = model.forward(context[-1:], cache)[0]
-    batched = model.logits(context)[-1]
+    batched = batched_logits(context) if batched_logits else model.logits(context)[-1]
     top2 = single.topk(2).values
     noise = float((single - batched).abs().max())
     assert float(top2[0] - top2[1]) <= 2 * noise, (

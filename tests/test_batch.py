@@ -1,6 +1,7 @@
 """The batch engine: many sequences in one pass, each output as if it ran alone.
 
-Real model (SmolLM2-135M-Instruct Q4_1), real prompts. Budget: about 1 minute on 2 cores.
+Real model (SmolLM2-135M-Instruct Q4_1), real prompts; a synthetic Q4_K_M llama for the 8-bit
+route of batched decode tokens (avx2). Budget: about 1 minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -99,6 +100,78 @@ def test_eight_sequences_in_a_batch_match_their_outputs_alone(model, prompts):
     for ids, out in zip(prompts, outputs):
         assert len(out) == TOKENS
         assert_same_greedy_output(model, ids, alone(model, ids), out)
+
+
+@pytest.fixture(scope="module")
+def k_quant_model():
+    """A synthetic Q4_K_M llama at the avx2 level, where the K-quants have the 8-bit tile (the
+    level is set before loading, and restored after)."""
+    from lantern.testing.synthetic import Spec, cached_model
+    from lantern.weights.kernels import native
+
+    if "avx2" not in native.supported_isas():
+        pytest.skip(f"the 8-bit route is the avx2 level's; this CPU runs {native.supported_isas()}")
+    before = native.isa()
+    native.set_isa("avx2")
+    try:
+        yield lantern.load(cached_model(Spec(arch="llama", n_heads=4, n_kv_heads=2, vocab_size=1024), "Q4_K_M"))
+    finally:
+        native.set_isa(before)
+
+
+def decode_pass(model, contexts, exact=False):
+    """The logits of each context's last token, fed as one batched pass after the rest."""
+    caches = [model.new_cache() for _ in contexts]
+    for ids, cache in zip(contexts, caches):
+        model.forward(ids[:-1], cache, prompt=True)
+    return [row[0] for row in model.forward_batch([(ids[-1:], cache) for ids, cache in zip(contexts, caches)], exact=exact)]
+
+
+def test_from_five_decoding_sequences_k_quant_tokens_take_8_bit_x_whatever_shares_the_pass(k_quant_model):
+    from lantern.weights.kernels import native
+
+    model = k_quant_model
+    contexts = [[(11 * i + 7 * j) % 1000 + 3 for j in range(20 + i)] for i in range(8)]
+    cache = model.new_cache()
+    model.forward(contexts[0][:-1], cache, prompt=True)
+    alone = model.forward(contexts[0][-1:], cache)[0]
+    n = native.BATCH_INT8_SEQUENCES
+    below, five, eight = (decode_pass(model, contexts[:k])[0] for k in (n - 1, n, 8))
+    exact = decode_pass(model, contexts, exact=True)[0]
+    # 15 bits (below 5 sequences, or asked to be exact) differ from alone in float32 summation
+    # order only, which this random model's layers amplify to about 5e-4 std (Ice Lake)
+    summation = 2e-3 * float(alone.std())
+    for logits in (below, exact):
+        assert float((logits - alone).abs().max()) <= summation
+    # from 5 sequences, 8-bit x: off by int8 rounding (about 4% of a std here), and the same bits
+    # whatever else shares the pass
+    assert float((five - alone).abs().max()) > 5 * summation
+    assert torch.equal(five, eight)
+
+
+def test_eight_k_quant_sequences_on_8_bit_x_match_their_outputs_alone_up_to_near_ties(k_quant_model):
+    model = k_quant_model
+    prompts = [[(13 * i + 5 * j) % 1000 + 3 for j in range(12 + 3 * i)] for i in range(8)]
+    passes = []
+    with BatchEngine(model, parallel=8, on_step=passes.append) as engine:
+        handles = [engine.submit(ids, SamplerSettings(temperature=0), max_tokens=16, ignore_eos=True)
+                   for ids in prompts]
+        outputs = [list(h.tokens()) for h in handles]
+    assert max(p.sequences for p in passes) == 8
+
+    def on_8_bit_x(context):
+        return decode_pass(model, [context] * 8)[0]
+
+    singles = [alone(model, ids, 16) for ids in prompts]
+    for ids, single, out in zip(prompts, singles, outputs):
+        assert_same_greedy_output(model, ids, single, out, batched_logits=on_8_bit_x)
+    # exact batches: 15 bits throughout, the rule's plain noise (the whole context in one pass)
+    with BatchEngine(model, parallel=8, exact_batches=True) as engine:
+        handles = [engine.submit(ids, SamplerSettings(temperature=0), max_tokens=16, ignore_eos=True)
+                   for ids in prompts]
+        outputs = [list(h.tokens()) for h in handles]
+    for ids, single, out in zip(prompts, singles, outputs):
+        assert_same_greedy_output(model, ids, single, out)
 
 
 def test_a_request_reuses_the_prefix_another_left_in_its_slot(model, prompts):

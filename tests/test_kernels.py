@@ -162,9 +162,10 @@ DECODE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     """A prompt chunk read as generation reads prompts (the level's prompt route: at avx2 the
-    K-quants on x rounded to int8 per 32), a small batch and one-token decode steps (the native
-    step on the in-place kernels of the level in use) all stay at least as close to the exact
-    math as llama.cpp is."""
+    K-quants on x rounded to int8 per 32), a small batch, one-token decode steps (the native
+    step on the in-place kernels of the level in use) and decode steps in batched passes of
+    native.BATCH_INT8_SEQUENCES sequences (at avx2 the K-quants' 8-bit route again) all stay at
+    least as close to the exact math as llama.cpp is."""
     from lantern.testing.oracle import fidelity, llama_cpp_logits
     from lantern.testing.synthetic import cached_reference
 
@@ -181,7 +182,11 @@ def test_fast_path_decode_is_as_faithful_as_llama_cpp(arch, qtype):
     cache = model.new_cache()
     ours = [model.forward(ids[:140], cache, prompt=True)]  # a prompt chunk of 140, as generation reads it
     ours.append(model.forward(ids[140:148], cache))  # a small batch (the row kernels)
-    ours += [model.forward([t], cache) for t in ids[148:]]  # decode steps
+    ours += [model.forward([t], cache) for t in ids[148:154]]  # decode steps
+    others = [model.new_cache() for _ in range(native.BATCH_INT8_SEQUENCES - 1)]
+    for j, t in enumerate(ids[154:]):  # decode steps in batched passes, beside sequences of their own
+        batch = [([t], cache)] + [([ids[j + k]], other) for k, other in enumerate(others)]
+        ours.append(model.forward_batch(batch)[0])
     ours = fidelity(torch.cat(ours).numpy(), reference)
     print(f"{arch} {qtype}: lantern fast {ours} | llama.cpp {theirs}")
     assert ours.distance <= max(1.1 * theirs.distance, 0.02), (ours, theirs)

@@ -516,7 +516,7 @@ def test_queue_full_is_503_with_retry_after_and_timeouts(model, engine, http):
 def test_cli_serve_and_sigterm(smollm2_path):
     env = {**os.environ, "LANTERN_API_KEY": "cli-key"}
     proc = subprocess.Popen([sys.executable, "-m", "lantern", "serve", "-m", str(smollm2_path), "--host", "0.0.0.0",
-                             "--port", "0", "--parallel", "2", "--grace", "1", "--threads", "1"],
+                             "--port", "0", "--parallel", "2", "--grace", "1", "--threads", "1", "--exact-batches"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     lines = []
     try:
@@ -546,6 +546,7 @@ def test_cli_serve_and_sigterm(smollm2_path):
         assert proc.wait(timeout=30) == 0
         err = "".join(lines) + proc.stderr.read()
         assert "SIGTERM: stopping" in err and "lantern: stopped" in err
+        assert "2 parallel (exact batches)" in err
         assert '"GET /health" 200' in err and "Traceback" not in err
     finally:
         if proc.poll() is None:

@@ -65,6 +65,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="the KV budget in tokens shared by all sequences; a request reserves its prompt + "
                              "max_tokens and waits until that fits; a request may hold at most "
                              "min(model context, TOKENS) (default: N x min(model context, 4096))")
+    parser.add_argument("--exact-batches", action="store_true",
+                        help="keep decode tokens on 15-bit activations however many share a pass: each output "
+                             "the same as alone but for last-bit near-ties; by default, from 5 sequences at once "
+                             "their K-quant products take 8-bit activations, as prompts do (faster; docs/FIDELITY.md)")
     parser.add_argument("--queue-size", type=non_negative_int, default=DEFAULT_QUEUE, metavar="N",
                         help=f"requests that may wait for a slot; more get 503 with Retry-After "
                              f"(default: {DEFAULT_QUEUE})")
@@ -157,13 +161,14 @@ def run(args: argparse.Namespace) -> int:
 
             started = time.perf_counter()
             model = lantern.load(args.model, device=args.device)
-            engine = BatchEngine(model, parallel=args.parallel, ctx_size=args.ctx_size, queue_size=args.queue_size)
+            engine = BatchEngine(model, parallel=args.parallel, ctx_size=args.ctx_size, queue_size=args.queue_size,
+                                 exact_batches=args.exact_batches)
             state["engine"] = engine
             attach(app, model, engine, name=args.model, names=args.alias)
             info = app.state.service.info
             note(f"ready: {info.name} ({model.arch}, {time.perf_counter() - started:.1f} s to load); "
-                 f"{args.parallel} parallel, KV budget {engine.ctx_size} tokens, at most {engine.request_limit} per "
-                 f"request; names: {', '.join(info.names)}")
+                 f"{args.parallel} parallel{' (exact batches)' if args.exact_batches else ''}, KV budget "
+                 f"{engine.ctx_size} tokens, at most {engine.request_limit} per request; names: {', '.join(info.names)}")
         except LanternError as exc:
             message = " ".join(str(exc).split())
             fail(app, message)

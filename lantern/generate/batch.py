@@ -134,17 +134,21 @@ class BatchEngine:
     shared by them (default `parallel` x min(model context, 4096)). queue_size: requests that
     may wait. step_tokens: tokens per pass at most (decode tokens plus a prompt chunk), where the
     model runs passes natively; a prompt read with nothing decoding takes whole prefill chunks.
+    exact_batches: decode tokens keep 15-bit x however many share a pass (`Model.forward_batch`'s
+    exact): outputs the same as alone but for last-bit near-ties, at the 15-bit route's speed.
     on_step(StepStats): called from the engine thread after every pass (metrics).
     """
 
     def __init__(self, model, parallel: int = 4, ctx_size: int | None = None, queue_size: int = 64,
-                 step_tokens: int | None = None, on_step: Callable[[StepStats], None] | None = None):
+                 step_tokens: int | None = None, on_step: Callable[[StepStats], None] | None = None,
+                 exact_batches: bool = False):
         if parallel < 1:
             raise LanternError(f"parallel must be at least 1, got {parallel}")
         if queue_size < 0:
             raise LanternError(f"the queue size must be 0 or more, got {queue_size}")
         self.model = model
         self.parallel = parallel
+        self.exact_batches = exact_batches
         self.ctx_size = int(ctx_size) if ctx_size else parallel * min(model.context_length, 4096)
         if self.ctx_size < 2:
             raise LanternError(f"ctx-size must be at least 2 tokens, got {self.ctx_size}")
@@ -320,7 +324,7 @@ class BatchEngine:
         try:
             with self.model.decode_threads():
                 logits = self.model.forward_batch([(tokens, slot.cache) for slot, tokens in batch],
-                                                  [slot.seq.prefilling for slot, _ in batch])
+                                                  [slot.seq.prefilling for slot, _ in batch], exact=self.exact_batches)
                 tokens = [slot.seq.advance(row) for (slot, _), row in zip(batch, logits)]
         except Exception as exc:  # noqa: BLE001  (the pass failed: its requests get the error, the engine lives)
             for slot, _ in batch:

@@ -56,7 +56,7 @@ def _norm(norm, size: int) -> int | None:
 
 
 class _Segment(ctypes.Structure):
-    _fields_ = [("n_tokens", i64), ("start", i64), ("capacity", i64), ("n_logits", i64), ("prompt", i64), ("keys", ptr),
+    _fields_ = [("n_tokens", i64), ("start", i64), ("capacity", i64), ("n_logits", i64), ("int8", i64), ("keys", ptr),
                 ("values", ptr)]
 
 
@@ -210,13 +210,14 @@ class NativeStep:
     def run_segments(self, x: torch.Tensor, segments, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """One pass over several sequences: x float32 [M, dim] (overwritten) holds their embedded
         tokens one sequence after another; `segments` are (cache, start, n_tokens, n_logits,
-        prompt) in the same order, each cache float16 and reserved, prompt segments (see
-        `__call__`) after all others; cos/sin the rotary tables of every row's position. The
+        int8) in the same order, each cache float16 and reserved; int8: the tokens' weight
+        products may take 8-bit x (a prompt being read, as `__call__`'s prompt; or a batched
+        pass's decode tokens: `Model.forward_batch`), such segments after all others; cos/sin the rotary tables of every row's position. The
         logits wanted, [sum of n_logits, vocab], in segment order."""
         described = (_Segment * len(segments))()
-        for i, (cache, start, n, n_logits, prompt) in enumerate(segments):
+        for i, (cache, start, n, n_logits, int8) in enumerate(segments):
             keys, values = self._cache_pointers(cache)
-            described[i] = _Segment(n, start, cache.capacity, n_logits, int(prompt), ctypes.cast(keys, ptr),
+            described[i] = _Segment(n, start, cache.capacity, n_logits, int(int8), ctypes.cast(keys, ptr),
                                     ctypes.cast(values, ptr))
         logits = torch.empty(sum(s[3] for s in segments), self.vocab_size)
         tables = [(cos, sin)] + self._local_tables([(start, n) for _, start, n, _, _ in segments])

@@ -15,8 +15,9 @@
  *               micro-kernel (gemm_f32), M > 12 bit-exact against lt_gemm_f32_generic over the
  *               generic expansion (float32 x, one fused multiply-add chain per output)
  *   prompt_q8   at levels with an 8-bit prompt tile (gemm_q8), each type it takes through
- *               lt_gguf_matmul (all rows prompt rows, and a mix after exact ones), 2 threads, an
- *               odd N over several tasks: bit-exact against lt_gemm_q8_generic over
+ *               lt_gguf_matmul (all rows 8-bit rows, and a mix after exact ones), 2 threads,
+ *               three N over several tasks (the decode-sized route's 4 weight rows and each
+ *               remainder), M from 1: bit-exact against lt_gemm_q8_generic over
  *               lt_expand_q8_generic and lt_pack_q8_rows (the same integer sums, float ops in the
  *               same order per output)
  *   expand      expand_f32 / expand_bf16 bit-exact for all 12 expandable types
@@ -430,12 +431,14 @@ static void check_rows(const char *lvl, const lt_kernels *k, int qt) {
 static void check_prompt_q8(const char *lvl, int qt) {
     static const int64_t Ks[] = {256, 768, 3072};
     static const int64_t Ms[] = {1, 5, 7, 8, 9, 13, 24, 33, 64, 100}; /* records of 8 rows: 1-13, tiles of 1-4 */
-    const int64_t N = 53, MX = 100, R = LT_Q8_XROWS;
+    /* N: decode-sized calls (M <= 8) split tasks of 16 rows into LT_Q8_NW1 = 4 and 1, 3 or 2 */
+    static const int64_t Ns[] = {53, 55, 58};
+    const int64_t MX = 100, R = LT_Q8_XROWS;
     double worst = 0.0;
     int ok = 1;
     char detail[200] = "";
-    for (int ki = 0; ki < 3; ki++) {
-        const int64_t K = Ks[ki], nsb = K / 256, nxb = (MX + R - 1) / R;
+    for (int ci = 0; ci < 9; ci++) {
+        const int64_t K = Ks[ci % 3], N = Ns[ci / 3], nsb = K / 256, nxb = (MX + R - 1) / R;
         seed(5000 + (uint64_t)qt * 31 + (uint64_t)K);
         int64_t rowbytes = 0;
         uint8_t *w = rnd_rows(qt, N, K, &rowbytes);
@@ -462,8 +465,8 @@ static void check_prompt_q8(const char *lvl, int qt) {
                 const double ee = e == e ? e : INFINITY;
                 if (ee > worst) worst = ee;
                 if (!(ee == 0.0)) {
-                    if (ok) snprintf(detail, sizeof detail, "rc=%d M=%lld K=%lld i=%lld: %.9g vs %.9g", rc, (long long)M,
-                                     (long long)K, (long long)i, y[i], yref[i]);
+                    if (ok) snprintf(detail, sizeof detail, "rc=%d M=%lld N=%lld K=%lld i=%lld: %.9g vs %.9g", rc, (long long)M,
+                                     (long long)N, (long long)K, (long long)i, y[i], yref[i]);
                     ok = 0;
                 }
             }

@@ -176,15 +176,18 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 #define LT_GEMM_NW 6  /* weight rows per call: 6 x 2 accumulators of 8 floats, 15 of AVX2's 16 registers */
 #define LT_GEMM_MB 16 /* rows of x per call */
 
-/* Prompt rows at levels with an 8-bit tile (avx2), for the K-quants: x rounded to int8 with a
+/* 8-bit rows at levels with an 8-bit tile (avx2), for the K-quants (prompt rows; a batched pass's
+ * decode rows, where Model.forward_batch asks): x rounded to int8 with a
  * scale per 32 (xd = max|x| / 127), where llama.cpp rounds per 256; the weights as unsigned
  * codes u times integer sub-scales S and a float d per super-block, plus (Q4_K, Q5_K) float mins:
  *   y = sum over super-blocks of d * sum_g xd_g * sum_{s in g} S_s * (sum_i u_i q_i + o_s)  (exact in int32)
  *       + sum_g mins_g * (xd_g * sum_i q_i over group g)                                      (Q4_K, Q5_K)
  * with o_s = -32 * sum_i q_i over Q6_K's sub-block s (its codes' offset, u = code + 32; 0 for the
- * others), i.e. exactly the rounded x against lantern's dequantized weights, in float32. Decode
- * and verify rows never take it (lt_gguf_matmul's m_exact): a request's output must not depend on
- * whether a prompt rode in its pass. docs/FIDELITY.md has what the rounding costs.
+ * others), i.e. exactly the rounded x against lantern's dequantized weights, in float32. A row's
+ * result depends on that row alone (its own rounding; each lane's sums in a fixed order, whatever
+ * M, the record or the tile shape), so a request's output does not depend on what shares its
+ * pass once its rows take this route; which rows do is the caller's (lt_gguf_matmul's m_exact).
+ * docs/FIDELITY.md has what the rounding costs.
  *
  * x is packed 8 rows to a record, the rows in the lanes of a vector (as the rows8 tile's), so that
  * one vpmaddubsw (or vpdpbusd) of 4 broadcast codes with a record's 4 bytes of 8 rows makes 32
@@ -207,10 +210,11 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 #define LT_Q8_X_O32 (LT_Q8_X_S32 + 8 * 8 * 4)
 #define LT_Q8_X_O16 (LT_Q8_X_O32 + 16 * 8 * 4)
 #define LT_Q8_XREC (LT_Q8_X_O16 + 32 * 16 * 2)
-#define LT_Q8_NW 2 /* weight records per call at most */
-#define LT_Q8_NX 4 /* x records per call at most */
+#define LT_Q8_NW 2  /* weight records per call at most */
+#define LT_Q8_NW1 4 /* ... where nx is 1 (decode passes: lt_gguf_matmul's rows on 8-bit x, up to 8) */
+#define LT_Q8_NX 4  /* x records per call at most */
 typedef void (*lt_expand_q8_fn)(int qtype, const uint8_t *blk, uint8_t *rec); /* one super-block */
-/* c[b * ldc + 8 r + l] += weight record r (r < nw <= LT_Q8_NW, LT_Q8_WREC bytes apart) . row l of
+/* c[b * ldc + 8 r + l] += weight record r (r < nw <= LT_Q8_NW, or LT_Q8_NW1 where nx = 1; LT_Q8_WREC bytes apart) . row l of
  * x record b (b < nx <= LT_Q8_NX, xstride bytes apart). Per output, in this order: f = 0, per group
  * of 32 f = fma(float(sum_{s in g} S_s isum_s), xd_g, f) (the int32 sum exact, one rounding), then
  * c = fma(f, d, c), then c = fma(mins_h, xs_h, c) per sub-block h: the generic and every level's
@@ -307,7 +311,7 @@ void lt_pool_run(task_fn fn, void *args, int64_t ntasks, int nthreads);
 void lt_parallel_rows(void (*fn)(void *, int64_t, int64_t), void *args, int64_t N, int nthreads, int64_t align);
 
 /* y[m, r] (rows of y `ldy` floats apart) = x[m] . W[r] for the GGUF blocks w of type `qtype`
- * ([N, K] weights), m < M; rows m >= m_exact are prompt rows (8-bit x where the level has it). Returns 0, or -1 for a type not multiplied in place, K not a
+ * ([N, K] weights), m < M; rows m >= m_exact are 8-bit rows (8-bit x where the level has it; above). Returns 0, or -1 for a type not multiplied in place, K not a
  * multiple of the block, or no memory. */
 int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy, int64_t N, int64_t K,
                    int64_t M, int64_t m_exact, int nthreads);

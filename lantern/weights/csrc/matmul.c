@@ -306,7 +306,7 @@ static int gemm_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const f
     return a.failed ? -1 : 0;
 }
 
-/* ----- prompt rows on 8-bit x (lt_kernels.gemm_q8; lantern.h) ------------------------------------
+/* ----- rows on 8-bit x (lt_kernels.gemm_q8; lantern.h): prompts, batched decode rows ---------------
  * x is rounded once per call into records of LT_Q8_XROWS rows by a super-block. A task takes up to
  * Q8_ROWS rows of W by Q8_XB records of x; per super-block it expands its rows' blocks (512 bytes
  * each), then runs each LT_Q8_NX records of x (16 KB) against every pair of them, accumulating into
@@ -379,6 +379,7 @@ typedef struct {
     float *y;
     int64_t ldy;
     int failed;
+    int64_t ahead; /* decode-sized x: bytes ahead that a task fetches W */
 } q8_args;
 
 static void q8_pack(void *p, int64_t xb0, int64_t xb1) {
@@ -419,14 +420,47 @@ static void q8_task(void *p, int64_t t) {
         }
 }
 
+/* Up to 8 rows (one record of x per super-block): each LT_Q8_NW1 weight rows stream along their
+ * length, a super-block at a time expanded and multiplied at once (in L1), fetched ahead as the
+ * row kernels' tasks fetch them. */
+static void q8_rows_task(void *p, int64_t t) {
+    q8_args *a = (q8_args *)p;
+    const int64_t r0 = t * a->rows, r1 = r0 + a->rows < a->N ? r0 + a->rows : a->N, ahead = a->ahead;
+    LT_ALIGN(64) uint8_t wrec[LT_Q8_NW1 * LT_Q8_WREC];
+    LT_ALIGN(64) float c[LT_Q8_NW1 * LT_Q8_XROWS];
+    for (int64_t r = r0; r < r1; r += LT_Q8_NW1) {
+        const int nw = r1 - r < LT_Q8_NW1 ? (int)(r1 - r) : LT_Q8_NW1;
+        for (int i = 0; i < nw * LT_Q8_XROWS; i++) c[i] = 0.f;
+        for (int64_t kb = 0; kb < a->nsb; kb++) {
+            for (int i = 0; i < nw; i++) {
+                const uint8_t *blk = a->w + ((r + i) * a->nsb + kb) * a->B;
+                for (int64_t o = 0; o < a->B; o += 64) LT_PREFETCH(blk + ahead + o);
+                a->k->expand_q8[a->qtype](a->qtype, blk, wrec + i * LT_Q8_WREC);
+            }
+            a->k->gemm_q8(wrec, nw, a->xp + kb * LT_Q8_XREC, LT_Q8_XREC, 1, a->qtype, c, LT_Q8_XROWS);
+        }
+        for (int j = 0; j < LT_Q8_XROWS && j < a->M; j++)
+            for (int i = 0; i < nw; i++) a->y[j * a->ldy + r + i] = c[8 * i + j];
+    }
+}
+
 static int q8_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const float *x, float *y, int64_t ldy,
                      int64_t N, int64_t K, int64_t M, int64_t B, int nthreads) {
     const int64_t nxb = (M + LT_Q8_XROWS - 1) / LT_Q8_XROWS, nsb = K / 256;
     uint8_t *xp = (uint8_t *)lt_scratch(LT_SCRATCH_X, (size_t)(nxb * nsb * LT_Q8_XREC));
     if (!xp) return -1;
+    if (nxb == 1) { /* decode-sized: tasks of about 1M weights as the row kernels', at least 2 per thread */
+        int64_t rows = (1 << 20) / K, spread = (N + 2 * nthreads - 1) / (2 * nthreads);
+        rows = rows > spread ? spread : rows;
+        rows = rows < LT_Q8_NW1 ? LT_Q8_NW1 : (rows + LT_Q8_NW1 - 1) / LT_Q8_NW1 * LT_Q8_NW1;
+        q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, 1, B, rows, (N + rows - 1) / rows, y, ldy, 0, k->fetch_long};
+        lt_pack_q8_rows(x, M, K, qtype, 0, 1, xp);
+        lt_pool_run(q8_rows_task, &a, a.nrb, nthreads);
+        return 0;
+    }
     int64_t rows = (N + 2 * nthreads - 1) / (2 * nthreads); /* at least 2 tasks per thread along N */
     rows = rows > Q8_ROWS ? Q8_ROWS : rows < LT_Q8_NW ? LT_Q8_NW : (rows + LT_Q8_NW - 1) / LT_Q8_NW * LT_Q8_NW;
-    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, B, rows, (N + rows - 1) / rows, y, ldy, 0};
+    q8_args a = {w, qtype, k, x, xp, N, M, K, nsb, nxb, B, rows, (N + rows - 1) / rows, y, ldy, 0, 0};
     lt_parallel_rows(q8_pack, &a, nxb, nthreads, 1);
     lt_pool_run(q8_task, &a, a.nrb * ((nxb + Q8_XB - 1) / Q8_XB), nthreads);
     return a.failed ? -1 : 0;
@@ -488,7 +522,7 @@ int lt_gguf_matmul(const uint8_t *w, int qtype, const float *x, float *y, int64_
         M <= 0 || N <= 0)
         return -1;
     if (nthreads < 1) nthreads = 1;
-    if (m_exact < M && k->gemm_q8 && k->expand_q8[qtype]) { /* prompt rows: 8-bit x; the rest as below */
+    if (m_exact < M && k->gemm_q8 && k->expand_q8[qtype]) { /* 8-bit rows; the rest as below */
         if (m_exact > 0 && exact_matmul(k, w, qtype, x, y, ldy, N, K, m_exact, E, B, nthreads)) return -1;
         return q8_matmul(k, w, qtype, x + m_exact * K, y + m_exact * ldy, ldy, N, K, M - m_exact, B, nthreads);
     }

@@ -89,7 +89,7 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t dims, i
     }
 }
 
-/* m_exact: rows before the first prompt row (lt_gguf_matmul) */
+/* m_exact: rows before the first 8-bit row (lt_gguf_matmul) */
 static int linear(const lt_linear *l, const float *x, float *y, int64_t ldy, int64_t M, int64_t m_exact,
                   int nthreads) {
     if (lt_gguf_matmul(l->w, (int)l->qtype, x, y, ldy, l->rows, l->cols, M, m_exact, nthreads)) return -1;
@@ -111,10 +111,11 @@ static int project(const lt_proj *p, const float *x, float *y, int64_t ldy, int6
 
 /* One sequence's share of a pass: its `n_tokens` consecutive rows of x, at positions start..,
  * attending to its own float16 cache (per layer [kv_heads, capacity, head_dim]); the logits of
- * its last `n_logits` tokens are wanted. prompt != 0: the tokens are a prompt being read (their
- * weight products may take 8-bit x, lt_gguf_matmul); prompt segments come after all others. */
+ * its last `n_logits` tokens are wanted. int8 != 0: the tokens' weight products may take 8-bit x
+ * (lt_gguf_matmul): a prompt being read, or the decode tokens of a batched pass
+ * (Model.forward_batch says when); such segments come after all others. */
 typedef struct {
-    int64_t n_tokens, start, capacity, n_logits, prompt;
+    int64_t n_tokens, start, capacity, n_logits, int8;
     uint16_t *const *keys, *const *values;
 } lt_segment;
 
@@ -134,11 +135,11 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
     for (int64_t s = 0; s < nseg; s++) {
         if (seg[s].n_tokens <= 0 || seg[s].n_logits < 0 || seg[s].n_logits > seg[s].n_tokens ||
             seg[s].start < 0 || seg[s].start + seg[s].n_tokens > seg[s].capacity ||
-            (s > 0 && seg[s - 1].prompt && !seg[s].prompt))
+            (s > 0 && seg[s - 1].int8 && !seg[s].int8))
             return -1;
         rows += seg[s].n_tokens;
         n_logits += seg[s].n_logits;
-        if (!seg[s].prompt) m_exact = rows;
+        if (!seg[s].int8) m_exact = rows;
     }
     if (M <= 0 || rows != M) return -1;
     const lt_kernels *k = lt_kernels_get();
@@ -211,10 +212,10 @@ LT_EXPORT int lantern_step_batch(const lt_model *m, float *x, int64_t M, const l
 }
 
 /* One sequence: tokens start .. start + M - 1 on its cache; the logits of its last `n_logits`
- * tokens (0, 1 or M); prompt as lt_segment's. */
+ * tokens (0, 1 or M); int8 as lt_segment's. */
 LT_EXPORT int lantern_step(const lt_model *m, float *x, int64_t M, int64_t start, uint16_t *const *keys,
                  uint16_t *const *values, int64_t capacity, const float *const *cos, const float *const *sin,
-                 float *logits, int64_t n_logits, int prompt, int nthreads) {
-    const lt_segment one = {M, start, capacity, n_logits, prompt != 0, keys, values};
+                 float *logits, int64_t n_logits, int int8, int nthreads) {
+    const lt_segment one = {M, start, capacity, n_logits, int8 != 0, keys, values};
     return lantern_step_batch(m, x, M, &one, 1, cos, sin, logits, nthreads);
 }

@@ -168,6 +168,14 @@ def prompt_int8_types() -> list[QT]:
     return [t for t in GGUF_BLOCKS if kernel_name("gemm_q8", t)]
 
 
+# A batched pass's decode tokens take the 8-bit tile (the prompt rows' route, for the types of
+# `prompt_int8_types`) from this many decoding sequences on (`Model.forward_batch`). Fewer rows run
+# on the 15-bit row kernels for less; from 5 the 15-bit route's own tile costs as much as 8 rows.
+# Phi-3-mini Q4_K_M on Ice Lake (bench/batch_pass.py), a pass against one step, 15-bit / 8-bit:
+# 4 sequences 2.02 / 1.95, 5: 2.88 / 2.01, 8: 2.96 / 2.09.
+BATCH_INT8_SEQUENCES = 5
+
+
 def prompt_route() -> str:
     """How prompt chunks multiply in-place weights at the level in use (PROMPT_ROUTES;
     LANTERN_PROMPT_ROUTE overrides it, for comparisons)."""

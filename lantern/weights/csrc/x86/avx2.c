@@ -140,17 +140,21 @@ void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp) {
 #define ROW_ARGS const uint8_t *row, int64_t K, const int16_t *xq, const float *xd, const float *xs, int64_t G, float *out
 #define NACC(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1)
 
-/* Q4_K / Q5_K: d * sc[j] and -(dmin * m[j]) (as lt_decode_block forms them) for one block. The
- * 6-bit scales and mins unpacked in one vector (llama.cpp's get_scale_min_k4 on 32-bit words):
+/* Q4_K / Q5_K: a block's 6-bit scales and mins unpacked in one vector (llama.cpp's get_scale_min_k4 on 32-bit words):
  * words (u0, u1, u2) of bytes 4-15 -> (u0 & 0x3f.., (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4,
  * u1 & 0x3f.., (u2 >> 4 & 0x0f..) | (u1 >> 6 & 3..) << 4): scales in bytes 0-7, mins 8-15. */
-LT_INLINE void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
+LT_INLINE __m128i k4_scale_bytes(const uint8_t *blk) {
     const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 4)); /* bytes 16-19: codes, unused */
     const __m128i a = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0x98), _mm_setr_epi32(0, 0, 0, 4)); /* u0 u2 u1 u2>>4 */
     const __m128i b = _mm_shuffle_epi32(v, 0x50);                                              /* u0 u0 u1 u1 */
     const __m128i lo = _mm_and_si128(a, _mm_set1_epi8(0x3f));
     const __m128i hi = _mm_or_si128(_mm_and_si128(a, _mm_set1_epi8(0x0f)), _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi8(0x30)));
-    const __m128i r = _mm_blend_epi32(lo, hi, 0xA);
+    return _mm_blend_epi32(lo, hi, 0xA);
+}
+
+/* Q4_K / Q5_K: d * sc[j] and -(dmin * m[j]) (as lt_decode_block forms them) for one block */
+LT_INLINE void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
+    const __m128i r = k4_scale_bytes(blk);
     int32_t dm;
     memcpy(&dm, blk, 4);
     const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
@@ -898,10 +902,11 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
                 _mm256_storeu_si256((__m256i *)(rec + 128 * h + 32 * t), _mm256_add_epi8(c[t], k32));
         }
         d = f16_to_f32(blk + 208);
-        for (int h = 0; h < 16; h++) {
-            const int16_t sc = (int8_t)blk[192 + h];
-            S[h] = (int32_t)((uint32_t)(uint16_t)sc | (uint32_t)(uint16_t)sc << 16);
-            Sf[h] = (float)sc;
+        for (int h = 0; h < 16; h += 8) { /* S: the int8 sub-scale in both int16 halves */
+            const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 192 + h)));
+            _mm256_storeu_si256((__m256i *)(S + h), _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+                                                                   _mm256_slli_epi32(sc, 16)));
+            _mm256_storeu_ps(Sf + h, _mm256_cvtepi32_ps(sc));
         }
     } else { /* Q4_K, Q5_K */
         const int five = qtype == LT_Q5_K;
@@ -918,15 +923,13 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
             _mm256_storeu_si256((__m256i *)(rec + 64 * g), lo);
             _mm256_storeu_si256((__m256i *)(rec + 64 * g + 32), hi);
         }
-        uint8_t sc[8], mn[8];
-        lt_k4_scale_min(blk + 4, sc, mn);
+        const __m128i r = k4_scale_bytes(blk);
+        const __m256i sc = _mm256_cvtepu8_epi32(r);
         d = f16_to_f32(blk);
-        const float dmin = f16_to_f32(blk + 2);
-        for (int g = 0; g < 8; g++) {
-            S[g] = (int32_t)((uint32_t)sc[g] | (uint32_t)sc[g] << 16);
-            Sf[g] = (float)sc[g];
-            mins[g] = -(dmin * (float)mn[g]);
-        }
+        _mm256_storeu_si256((__m256i *)S, _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16)));
+        _mm256_storeu_ps(Sf, _mm256_cvtepi32_ps(sc));
+        _mm256_storeu_ps(mins, _mm256_xor_ps(_mm256_set1_ps(-0.f), _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk + 2)),
+                                                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(r, 8))))));
     }
     memcpy(rec + LT_Q8_W_D, &d, 4);
 }
@@ -1327,13 +1330,13 @@ ROWS8(iq4_xs, LT_IQ4_XS)
 R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const uint8_t *x, int64_t xstride, const int NX,
                                       const int qtype, float *c, int64_t ldc) {
     const int six = qtype == LT_Q6_K;
-    __m256 f[LT_Q8_NW][LT_Q8_NX];
+    __m256 f[LT_Q8_NW1][LT_Q8_NX];
     UNROLL
     for (int r = 0; r < NW; r++)
         UNROLL
         for (int b = 0; b < NX; b++) f[r][b] = _mm256_setzero_ps();
     for (int g = 0; g < 8; g++) {
-        __m256 v[LT_Q8_NW][LT_Q8_NX];
+        __m256 v[LT_Q8_NW1][LT_Q8_NX];
         /* run: quads summed before their sub-scale is applied (vnni: a sub-block; plain: as many
          * as int16 holds); the sub-scale of the run ending at quad q: sub(q) */
 #if R8_VNNI
@@ -1346,13 +1349,15 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
  * a pair of quads' int16 one (plain) */
 #define Q8_O32(b, s) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O32) + (s))
 #define Q8_O16(b, p) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O16) + (p))
-        __m256i t[LT_Q8_NW][LT_Q8_NX];
-#if !R8_VNNI
-        __m256i u[LT_Q8_NW][LT_Q8_NX];
+        __m256i t[LT_Q8_NW1][LT_Q8_NX];
+#if R8_VNNI
+        __m256i t2[LT_Q8_NW1]; /* one record of x: odd quads on a second chain (vpdpbusd's latency) */
+#else
+        __m256i u[LT_Q8_NW1][LT_Q8_NX];
 #endif
         UNROLL
         for (int q = 0; q < 8; q++) {
-            __m256i wv[LT_Q8_NW];
+            __m256i wv[LT_Q8_NW1];
             UNROLL
             for (int r = 0; r < NW; r++) wv[r] = _mm256_set1_epi32(rd_i32(w + r * LT_Q8_WREC + 32 * g + 4 * q));
             UNROLL
@@ -1361,7 +1366,8 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
                 UNROLL
                 for (int r = 0; r < NW; r++) {
 #if R8_VNNI
-                    t[r][b] = R8_DPBUSD(q % run ? t[r][b] : six ? Q8_O32(b, Q8_SUB(q)) : _mm256_setzero_si256(), wv[r], xv);
+                    if (NX == 1 && q % 2) t2[r] = R8_DPBUSD(q % run > 1 ? t2[r] : _mm256_setzero_si256(), wv[r], xv);
+                    else t[r][b] = R8_DPBUSD(q % run ? t[r][b] : six ? Q8_O32(b, Q8_SUB(q)) : _mm256_setzero_si256(), wv[r], xv);
 #else
                     const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
                     t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : six ? _mm256_add_epi16(Q8_O16(b, 4 * g + q / 2), p) : p;
@@ -1373,6 +1379,7 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
             for (int r = 0; r < NW; r++) {
 #if R8_VNNI
                 const __m256 sf = _mm256_broadcast_ss((const float *)(w + r * LT_Q8_WREC + LT_Q8_W_SF) + Q8_SUB(q));
+                if (NX == 1) t[r][0] = _mm256_add_epi32(t[r][0], t2[r]);
                 UNROLL
                 for (int b = 0; b < NX; b++)
                     v[r][b] = q >= run ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(t[r][b]), sf, v[r][b])
@@ -1422,7 +1429,10 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
             const int n = nx - b < Q8_BX(QT) ? nx - b : Q8_BX(QT);                                           \
             const uint8_t *xb = x + b * xstride;                                                             \
             float *cb = c + b * ldc;                                                                         \
-            if (nw == 2) {                                                                                   \
+            if (nx == 1 && nw > 2) { /* a decode pass's one record (lantern.h LT_Q8_NW1) */                  \
+                if (nw == 4) R8_NAME(q8_tile)(w, 4, x, xstride, 1, QT, c, ldc);                              \
+                else R8_NAME(q8_tile)(w, 3, x, xstride, 1, QT, c, ldc);                                      \
+            } else if (nw == 2) {                                                                            \
                 if (n == 4) R8_NAME(q8_tile)(w, 2, xb, xstride, 4, QT, cb, ldc);                             \
                 else if (n == 3) R8_NAME(q8_tile)(w, 2, xb, xstride, 3, QT, cb, ldc);                        \
                 else if (n == 2) R8_NAME(q8_tile)(w, 2, xb, xstride, 2, QT, cb, ldc);                        \
