@@ -531,12 +531,20 @@ class _PromptRowsShifted(native.GGUFKernel):
         return super().__call__(x.roll(1, dims=0) if prompt else x, prompt=prompt)
 
 
+class _DecodeRowsShifted(native.GGUFKernel):
+    """The same, wrong only where the 8-bit rows fit one record of x (a batched decode pass)."""
+
+    def __call__(self, x, prompt=False):
+        return super().__call__(x.roll(1, dims=0) if prompt and x.shape[0] <= 8 else x, prompt=prompt)
+
+
 @needs_native
 @pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K], ids=lambda t: t.name)
 def test_the_self_check_covers_the_8_bit_prompt_rows(qtype, monkeypatch):
     """Where the level reads a type's prompt rows on x rounded to int8 (the K-quants at avx2: what
-    generation's prompts take), the self-check runs that route too, with the rounding's worst case
-    in its bound: the real tile passes, and one that misreads x there is turned away by name."""
+    generation's prompts and batched decode passes take), the self-check runs that route too, at
+    both sizes, with the rounding's worst case in its bound: the real tile passes, and one that
+    misreads x there is turned away by name."""
     if qtype not in native.prompt_int8_types():
         pytest.skip(f"the {native.isa()} level reads no prompt rows of {qtype.name} on 8-bit x (avx2 does)")
     t = tensors_of(qtype)[0]
@@ -545,6 +553,9 @@ def test_the_self_check_covers_the_8_bit_prompt_rows(qtype, monkeypatch):
     monkeypatch.setattr(kernels, "_verdicts", {})
     why = kernels.self_check(_PromptRowsShifted(t.raw, qtype, *t.shape), t.raw, qtype, *t.shape, t.name)
     assert why is not None and "prompt rows on 8-bit x" in why, why
+    monkeypatch.setattr(kernels, "_verdicts", {})
+    why = kernels.self_check(_DecodeRowsShifted(t.raw, qtype, *t.shape), t.raw, qtype, *t.shape, t.name)
+    assert why is not None and "batched decode rows on 8-bit x" in why, why
 
 
 @needs_native

@@ -96,8 +96,9 @@ def self_check(kernel, raw: torch.Tensor, qtype: QT, rows: int, cols: int, name:
     # One draw of x serves every path: its first row alone (a decode step, the row kernels) and
     # all of it (a prompt chunk: more than GGUF_MAX_M or GEMV_MAX_M rows), and where the level
     # reads prompt rows of this type on x rounded to int8 per 32 (native.prompt_int8_types), all
-    # of it that way, with that rounding's worst case added to the bound: half of x's step per
-    # group (max|x| / 127) times |w|.
+    # of it that way and its first 8 rows (a batched decode pass: matmul.c's one-record route),
+    # with that rounding's worst case added to the bound: half of x's step per group (max|x| /
+    # 127) times |w|.
     x = torch.randn(max(native.GGUF_MAX_M, gpu.GEMV_MAX_M) + 4, c, generator=torch.Generator().manual_seed(0))
     exact = x @ w.T  # float32: its own error (~1e-7 relative) is far below the tolerance
     scale = x.abs() @ w.abs().T  # sum |x w| per output
@@ -107,8 +108,9 @@ def self_check(kernel, raw: torch.Tensor, qtype: QT, rows: int, cols: int, name:
              (x.shape[0], "prompt-chunk", False, bound, f"{CHECK_TOLERANCE:.3g}")]
     if isinstance(probe, native.GGUFKernel) and qtype in native.prompt_int8_types():
         step = x.abs().reshape(x.shape[0], -1, 32).amax(-1, keepdim=True).expand(-1, -1, 32).reshape(x.shape) / 127
-        paths.append((x.shape[0], "prompt rows on 8-bit x", True, bound + 0.5 * (step @ w.abs().T),
-                      f"{CHECK_TOLERANCE:.3g} plus x's int8 rounding"))
+        rounded = bound + 0.5 * (step @ w.abs().T)
+        paths += [(x.shape[0], "prompt rows on 8-bit x", True, rounded, f"{CHECK_TOLERANCE:.3g} plus x's int8 rounding"),
+                  (8, "batched decode rows on 8-bit x", True, rounded, f"{CHECK_TOLERANCE:.3g} plus x's int8 rounding")]
     verdict = None
     for m, path, prompt, b, allowed in paths:
         y = (probe(x[:m], prompt=True) if prompt else probe(x[:m].to(probe.device))).cpu()
