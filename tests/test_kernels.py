@@ -432,8 +432,11 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
             assert all(f in int8_tiles for t, f in info["prompt"].items() if t in int8), (int8_tiles, info["prompt"])
             assert all(f in tiles for t, f in info["prompt"].items() if t not in int8), (tiles, info["prompt"])
             assert len(set(info["rows8"].values())) == 1 and set(info["rows8"].values()) <= tiles, info["rows8"]
+            # batched decode passes of 5+ sequences: the K-quants on the 8-bit tile, as their prompts
+            assert {t: f for t, f in info["batch"].items() if f} == {t: info["prompt"][t] for t in int8}, info["batch"]
         else:
             assert not any(info["rows8"].values()), info["rows8"]
+            assert not any(info["batch"].values()), info["batch"]
 
 
 @needs_native
@@ -441,7 +444,9 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
 def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
     """The avx2 level's tiles in their vnni variant (vpdpwssd, vpdpbusd; AVX-512 VNNI or AVX-VNNI)
     give the same int32 sums as the plain ones (vpmaddwd, vpmaddubsw, vpaddd), so the same bits:
-    5-12 rows of x and a prompt's rows (the 8-bit tile for the K-quants), every type."""
+    5-12 rows of x, a prompt's rows and 8 rows on 8-bit x (a batched decode pass: the 8-bit tile's
+    one-record route for the K-quants), every type."""
+    CALLS = [(5, False), (8, False), (12, False), (40, True), (8, True)]  # (rows of x, 8-bit rows)
     if "avx2" not in native.supported_isas():
         pytest.skip("this CPU does not run the avx2 level")
     with avx2_vnni(True):
@@ -456,9 +461,9 @@ def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
             assert native.kernel_name("rows8", qtype) == "rows8_avx2" + (variant if on else "")
             k = native.GGUFKernel(raw, qtype, rows, cols)
             runs[on] = [native.gguf_matmul(k.raw, qtype, torch.randn(m, cols, generator=torch.Generator().manual_seed(m)),
-                                           rows, cols, prompt=m > 12) for m in (5, 8, 12, 40)]
-    for m, plain, vnni in zip((5, 8, 12, 40), runs[False], runs[True]):
-        assert torch.equal(plain, vnni), f"{qtype.name} M={m}: the vnni tile differs from the plain one"
+                                           rows, cols, prompt=int8) for m, int8 in CALLS]
+    for (m, int8), plain, vnni in zip(CALLS, runs[False], runs[True]):
+        assert torch.equal(plain, vnni), f"{qtype.name} M={m} (8-bit: {int8}): the vnni tile differs from the plain one"
 
 
 @needs_native

@@ -139,6 +139,7 @@ def kernels_for(mix) -> dict[str, Any]:
     from gguf import GGMLQuantizationType as QT
 
     from ..weights import kernels
+    from ..weights.kernels import native
 
     level = kernels.level()
     per_type = {}
@@ -146,8 +147,10 @@ def kernels_for(mix) -> dict[str, Any]:
         if name in level.get("fallbacks", {}):
             per_type[name] = "reference (self-check failed)"
         elif name in level.get("matmul", {}) and level["matmul"][name]:
-            rows8 = level.get("rows8", {}).get(name)
+            rows8, batch = level.get("rows8", {}).get(name), level.get("batch", {}).get(name)
             batches = f"; 5-12 rows {rows8}" if rows8 else ""
+            if batch:
+                batches += f"; batches of {native.BATCH_INT8_SEQUENCES}+ sequences {batch}"
             per_type[name] = f"{level['matmul'][name]}{batches}; prompt chunks {level['prompt'][name]}"
         elif name in (QT.Q2_K.name, QT.Q3_K.name):
             per_type[name] = "dense bfloat16 copy"

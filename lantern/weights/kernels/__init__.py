@@ -187,8 +187,10 @@ def f16_attention():
 def level() -> dict:
     """The instruction-set level in use and the C function serving each role (for --verbose,
     `lantern info` and `bench --json`): {"isa": ..., "supported": [...], "matmul": {type: fn},
-    "rows8": {type: fn or None} (5-12 rows of x), "expand": {type: fn}, "prompt": {type: "fn + fn"},
-    "attention": fn, "vector": fn, "fallbacks": {type: why}}."""
+    "rows8": {type: fn or None} (5-12 rows of x), "batch": {type: "fn + fn" or None} (the decode
+    tokens of a pass of native.BATCH_INT8_SEQUENCES or more sequences, where not the row kernels or
+    rows8), "expand": {type: fn}, "prompt": {type: "fn + fn"}, "attention": fn, "vector": fn,
+    "fallbacks": {type: why}}."""
     from . import native
 
     if not native.available():
@@ -210,6 +212,8 @@ def level() -> dict:
         "supported": native.supported_isas(),
         "matmul": {t.name: native.kernel_name("matmul", t) for t in native.GGUF_BLOCKS},
         "rows8": {t.name: native.kernel_name("rows8", t) for t in native.GGUF_BLOCKS},
+        "batch": {t.name: f"expand_q8 + {native.kernel_name('gemm_q8', t)}" if native.kernel_name("gemm_q8", t) else None
+                  for t in native.GGUF_BLOCKS},
         "expand": {t.name: native.kernel_name(expand, t) for t in (*native.GGUF_BLOCKS, QT.Q2_K, QT.Q3_K)},
         "prompt": {t.name: prompt(t) for t in native.GGUF_BLOCKS},
         "attention": native.kernel_name("attention"),
