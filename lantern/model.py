@@ -161,8 +161,8 @@ class Model:
                         for i, (_, cache), a, p in zip(ids, passes, apart, prompts)]
         with torch.inference_mode(), step_threads(total, self._kernels_on_pool):
             segments, cos, sin = [], [], []
-            decoding = sum(not p for p in prompts)
-            int8 = not exact and decoding >= native.BATCH_INT8_SEQUENCES and bool(native.prompt_int8_types())
+            # the C side takes 8-bit rows only for the types the level has a tile for; the rest keep 15 bits
+            int8 = not exact and sum(not p for p in prompts) >= native.BATCH_INT8_SEQUENCES
             for i, (_, cache), prompt in zip(ids, passes, prompts):
                 cache.reserve(len(i))
                 c, s = transformer.rotary.tables(cache.length, len(i))

@@ -198,11 +198,14 @@ def level() -> dict:
     expand = "expand_bf16" if native.expands_to_bf16() else "expand_f32"
     route, gemm = native.prompt_route(), native.kernel_name("gemm")
 
+    def int8_tile(t):  # the 8-bit route of type t (prompt rows; batched decode tokens), or None
+        return f"expand_q8 + {native.kernel_name('gemm_q8', t)}" if native.kernel_name("gemm_q8", t) else None
+
     def prompt(t):  # the functions prompt chunks of type t go through (native.PROMPT_ROUTES)
         if route != "in_place":
             return f"{native.kernel_name(expand, t)} + torch GEMM"
-        if native.kernel_name("gemm_q8", t):  # prompts read by generation: x int8 per 32
-            return f"expand_q8 + {native.kernel_name('gemm_q8', t)}"
+        if int8_tile(t):  # prompts read by generation: x int8 per 32
+            return int8_tile(t)
         if native.kernel_name("rows8", t):  # 15-bit x, 8 rows in the lanes
             return native.kernel_name("rows8", t)
         return f"{native.kernel_name('expand_f32', t)} + {gemm}" if gemm else native.kernel_name("matmul", t)
@@ -212,8 +215,7 @@ def level() -> dict:
         "supported": native.supported_isas(),
         "matmul": {t.name: native.kernel_name("matmul", t) for t in native.GGUF_BLOCKS},
         "rows8": {t.name: native.kernel_name("rows8", t) for t in native.GGUF_BLOCKS},
-        "batch": {t.name: f"expand_q8 + {native.kernel_name('gemm_q8', t)}" if native.kernel_name("gemm_q8", t) else None
-                  for t in native.GGUF_BLOCKS},
+        "batch": {t.name: int8_tile(t) for t in native.GGUF_BLOCKS},
         "expand": {t.name: native.kernel_name(expand, t) for t in (*native.GGUF_BLOCKS, QT.Q2_K, QT.Q3_K)},
         "prompt": {t.name: prompt(t) for t in native.GGUF_BLOCKS},
         "attention": native.kernel_name("attention"),

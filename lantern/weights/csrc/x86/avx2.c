@@ -894,12 +894,10 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     if (qtype == LT_Q6_K) {
         __m256i c[4];
-        const __m256i k32 = _mm256_set1_epi8(32);
-        for (int h = 0; h < 2; h++) {
-            q6k_half_bytes(blk, h, c);
+        for (int h = 0; h < 2; h++) { /* the codes as stored: already unsigned (code - 32 + 32) */
+            q6k_half_codes(blk, h, c);
             UNROLL
-            for (int t = 0; t < 4; t++)
-                _mm256_storeu_si256((__m256i *)(rec + 128 * h + 32 * t), _mm256_add_epi8(c[t], k32));
+            for (int t = 0; t < 4; t++) _mm256_storeu_si256((__m256i *)(rec + 128 * h + 32 * t), c[t]);
         }
         d = f16_to_f32(blk + 208);
         for (int h = 0; h < 16; h += 8) { /* S: the int8 sub-scale in both int16 halves */
@@ -923,13 +921,14 @@ static void expand_q8_avx2(int qtype, const uint8_t *blk, uint8_t *rec) {
             _mm256_storeu_si256((__m256i *)(rec + 64 * g), lo);
             _mm256_storeu_si256((__m256i *)(rec + 64 * g + 32), hi);
         }
-        const __m128i r = k4_scale_bytes(blk);
-        const __m256i sc = _mm256_cvtepu8_epi32(r);
+        const __m256i sc = _mm256_cvtepu8_epi32(k4_scale_bytes(blk));
+        __m256 dsc, mn; /* mn: the mins as the row kernels form them; the record keeps S and d apart */
+        k4_scales(blk, &dsc, &mn);
+        (void)dsc;
         d = f16_to_f32(blk);
         _mm256_storeu_si256((__m256i *)S, _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16)));
         _mm256_storeu_ps(Sf, _mm256_cvtepi32_ps(sc));
-        _mm256_storeu_ps(mins, _mm256_xor_ps(_mm256_set1_ps(-0.f), _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk + 2)),
-                                                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(r, 8))))));
+        _mm256_storeu_ps(mins, mn);
     }
     memcpy(rec + LT_Q8_W_D, &d, 4);
 }
