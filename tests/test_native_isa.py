@@ -7,15 +7,17 @@ its header).
   a CPU with AVX-512 VNNI, the avx2 level once more without its vnni tile: LANTERN_AVX2_VNNI=0);
 - ARM64: cross-built with aarch64-linux-gnu-gcc and run under qemu-user, once as a CPU with
   dotprod and i8mm (`-cpu max`) and once as one without (`-cpu cortex-a72`); the NEON level
-  must pass on both and choose its dotprod variant on the first only. (qemu says nothing about
-  speed: this is a correctness check.)
+  must pass on both and choose its dotprod variant (row kernels, 8-bit tile) on the first only;
+  and built with clang (--target=aarch64-linux-gnu), as a CPU with dotprod. (qemu says nothing
+  about speed: this is a correctness check; bench/arm_instructions.py counts instructions.)
 
 `--require-isa-kernels` (row kernels still named "*_generic" fail) is passed for the levels in
 REQUIRED_ISA_KERNELS, or in LANTERN_REQUIRE_ISA_KERNELS (comma-separated; it replaces the list).
 A missing compiler or qemu fails the test under CI=true and skips it elsewhere, naming the
 Debian packages. Builds go to temporary folders, never to the installed extension.
 
-Budget: 3 minutes on the 2-core machines (under qemu the harness runs about 12 s per CPU).
+Budget: 4 minutes on the 2-core machines (under qemu the harness runs about 12 s per CPU; the clang
+build about 40 s).
 """
 
 from __future__ import annotations
@@ -81,14 +83,15 @@ def _compile(cmd: list[str]) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 
 
-def _build(cc: str, out: Path, defines: tuple[str, ...] = ()) -> Path:
-    """The harness and the library, one object per source file (in parallel), linked to `out`."""
+def _build(cc: str, out: Path, defines: tuple[str, ...] = (), target: tuple[str, ...] = ()) -> Path:
+    """The harness and the library, one object per source file (in parallel), linked to `out`
+    (`target`: flags naming another machine, for every step)."""
     sources = [str(HARNESS), *_library_sources()]
     objects = [str(out.parent / f"{i}_{Path(src).stem}.o") for i, src in enumerate(sources)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        list(pool.map(_compile, [[cc, *CFLAGS, *defines, f"-I{CSRC}", "-c", src, "-o", obj]
+        list(pool.map(_compile, [[cc, *target, *CFLAGS, *defines, f"-I{CSRC}", "-c", src, "-o", obj]
                                  for src, obj in zip(sources, objects)]))
-    _compile([cc, "-pthread", "-o", str(out), *objects, "-lm"])
+    _compile([cc, *target, "-pthread", "-o", str(out), *objects, "-lm"])
     return out
 
 
@@ -203,19 +206,26 @@ def test_avxvnni_variant_is_vex_only(native_harness):
     assert not evex, f"EVEX-encoded instructions in the avxvnni variant: {evex[:5]}"
 
 
-@pytest.fixture(scope="module")
-def arm64_harness(tmp_path_factory) -> tuple[str, Path]:
-    packages = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
-    cc = _need("aarch64-linux-gnu-gcc", packages)
-    qemu = _need("qemu-aarch64", packages)
+ARM_PACKAGES = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+
+
+def _arm64_tools(cc: str, packages: str) -> tuple[str, str]:
+    compiler, qemu = _need(cc, packages), _need("qemu-aarch64", packages)
     if not (ARM_SYSROOT / "include" / "stdio.h").exists():
         _missing(f"no ARM64 C library in {ARM_SYSROOT}", packages)
+    return compiler, qemu
+
+
+@pytest.fixture(scope="module")
+def arm64_harness(tmp_path_factory) -> tuple[str, Path]:
+    cc, qemu = _arm64_tools("aarch64-linux-gnu-gcc", ARM_PACKAGES)
     return qemu, _build(cc, tmp_path_factory.mktemp("arm64") / "check_kernels")
 
 
-@pytest.mark.parametrize("cpu, dotprod", [("max", True), ("cortex-a72", False)])
-def test_arm64_neon_under_qemu(arm64_harness, cpu, dotprod):
-    qemu, exe = arm64_harness
+def _check_neon(qemu: str, exe: Path, cpu: str, dotprod: bool) -> str:
+    """The harness's neon level as `cpu`: every check passes, and the variant is the one the CPU
+    has: with dotprod its row kernels and the K-quants' 8-bit tile (prompt rows, batched decode
+    rows); without, the plain row kernels and no 8-bit tile (those rows keep 15 bits)."""
     required = tuple(level for level in _required() if level == "neon")
     out = _run([qemu, "-L", str(ARM_SYSROOT), "-cpu", cpu, str(exe), "--level=neon", *_require_args(required)])
     names = _row_names(out, "neon")
@@ -225,4 +235,24 @@ def test_arm64_neon_under_qemu(arm64_harness, cpu, dotprod):
             assert name == f"{qtype}_neon_dotprod", f"-cpu {cpu} has dotprod: {qtype} ran {name}"
         else:
             assert name == f"{qtype}_neon", f"-cpu {cpu} has no dotprod: {qtype} ran {name}"
-    print(out)
+    int8 = {line.split()[3] for line in out.splitlines() if line.startswith("INFO neon prompt_q8 ")}
+    assert int8 == ({"q4_k", "q5_k", "q6_k"} if dotprod else set()), out
+    assert _int8_tiles(out, "neon") == ({"gemm_q8_neon_dotprod"} if dotprod else set()), out
+    if dotprod:  # bit for bit against the generic tile, both routes (one record; prompt tiles)
+        assert all(f"PASS neon prompt_q8_{t} 0" in out for t in int8), out
+    return out
+
+
+@pytest.mark.parametrize("cpu, dotprod", [("max", True), ("cortex-a72", False)])
+def test_arm64_neon_under_qemu(arm64_harness, cpu, dotprod):
+    print(_check_neon(*arm64_harness, cpu, dotprod))
+
+
+def test_arm64_clang_build_under_qemu(tmp_path):
+    """The same harness built by clang for ARM64, the compiler family of macOS and of Windows on
+    ARM: clang before 16 declares the SDOT intrinsics only where the whole build targets dotprod,
+    so its dotprod variant takes the inline-assembly SDOTs (neon.c's sdot, sdot_lane), which only
+    this build runs. As a CPU with dotprod (the other variant is gcc's code path too)."""
+    clang, qemu = _arm64_tools("clang", f"clang {ARM_PACKAGES}")
+    exe = _build(clang, tmp_path / "check_kernels", target=("--target=aarch64-linux-gnu",))
+    print(_check_neon(qemu, exe, "max", True))

@@ -176,7 +176,7 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
 #define LT_GEMM_NW 6  /* weight rows per call: 6 x 2 accumulators of 8 floats, 15 of AVX2's 16 registers */
 #define LT_GEMM_MB 16 /* rows of x per call */
 
-/* 8-bit rows at levels with an 8-bit tile (avx2), for the K-quants (prompt rows; a batched pass's
+/* 8-bit rows at levels with an 8-bit tile (avx2; neon's dotprod variant), for the K-quants (prompt rows; a batched pass's
  * decode rows, where Model.forward_batch asks): x rounded to int8 with a
  * scale per 32 (xd = max|x| / 127), where llama.cpp rounds per 256; the weights as unsigned
  * codes u times integer sub-scales S and a float d per super-block, plus (Q4_K, Q5_K) float mins:
@@ -192,7 +192,8 @@ typedef void (*lt_gemm_f32_fn)(const float *w, int64_t ldw, int nw, const float 
  * x is packed 8 rows to a record, the rows in the lanes of a vector (as the rows8 tile's), so that
  * one vpmaddubsw (or vpdpbusd) of 4 broadcast codes with a record's 4 bytes of 8 rows makes 32
  * products, and x's scale per 32 is a vector over the rows: the float work is paid once per group
- * of 32, weight row and 8 rows of x. */
+ * of 32, weight row and 8 rows of x. NEON's SDOT by element does the same with 4 rows of x to a
+ * vector: one instruction per 4 weights and 4 rows. */
 /* One row's super-block, LT_Q8_WREC bytes: codes u[256], then (byte offsets) */
 #define LT_Q8_W_S 256    /* S int32 [16]: the sub-scale in both int16 halves (vpmaddwd); Q4_K, Q5_K: 8 */
 #define LT_Q8_W_SF 320   /* S float [16] (vpdpbusd's int32 sums times S in float: exact, < 2^24) */

@@ -233,8 +233,8 @@ NI void q4k_codes(const uint8_t *qs, uint8x16_t qh0, uint8x16_t qh1, const int g
     c[3] = vreinterpretq_s8_u8(h1);
 }
 
-/* Q4_K/Q5_K scales: d * sc[j] (sc[0..1]) and -(dmin * m[j]) (mn[0..1]), as lt_decode_block forms them */
-NI void k4_scales(const uint8_t *blk, float32x4_t *sc, float32x4_t *mn) {
+/* Q4_K/Q5_K: the 6-bit sub-scales sc[0..7] then mins m[0..7], unpacked */
+NI uint8x16_t k4_scale_bytes(const uint8_t *blk) {
     uint32_t u[4];
     memcpy(u, blk + 4, 12);
     u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
@@ -242,7 +242,12 @@ NI void k4_scales(const uint8_t *blk, float32x4_t *sc, float32x4_t *mn) {
     u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
     u[2] = ua;
     u[0] &= 0x3f3f3f3f;
-    const uint8x16_t v = vld1q_u8((const uint8_t *)u); /* sc[0..7], m[0..7] */
+    return vld1q_u8((const uint8_t *)u);
+}
+
+/* Q4_K/Q5_K scales: d * sc[j] (sc[0..1]) and -(dmin * m[j]) (mn[0..1]), as lt_decode_block forms them */
+NI void k4_scales(const uint8_t *blk, float32x4_t *sc, float32x4_t *mn) {
+    const uint8x16_t v = k4_scale_bytes(blk);
     const uint16x8_t s16 = vmovl_u8(vget_low_u8(v)), m16 = vmovl_high_u8(v);
     const float d = f16s(blk), dmin = f16s(blk + 2);
     sc[0] = vmulq_n_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(s16))), d);
@@ -251,22 +256,24 @@ NI void k4_scales(const uint8_t *blk, float32x4_t *sc, float32x4_t *mn) {
     mn[1] = vnegq_f32(vmulq_n_f32(vcvtq_f32_u32(vmovl_high_u16(m16)), dmin));
 }
 
-/* Q6_K: the codes (q - 32) of weights 128h + 32t + (0..15) (c[2t]) and + (16..31) (c[2t + 1]) */
-NI void q6k_codes(const uint8_t *blk, const int h, int8x16_t *c) {
+/* Q6_K: the stored 6-bit values (code + 32) of weights 128h + 16j + (0..15) in u[j] */
+NI void q6k_stored(const uint8_t *blk, const int h, uint8x16_t *u) {
     const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
     const uint8x16_t m3 = vdupq_n_u8(3);
-    const int8x16_t o32 = vdupq_n_s8(32);
     for (int i = 0; i < 2; i++) {
         const uint8x16_t A = vld1q_u8(ql + 16 * i), B = vld1q_u8(ql + 32 + 16 * i), H = vld1q_u8(qh + 16 * i);
-        const uint8x16_t t0 = vsliq_n_u8(A, vandq_u8(H, m3), 4);
-        const uint8x16_t t1 = vsliq_n_u8(B, vandq_u8(vshrq_n_u8(H, 2), m3), 4);
-        const uint8x16_t t2 = vsliq_n_u8(vshrq_n_u8(A, 4), vandq_u8(vshrq_n_u8(H, 4), m3), 4);
-        const uint8x16_t t3 = vsliq_n_u8(vshrq_n_u8(B, 4), vshrq_n_u8(H, 6), 4);
-        c[0 + i] = vsubq_s8(vreinterpretq_s8_u8(t0), o32);
-        c[2 + i] = vsubq_s8(vreinterpretq_s8_u8(t1), o32);
-        c[4 + i] = vsubq_s8(vreinterpretq_s8_u8(t2), o32);
-        c[6 + i] = vsubq_s8(vreinterpretq_s8_u8(t3), o32);
+        u[0 + i] = vsliq_n_u8(A, vandq_u8(H, m3), 4);
+        u[2 + i] = vsliq_n_u8(B, vandq_u8(vshrq_n_u8(H, 2), m3), 4);
+        u[4 + i] = vsliq_n_u8(vshrq_n_u8(A, 4), vandq_u8(vshrq_n_u8(H, 4), m3), 4);
+        u[6 + i] = vsliq_n_u8(vshrq_n_u8(B, 4), vshrq_n_u8(H, 6), 4);
     }
+}
+
+/* Q6_K: the codes (q - 32) of weights 128h + 32t + (0..15) (c[2t]) and + (16..31) (c[2t + 1]) */
+NI void q6k_codes(const uint8_t *blk, const int h, int8x16_t *c) {
+    uint8x16_t u[8];
+    q6k_stored(blk, h, u);
+    for (int j = 0; j < 8; j++) c[j] = vsubq_s8(vreinterpretq_s8_u8(u[j]), vdupq_n_s8(32));
 }
 
 /* Q6_K scales d * sc[j] for the 16 sub-blocks (S[0..3]) */
@@ -560,6 +567,176 @@ NI void expand_block(int qtype, const uint8_t *blk, float *of, uint16_t *ob) {
 LT_EXPANDABLE(EXPAND)
 #undef EXPAND
 
+/* ----- rows on 8-bit x (lantern.h lt_gemm_q8_fn): the dotprod variant --------------------------
+ * The records' layout maps onto SDOT by element: a weight record's 16 bytes hold 4 quads of codes,
+ * an x record's quad is 32 bytes (8 rows by 4 elements), and one sdot of 16 of those bytes (4 rows)
+ * with quad q of the weights (lane q) adds 4 products to each row's int32 sum: 16 products an
+ * instruction, where the 15-bit row kernels get 8 (two sdots per 16 products of one row). The
+ * per-sub-block sums (with Q6_K's offsets, x's side) times the integer sub-scale, then float as
+ * lantern.h orders it, so the results equal lt_gemm_q8_generic's bit for bit. Without dotprod
+ * (Cortex-A53/A72) the level has no tile: these rows keep 15 bits. */
+#if LT_NEON_DP
+/* acc + per lane the dot of 4 signed bytes of a with bytes 4 lane .. 4 lane + 3 of b */
+TGT_DP NI int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t b, const int lane) {
+#if defined(__ARM_FEATURE_DOTPROD) || !defined(__clang__)
+#define SDOT_LANE(l) return vdotq_laneq_s32(acc, a, b, l)
+#else
+#define SDOT_LANE(l)                                                                               \
+    __asm__("sdot %0.4s, %1.16b, %2.4b[" #l "]" : "+w"(acc) : "w"(a), "w"(b));                     \
+    return acc
+#endif
+    switch (lane) {
+    case 0: SDOT_LANE(0);
+    case 1: SDOT_LANE(1);
+    case 2: SDOT_LANE(2);
+    default: SDOT_LANE(3);
+    }
+#undef SDOT_LANE
+}
+
+/* lt_expand_q8_generic's record, with vectors: the same bytes where the tile reads them */
+static void expand_q8_neon(int qtype, const uint8_t *blk, uint8_t *rec) {
+    int32_t *S = (int32_t *)(rec + LT_Q8_W_S);
+    float *Sf = (float *)(rec + LT_Q8_W_SF), *mins = (float *)(rec + LT_Q8_W_MINS), d;
+    int32x4_t s[4]; /* the integer sub-scales */
+    int n;
+    if (qtype == LT_Q6_K) {
+        uint8x16_t u[8];
+        for (int h = 0; h < 2; h++) {
+            q6k_stored(blk, h, u);
+            for (int j = 0; j < 8; j++) vst1q_u8(rec + 128 * h + 16 * j, u[j]);
+        }
+        const int8x16_t s8 = vld1q_s8((const int8_t *)blk + 192);
+        const int16x8_t a = vmovl_s8(vget_low_s8(s8)), b = vmovl_high_s8(s8);
+        s[0] = vmovl_s16(vget_low_s16(a));
+        s[1] = vmovl_high_s16(a);
+        s[2] = vmovl_s16(vget_low_s16(b));
+        s[3] = vmovl_high_s16(b);
+        n = 4;
+        d = f16s(blk + 208);
+    } else { /* Q4_K, Q5_K */
+        const int five = qtype == LT_Q5_K;
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const uint8x16_t qh0 = five ? vld1q_u8(blk + 16) : vdupq_n_u8(0), qh1 = five ? vld1q_u8(blk + 32) : vdupq_n_u8(0);
+        for (int g = 0; g < 4; g++) {
+            int8x16_t c[4];
+            q4k_codes(qs, qh0, qh1, g, five, c);
+            for (int i = 0; i < 4; i++) vst1q_s8((int8_t *)rec + 64 * g + 16 * i, c[i]);
+        }
+        const uint16x8_t s16 = vmovl_u8(vget_low_u8(k4_scale_bytes(blk)));
+        s[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(s16)));
+        s[1] = vreinterpretq_s32_u32(vmovl_high_u16(s16));
+        n = 2;
+        float32x4_t sc[2], mn[2]; /* the mins as the row kernels form them; the record keeps S and d apart */
+        k4_scales(blk, sc, mn);
+        vst1q_f32(mins, mn[0]);
+        vst1q_f32(mins + 4, mn[1]);
+        d = f16s(blk);
+    }
+    for (int i = 0; i < n; i++) { /* S: the sub-scale in both int16 halves; Sf: as a float */
+        vst1q_s32(S + 4 * i, vorrq_s32(vandq_s32(s[i], vdupq_n_s32(0xFFFF)), vshlq_n_s32(s[i], 16)));
+        vst1q_f32(Sf + 4 * i, vcvtq_f32_s32(s[i]));
+    }
+    memcpy(rec + LT_Q8_W_D, &d, 4);
+}
+
+/* NW weight records against NX records of x (NW * NX <= 4): per group of 32 and pair of records an
+ * int32x4 for each half of x's 8 rows, 8 quads deep (Q6_K: 4 per sub-block, started at its offset) */
+TGT_DP NI void q8_tile(const uint8_t *w, const int NW, const uint8_t *x, int64_t xstride, const int NX, const int qtype,
+                       float *c, int64_t ldc) {
+    const int six = qtype == LT_Q6_K;
+    float32x4_t f[4][2]; /* [r * NX + b][half of x's rows] */
+    for (int p = 0; p < NW * NX; p++) f[p][0] = f[p][1] = vdupq_n_f32(0.f);
+    for (int g = 0; g < 8; g++) {
+        int32x4_t t[4][2]; /* the group's sum_s S_s isum_s */
+        for (int s = 0; s < 2; s++) { /* quads 8g + 4s .. + 3: Q6_K's sub-block 2g + s */
+            int32x4_t a[4][2];
+            int8x16_t wv[4];
+            for (int r = 0; r < NW; r++) wv[r] = vld1q_s8((const int8_t *)w + r * LT_Q8_WREC + 32 * g + 16 * s);
+            for (int b = 0; b < NX; b++) {
+                const int32_t *o32 = (const int32_t *)(x + b * xstride + LT_Q8_X_O32) + 8 * (2 * g + s);
+                for (int r = 0; r < NW; r++)
+                    for (int h = 0; h < 2; h++)
+                        a[r * NX + b][h] = six ? vld1q_s32(o32 + 4 * h) : s ? t[r * NX + b][h] : vdupq_n_s32(0);
+            }
+            for (int q = 0; q < 4; q++)
+                for (int b = 0; b < NX; b++) {
+                    const int8_t *xq = (const int8_t *)x + b * xstride + (8 * g + 4 * s + q) * 32;
+                    const int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+                    for (int r = 0; r < NW; r++) {
+                        a[r * NX + b][0] = sdot_lane(a[r * NX + b][0], x0, wv[r], q);
+                        a[r * NX + b][1] = sdot_lane(a[r * NX + b][1], x1, wv[r], q);
+                    }
+                }
+            for (int r = 0; r < NW; r++) {
+                const int16_t *S16 = (const int16_t *)(w + r * LT_Q8_WREC + LT_Q8_W_S);
+                for (int b = 0; b < NX; b++)
+                    for (int h = 0; h < 2; h++) {
+                        int32x4_t *tp = &t[r * NX + b][h];
+                        if (!six) *tp = s ? vmulq_n_s32(a[r * NX + b][h], S16[2 * g]) : a[r * NX + b][h];
+                        else *tp = s ? vmlaq_n_s32(*tp, a[r * NX + b][h], S16[2 * (2 * g + 1)])
+                                     : vmulq_n_s32(a[r * NX + b][h], S16[2 * (2 * g)]);
+                    }
+            }
+        }
+        for (int b = 0; b < NX; b++) {
+            const float *xd = (const float *)(x + b * xstride + LT_Q8_X_D) + 8 * g;
+            for (int r = 0; r < NW; r++)
+                for (int h = 0; h < 2; h++)
+                    f[r * NX + b][h] = vfmaq_f32(f[r * NX + b][h], vcvtq_f32_s32(t[r * NX + b][h]), vld1q_f32(xd + 4 * h));
+        }
+    }
+    for (int r = 0; r < NW; r++) {
+        const uint8_t *rec = w + r * LT_Q8_WREC;
+        float d;
+        memcpy(&d, rec + LT_Q8_W_D, 4);
+        const float *mins = (const float *)(rec + LT_Q8_W_MINS);
+        for (int b = 0; b < NX; b++) {
+            const float *xs = (const float *)(x + b * xstride + LT_Q8_X_S32);
+            float *cl = c + b * ldc + 8 * r;
+            for (int h = 0; h < 2; h++) {
+                float32x4_t v = vfmaq_n_f32(vld1q_f32(cl + 4 * h), f[r * NX + b][h], d);
+                for (int j = 0; !six && j < 8; j++) v = vfmaq_n_f32(v, vld1q_f32(xs + 8 * j + 4 * h), mins[j]);
+                vst1q_f32(cl + 4 * h, v);
+            }
+        }
+    }
+}
+
+#define Q8_TILES(QT)                                                                                     \
+    do {                                                                                                 \
+        if (nx == 1) { /* a decode pass's one record: up to LT_Q8_NW1 weight rows at once */             \
+            for (int r = 0; r < nw;) {                                                                   \
+                const int n = nw - r;                                                                    \
+                if (n >= 4) q8_tile(w + r * LT_Q8_WREC, 4, x, xstride, 1, QT, c + 8 * r, ldc), r += 4;   \
+                else if (n == 3) q8_tile(w + r * LT_Q8_WREC, 3, x, xstride, 1, QT, c + 8 * r, ldc), r += 3; \
+                else if (n == 2) q8_tile(w + r * LT_Q8_WREC, 2, x, xstride, 1, QT, c + 8 * r, ldc), r += 2; \
+                else q8_tile(w + r * LT_Q8_WREC, 1, x, xstride, 1, QT, c + 8 * r, ldc), r += 1;          \
+            }                                                                                            \
+            break;                                                                                       \
+        }                                                                                                \
+        for (int r = 0; r < nw; r += 2) { /* prompt rows: pairs of weight rows by pairs of records */   \
+            const uint8_t *wr = w + r * LT_Q8_WREC;                                                      \
+            float *cr = c + 8 * r;                                                                       \
+            for (int b = 0; b < nx; b += 2) {                                                            \
+                const uint8_t *xb = x + b * xstride;                                                     \
+                float *cb = cr + b * ldc;                                                                \
+                if (nw - r >= 2 && nx - b >= 2) q8_tile(wr, 2, xb, xstride, 2, QT, cb, ldc);             \
+                else if (nw - r >= 2) q8_tile(wr, 2, xb, xstride, 1, QT, cb, ldc);                       \
+                else if (nx - b >= 2) q8_tile(wr, 1, xb, xstride, 2, QT, cb, ldc);                       \
+                else q8_tile(wr, 1, xb, xstride, 1, QT, cb, ldc);                                        \
+            }                                                                                            \
+        }                                                                                                \
+    } while (0)
+TGT_DP static void gemm_q8_neon_dp(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype,
+                                   float *c, int64_t ldc) {
+    if (qtype == LT_Q4_K) Q8_TILES(LT_Q4_K);
+    else if (qtype == LT_Q5_K) Q8_TILES(LT_Q5_K);
+    else Q8_TILES(LT_Q6_K);
+}
+#undef Q8_TILES
+#endif
+
 /* ----- exp over float32 arrays --------------------------------------------------------------
  * Cephes' expf, as the AVX-512 file: x = n ln2 + r, exp(r) by a degree-7 polynomial, times
  * 2^n as two factors 2^(n/2) 2^(n - n/2) (both normal for n in [-150, 128], so results in
@@ -739,6 +916,9 @@ void lt_fill_neon(lt_kernels *k) {
     if (feat & NEON_DOTPROD) {
         k->x_prepare = x_prepare_neon_dp;
         SET_ALL(_dp, "_neon_dotprod")
+        k->gemm_q8 = gemm_q8_neon_dp;
+        k->gemm_q8_name = "gemm_q8_neon_dotprod";
+        k->expand_q8[LT_Q4_K] = k->expand_q8[LT_Q5_K] = k->expand_q8[LT_Q6_K] = expand_q8_neon;
     }
 #else
     (void)feat;
