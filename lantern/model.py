@@ -98,8 +98,8 @@ class Model:
         """Feed `token_ids` after the cache's contents; float32 logits for every new token, or
         only the last one (what generation needs: skips most of the output head). prompt: the
         tokens are a prompt being read (`generate.prefill`), not sampled ones or drafts: at avx2
-        their K-quant weight products round x to int8 per 32 (native.prompt_int8_types,
-        docs/FIDELITY.md); sampled tokens and drafts always keep 15 bits."""
+        (and neon with dotprod) their K-quant weight products round x to int8 per 32
+        (native.prompt_int8_types, docs/FIDELITY.md); sampled tokens and drafts always keep 15 bits."""
         ids = self._as_ids(token_ids)
         start = cache.length
         with step_threads(min(len(ids), PREFILL_CHUNK), self._kernels_on_pool):
@@ -138,9 +138,10 @@ class Model:
         (other devices, the reference kernels, passes longer than the native batch limit) each
         sequence runs alone, with the same results. A prompt chunk of more than the step's
         one-pass limit joins the decode tokens where the level has a prompt micro-kernel
-        (native.kernel_name("gemm"): avx2, avx512) or reads prompts in place anyway; elsewhere
-        (portable, neon: prompts expand weights for torch's GEMM, the step would give the chunk
-        to the row kernels) it runs apart on the prompt route. SmolLM2 at avx512, 8 decode
+        (native.kernel_name("gemm"): avx2, avx512) or reads this model's prompts in place anyway
+        (`NativeStep.runs`: neon with dotprod, every weight on its 8-bit tile); elsewhere
+        (portable, neon otherwise: prompts expand weights for torch's GEMM, the step would give
+        the chunk to the row kernels) it runs apart on the prompt route. SmolLM2 at avx512, 8 decode
         tokens and a 56-token chunk, medians of 3: with the micro-kernel 110 ms joined, 138-210
         apart; on the row kernels it was 208 joined, 152 apart."""
         ids = [self._as_ids(tokens) for tokens, _ in passes]
@@ -153,7 +154,7 @@ class Model:
                 or any(cache.keys[0].dtype != torch.float16 for _, cache in passes)):
             return [self.forward(i, cache, last_only=True, prompt=p) for i, (_, cache), p in zip(ids, passes, prompts)]
         if len(passes) > 1 and native.kernel_name("gemm") is None and native.prompt_route() != "in_place":
-            apart = [len(i) > step.max_tokens for i in ids]
+            apart = [not step.runs(len(i), p) for i, p in zip(ids, prompts)]
             if any(apart) and not all(apart):
                 joined = iter(self.forward_batch([p for p, a in zip(passes, apart) if not a],
                                                  [p for p, a in zip(prompts, apart) if not a]))

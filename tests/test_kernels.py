@@ -425,8 +425,8 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         assert not wrong, f"at {level} these run other levels' functions: {wrong}"
         # prompt chunks: named per type; at avx2 through its own micro-kernel
         assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
+        int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
         if level == "avx2":  # the K-quants' prompt rows on 8-bit x (lantern.h), the others on the 8-row tile
-            int8 = {t.name for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K)}
             tiles = avx2_tiles()  # the 8-bit tile takes the same variant as the 8-row one
             int8_tiles = {"expand_q8 + " + t.replace("rows8", "gemm_q8") for t in tiles}
             assert all(f in int8_tiles for t, f in info["prompt"].items() if t in int8), (int8_tiles, info["prompt"])
@@ -434,6 +434,10 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
             assert len(set(info["rows8"].values())) == 1 and set(info["rows8"].values()) <= tiles, info["rows8"]
             # batched decode passes of 5+ sequences: the K-quants on the 8-bit tile, as their prompts
             assert {t: f for t, f in info["batch"].items() if f} == {t: info["prompt"][t] for t in int8}, info["batch"]
+        elif level == "neon":  # with dotprod (its row kernels say), the K-quants' 8-bit tile; without, none
+            tile = "expand_q8 + gemm_q8_neon_dotprod" if info["matmul"]["Q4_K"].endswith("_dotprod") else None
+            assert {t: f for t, f in info["batch"].items() if f} == ({t: tile for t in int8} if tile else {}), info["batch"]
+            assert not any(info["rows8"].values()), info["rows8"]
         else:
             assert not any(info["rows8"].values()), info["rows8"]
             assert not any(info["batch"].values()), info["batch"]

@@ -103,6 +103,45 @@ def test_short_passes_take_the_native_step_and_prompt_chunks_as_the_level_multip
     assert calls == ([] if native.isa() == "avx2" else [n + 1, 100])
 
 
+def test_without_a_prompt_micro_kernel_all_k_quant_prompts_run_in_the_step_on_the_8_bit_tile(monkeypatch):
+    """neon's rule (`NativeStep.runs`), exercised on x86: with prompt chunks routed to torch's
+    float32 GEMM as at neon (LANTERN_PROMPT_ROUTE=expand_f32), a prompt being read still runs in
+    the native step where every weight it multiplies has the level's 8-bit tile, with the same
+    bits as the in-place route; a scoring pass of the same tokens (prompt false), and a model
+    with a weight the tile lacks (Q8_0), take the PyTorch blocks on the torch route."""
+    if "avx2" not in native.supported_isas():
+        pytest.skip(f"the 8-bit tile is avx2's here; this CPU runs {native.supported_isas()}")
+    before = native.isa()
+    native.set_isa("avx2")
+    try:
+        k_quants = lantern.load(cached_model(CASES["phi3-fused-window16"], "Q4_K_M"))
+        q8 = lantern.load(cached_model(CASES["phi3-fused-window16"], "Q8_0"))
+        ids = list(range(3, 3 + 60))
+
+        def read(model, prompt):
+            calls = []
+            hook = model.transformer.blocks[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+            try:
+                return model.forward(ids, model.new_cache(), prompt=prompt), calls
+            finally:
+                hook.remove()
+
+        in_place, calls = read(k_quants, True)
+        assert calls == []
+        monkeypatch.setenv("LANTERN_PROMPT_ROUTE", "expand_f32")
+        assert not k_quants.transformer.native_step.prompt_chunks() and k_quants.transformer.native_step.int8_prompts
+        routed, calls = read(k_quants, True)
+        assert calls == [] and torch.equal(routed, in_place)
+        scored, calls = read(k_quants, False)
+        assert calls == [60] and not torch.equal(scored, in_place)
+        assert not q8.transformer.native_step.int8_prompts
+        assert read(q8, True)[1] == [60]
+        assert "prompts' chunks on the 8-bit tile" in lantern.load(
+            cached_model(CASES["phi3-fused-window16"], "Q4_K_M")).transformer.step_description
+    finally:
+        native.set_isa(before)
+
+
 def test_reference_kernels_and_the_environment_switch_keep_the_blocks(monkeypatch):
     """...and say so (run --verbose and bench print the description)."""
     path = cached_model(CASES["qwen2-biases-neox"], "Q8_0")

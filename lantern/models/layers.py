@@ -551,7 +551,7 @@ class Transformer(nn.Module):
         start = cache.length
         x = self.embed(tokens)
         step = self.native_step
-        if step is not None and step.runs(n) and cache.keys[0].dtype == torch.float16:
+        if step is not None and step.runs(n, prompt) and cache.keys[0].dtype == torch.float16:
             cos, sin = self.rotary.tables(start, n)
             logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs], prompt)
             cache.length = start + n

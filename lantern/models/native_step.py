@@ -8,8 +8,9 @@ whole pass per call: norms, the weight kernels, rotary, the float16 KV cache wri
 SiLU and residuals, then the output head. It applies only where every weight runs on the
 in-place GGUF kernels (`native.GGUFKernel`) and the cache is float16; everything else (the
 reference kernels, other devices) takes the PyTorch blocks. Prompt chunks run natively where the
-level multiplies them in place with its micro-kernel (avx2), as the PyTorch blocks would too
-(`NativeStep.runs`); elsewhere they take the PyTorch blocks and the level's prompt route.
+level multiplies them in place with its micro-kernel (avx2), as the PyTorch blocks would too, and
+at neon with dotprod where every weight has its 8-bit tile (`NativeStep.runs`); elsewhere they
+take the PyTorch blocks and the level's prompt route.
 
 LANTERN_NATIVE_STEP=0 turns it off (the PyTorch blocks on the same kernels, for comparisons).
 """
@@ -99,16 +100,28 @@ class NativeStep:
     # limit the weights take matmul.c's prompt blocks, still read once per pass.
     max_batch_tokens = 64
 
-    def runs(self, n: int) -> bool:
+    def runs(self, n: int, prompt: bool = False) -> bool:
         """Whether a pass of `n` tokens of one sequence is one native call: always up to
         `max_tokens`; beyond, a prompt chunk (`Model.forward` splits prompts into chunks of at
-        most PREFILL_CHUNK tokens: the native scratch memory grows with the chunk), where the level multiplies prompt chunks in place with its micro-kernel. The
+        most PREFILL_CHUNK tokens: the native scratch memory grows with the chunk), where the level
+        multiplies prompt chunks in place with its micro-kernel, or, at a level without one (neon),
+        a prompt being read (`prompt`) whose every weight has the level's 8-bit tile
+        (`int8_prompts`): the 8-bit tile then replaces the float32 expansion and torch's GEMM, as
+        at avx2, with the same bits (bench/arm_instructions.py: 0.20 against 0.52 instructions per
+        weight and row of x for the 15-bit row kernels; torch's GEMM needs at least 0.25). Scoring
+        passes (`prompt` false) keep that level's exact route. The
         weights then go through the same kernel as in the PyTorch blocks, and what the native call
         saves is the blocks' ~40 small torch ops per layer: 128-token prompts at avx2 1.4x faster on
         SmolLM2-135M and Gemma-3-270M shapes, 1.2x on Qwen3-0.6B's, the same on Phi-3-mini's,
         whose weights are nearly all of the time (bench/prompt_ab.py --routes native, docs/PERFORMANCE.md). One path for every chunk size also keeps
         a prompt read in pieces as close as possible to the same prompt read whole."""
-        return n <= self.max_tokens or self.prompt_chunks()
+        return n <= self.max_tokens or self.prompt_chunks() or (prompt and self.int8_prompts)
+
+    @property
+    def int8_prompts(self) -> bool:
+        """Whether every weight of a prompt chunk has the level's 8-bit tile (`runs`)."""
+        int8 = {int(t) for t in native.prompt_int8_types()}
+        return bool(int8) and self.chunk_types <= int8
 
     @staticmethod
     def prompt_chunks() -> bool:
@@ -140,6 +153,9 @@ class NativeStep:
                 _norm(block.post_attn_norm, p.dim), _norm(block.post_ffn_norm, p.dim),
                 attn.window, int(attn.rotary is not None and attn.rotary is not rotary))
         self._layers = layers  # the description points into it: keep it alive
+        # the types a prompt chunk's weights are multiplied in (the output head takes the last token only)
+        self.chunk_types = {lin.qtype for layer in layers for lin in (
+            *layer.qkv.part[:layer.qkv.nparts], *layer.gate_up.part[:layer.gate_up.nparts], layer.wo, layer.down)}
         self.desc = _Model(p.dim, p.n_layers, p.n_heads, p.n_kv_heads, p.head_dim, p.ffn_dim, rotary.dims,
                            p.vocab_size, int(rotary.neox), ACTIVATIONS[blocks[0].mlp.activation], p.norm_eps,
                            blocks[0].attn.scale, p.logit_softcap, ctypes.addressof(layers),
@@ -177,6 +193,9 @@ class NativeStep:
             return None, f"PyTorch blocks ({exc})"
         if cls.prompt_chunks():
             return step, f"native step (every pass in one C call, prompt chunks too, {native.isa()})"
+        if step.int8_prompts:
+            return step, (f"native step (passes of up to {cls.max_tokens} tokens in one C call, and prompts' chunks "
+                          f"on the 8-bit tile, {native.isa()})")
         return step, f"native step (passes of up to {cls.max_tokens} tokens in one C call, {native.isa()})"
 
     def _cache_pointers(self, cache):

@@ -12,8 +12,11 @@ Two policies:
     batches (decode, speculative verify) by the row kernels of the instruction-set level in use
     (avx512: x rounded to bfloat16; avx2, neon, portable: x as 15-bit integers per 32, exact
     integer dot products); prompt chunks as `native.PROMPT_ROUTES` says per level: slabs of rows
-    expanded to bfloat16 (avx512) or float32 (neon, portable) for torch's GEMM, or the row
-    kernels over blocks of 64 tokens (avx2).
+    expanded to bfloat16 (avx512) or float32 (neon, portable) for torch's GEMM, or in place
+    (avx2: the K-quants on x rounded to int8 per 32, the others on its 8-row tile). At neon with
+    dotprod, a model whose every weight is a K-quant reads its prompts on the same 8-bit tile
+    (`NativeStep.runs`). Batched passes of 5+ decoding sequences take that tile too, where the
+    level has it (`native.BATCH_INT8_SEQUENCES`).
   - Q2_K, Q3_K: a dense bfloat16 copy (`dense.py`).
   - F32, F16, BF16: the reference path (already dense).
 
@@ -203,7 +206,9 @@ def level() -> dict:
 
     def prompt(t):  # the functions prompt chunks of type t go through (native.PROMPT_ROUTES)
         if route != "in_place":
-            return f"{native.kernel_name(expand, t)} + torch GEMM"
+            torch_route = f"{native.kernel_name(expand, t)} + torch GEMM"
+            # neon: in a model whose every weight has the tile (NativeStep.int8_prompts)
+            return f"{int8_tile(t)} (all-K-quant models; else {torch_route})" if int8_tile(t) else torch_route
         if int8_tile(t):  # prompts read by generation: x int8 per 32
             return int8_tile(t)
         if native.kernel_name("rows8", t):  # 15-bit x, 8 rows in the lanes

@@ -158,13 +158,17 @@ def kernel_name(role: str, qtype: QT | None = None) -> str | None:
 # type the level's 8-bit prompt tile (kernel_name("gemm_q8", t)) or 8-row tile on 15-bit x
 # (kernel_name("rows8", t)), else its float32 micro-kernel (kernel_name("gemm")), else its row
 # kernels over blocks of 64 tokens). Measured per level: docs/PERFORMANCE.md, "Prompt chunks per level".
+# neon with dotprod reads the prompts of a model whose every weight has its 8-bit tile on that
+# tile instead (NativeStep.runs: the step passes prompt=True), whatever this route says.
 PROMPT_ROUTES = {"avx512": "expand_bf16", "avx2": "in_place", "neon": "expand_f32", "portable": "expand_f32"}
 
 
 def prompt_int8_types() -> list[QT]:
     """The types whose prompt rows the level in use multiplies on x rounded to int8 per 32
     (`kernel_name("gemm_q8", t)`; lantern.h): the K-quants at avx2, where prompts have no bf16
-    hardware and that tile outruns the float32 and 15-bit ones (bench/native/int8_tile.c)."""
+    hardware and that tile outruns the float32 and 15-bit ones (bench/native/int8_tile.c), and
+    at neon with dotprod (SDOT by element; bench/arm_instructions.py counts its instructions:
+    ARM speed is unmeasured). Every level's tile gives the same bits (lt_gemm_q8_generic's)."""
     return [t for t in GGUF_BLOCKS if kernel_name("gemm_q8", t)]
 
 
