@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -421,7 +422,9 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
         assert all(names.values()), names
         suffix = "_generic" if level == "portable" else f"_{level}"
         taken = TAKEN_FROM_BELOW.get(level, {})
-        wrong = {role: f for role, f in names.items() if suffix not in f and not f.endswith(f"_{taken.get(role)}")}
+        # (the avx2 functions a level takes may be avx2's vnni variants: "_avx2_vnni", "_avx2_avxvnni")
+        wrong = {role: f for role, f in names.items()
+                 if suffix not in f and not re.search(rf"_{taken.get(role)}(_vnni|_avxvnni)?$", f)}
         assert not wrong, f"at {level} these run other levels' functions: {wrong}"
         # prompt chunks: named per type; at avx2 through its own micro-kernel
         assert set(info["prompt"]) == {t.name for t in GGUF_TYPES} and all(info["prompt"].values()), info["prompt"]
@@ -446,11 +449,13 @@ def test_each_level_serves_every_type_with_its_own_kernels(level):
 @needs_native
 @pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
 def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
-    """The avx2 level's tiles in their vnni variant (vpdpwssd, vpdpbusd; AVX-512 VNNI or AVX-VNNI)
-    give the same int32 sums as the plain ones (vpmaddwd, vpmaddubsw, vpaddd), so the same bits:
-    5-12 rows of x, a prompt's rows and 8 rows on 8-bit x (a batched decode pass: the 8-bit tile's
-    one-record route for the K-quants), every type."""
-    CALLS = [(5, False), (8, False), (12, False), (40, True), (8, True)]  # (rows of x, 8-bit rows)
+    """The avx2 level's row kernels and tiles in their vnni variant (vpdpwssd, vpdpbusd; AVX-512
+    VNNI or AVX-VNNI) give the same int32 sums as the plain ones (vpmaddwd, vpmaddubsw, vpaddd), so
+    the same bits: 1-4 rows of x (the row kernels: decode steps), 5-12 rows, a prompt's rows and 8
+    rows on 8-bit x (a batched decode pass: the 8-bit tile's one-record route for the K-quants),
+    every type."""
+    CALLS = [(1, False), (2, False), (3, False), (4, False), (5, False), (8, False), (12, False), (40, True),
+             (8, True)]  # (rows of x, 8-bit rows)
     if "avx2" not in native.supported_isas():
         pytest.skip("this CPU does not run the avx2 level")
     with avx2_vnni(True):
@@ -463,6 +468,7 @@ def test_avx2_vnni_tile_is_bit_exact_with_the_plain_one(qtype):
     for on in (False, True):
         with avx2_vnni(on):
             assert native.kernel_name("rows8", qtype) == "rows8_avx2" + (variant if on else "")
+            assert native.kernel_name("matmul", qtype) == f"{qtype.name.lower()}_avx2" + (variant if on else "")
             k = native.GGUFKernel(raw, qtype, rows, cols)
             runs[on] = [native.gguf_matmul(k.raw, qtype, torch.randn(m, cols, generator=torch.Generator().manual_seed(m)),
                                            rows, cols, prompt=int8) for m, int8 in CALLS]

@@ -154,10 +154,12 @@ def test_native_levels(native_harness):
         if variant is not None:  # else no /proc/cpuinfo to say which tile is right
             assert _tile(out, "avx2") == "rows8_avx2" + variant, out
             assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2" + variant}, out
+            assert set(_row_names(out, "avx2").values()) == {f"{t}_avx2{variant}" for t in ROW_TYPES}, out
         if variant:
             plain = _run([str(exe), "--level=avx2", *_require_args(_required())], {**env, "LANTERN_AVX2_VNNI": "0"})
             assert _tile(plain, "avx2") == "rows8_avx2", plain
             assert _int8_tiles(plain, "avx2") == {"gemm_q8_avx2"}, plain
+            assert set(_row_names(plain, "avx2").values()) == {f"{t}_avx2" for t in ROW_TYPES}, plain
             print(plain)
 
 
@@ -178,6 +180,7 @@ def test_avxvnni_variant_on_avx512_vnni_instructions(tmp_path):
     out = _run([str(exe), "--level=avx2", *_require_args(_required())], env)
     assert _tile(out, "avx2") == "rows8_avx2_avxvnni", out
     assert _int8_tiles(out, "avx2") == {"gemm_q8_avx2_avxvnni"}, out
+    assert set(_row_names(out, "avx2").values()) == {f"{t}_avx2_avxvnni" for t in ROW_TYPES}, out
 
 
 def test_avxvnni_variant_is_vex_only(native_harness):
@@ -199,7 +202,7 @@ def test_avxvnni_variant_is_vex_only(native_harness):
         parts = line.split("\t")
         if name and len(parts) >= 3:
             functions[name].append((parts[1].split(), parts[2]))
-    assert "gemm_q8_avxvnni" in functions and "rows8_q4_k_avxvnni" in functions, sorted(functions)
+    assert {"gemm_q8_avxvnni", "rows8_q4_k_avxvnni", "rq4k_1_avxvnni", "rq6k_1_avxvnni"} <= set(functions), sorted(functions)
     text = "\n".join(ins for body in functions.values() for _, ins in body)
     assert "{vex} vpdpbusd" in text and "{vex} vpdpwssd" in text
     evex = [(f, ins) for f, body in functions.items() for raw, ins in body if raw and (raw[0] == "62" or raw[:2] == ["67", "62"])]

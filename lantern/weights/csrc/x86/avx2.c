@@ -17,7 +17,7 @@
  * another vpmaddwd, 5 instructions per 32 weights and row of x against 3 here; the bytes only
  * save part of the codes' widening, which is shared by the M rows. */
 
-#ifndef LT_AVX2_ROWS8 /* the file but its end: the 8-row tile's template, included once per variant */
+#ifndef LT_AVX2_VARIANT /* the file but its end: the row kernels' and tiles' template, included once per variant */
 #include "../blocks.h"
 #include "../lantern.h"
 
@@ -211,53 +211,6 @@ LT_INLINE __m256 sums8(__m256i r, __m256i s) {
     return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_permute2x128_si256(r, s, 0x20), _mm256_permute2x128_si256(r, s, 0x31)));
 }
 
-/* Q4_K / Q5_K on x in even-odd order (lt_x.qeo): a 32-byte load of a block's codes holds sub-blocks
- * 2g (low nibbles) and 2g + 1 (high nibbles); as 16 words, word j holds weights 2j and 2j + 1, so
- * masks and shifts give each sub-block's even and odd weights as int16, in lane. */
-LT_INLINE void q4k_impl(ROW_ARGS, const int M, const int five) {
-    const int64_t bytes = five ? 176 : 144, nb = K / 256;
-    const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
-    __m256 acc[8];
-    UNROLL
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + b * bytes;
-        __m256 sc, mn;
-        k4_scales(blk, &sc, &mn);
-        UNROLL
-        for (int m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), acc[m]);
-        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
-        const uint8_t *qs = blk + (five ? 48 : 16);
-        __m256i pair[8], quad[8][2];
-        UNROLL
-        for (int g = 0; g < 4; g++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
-            __m256i e0 = _mm256_and_si256(v, m4), o0 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
-            __m256i e1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), o1 = _mm256_srli_epi16(v, 12);
-            if (five) { /* bit 4: bit 2g (sub-block 2g) and 2g + 1 of each weight's qh byte */
-                e0 = _mm256_or_si256(e0, _mm256_and_si256(shift16(qh, 4 - 2 * g), b4));
-                o0 = _mm256_or_si256(o0, _mm256_and_si256(shift16(qh, -4 - 2 * g), b4));
-                e1 = _mm256_or_si256(e1, _mm256_and_si256(shift16(qh, 3 - 2 * g), b4));
-                o1 = _mm256_or_si256(o1, _mm256_and_si256(shift16(qh, -5 - 2 * g), b4));
-            }
-            UNROLL
-            for (int m = 0; m < M; m++) {
-                const int16_t *x = xq + m * K + b * 256 + 64 * g;
-                const __m256i p = sums2(_mm256_add_epi32(mwd(e0, x), mwd(o0, x + 16)), _mm256_add_epi32(mwd(e1, x + 32), mwd(o1, x + 48)));
-                if (g % 2 == 0)
-                    pair[m] = p;
-                else
-                    quad[m][g / 2] = sums4(pair[m], p);
-            }
-        }
-        UNROLL
-        for (int m = 0; m < M; m++)
-            acc[m] = _mm256_fmadd_ps(sums8(quad[m][0], quad[m][1]), _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)), acc[m]);
-    }
-    UNROLL
-    for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
-}
-
 /* Q6_K: the codes (6 bits, unsigned: 32 too many) of half a block (h = 0, 1: 128 weights) as 4
  * vectors of 32 bytes (t = 0..3: weights 128h + 32t + l), made with byte masks on 16-bit shifts. */
 LT_INLINE void q6k_half_codes(const uint8_t *blk, int h, __m256i c[4]) {
@@ -276,52 +229,6 @@ LT_INLINE void q6k_half_bytes(const uint8_t *blk, int h, __m256i c[4]) {
     q6k_half_codes(blk, h, c);
     UNROLL
     for (int t = 0; t < 4; t++) c[t] = _mm256_sub_epi8(c[t], _mm256_set1_epi8(32));
-}
-
-/* Q6_K on x in even-odd order (lt_x.qeo): sub-blocks of 16, scales d * int8. The even (odd)
- * weights of 32 are words 0-7 of sub-block 2u and 8-15 of 2u + 1, so a group's dot product has
- * sub-block 2u in its low 128 bits and 2u + 1 in its high ones; a half block's 8 sub-block sums
- * end in one vector as [0 2 4 6 | 1 3 5 7], the order its scales are shuffled to. */
-LT_INLINE void q6k_impl(ROW_ARGS, const int M) {
-    const int64_t nb = K / 256;
-    (void)xs;
-    const __m256i lo8 = _mm256_set1_epi16(0x00FF), k32 = _mm256_set1_epi16(32);
-    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    __m256 acc[8];
-    UNROLL
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + b * 210;
-        const __m256 d = _mm256_set1_ps(f16_to_f32(blk + 208));
-        const __m128i sc8 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 192)), order);
-        UNROLL
-        for (int h = 0; h < 2; h++) {
-            __m256i c[4], pair[8], quad[8][2];
-            q6k_half_codes(blk, h, c);
-            UNROLL
-            for (int t = 0; t < 4; t++) {
-                const __m256i e = _mm256_sub_epi16(_mm256_and_si256(c[t], lo8), k32);
-                const __m256i o = _mm256_sub_epi16(_mm256_srli_epi16(c[t], 8), k32);
-                UNROLL
-                for (int m = 0; m < M; m++) {
-                    const int16_t *x = xq + m * K + b * 256 + 128 * h + 32 * t;
-                    const __m256i p = _mm256_add_epi32(mwd(e, x), mwd(o, x + 16));
-                    if (t % 2 == 0)
-                        pair[m] = p;
-                    else
-                        quad[m][t / 2] = sums2(pair[m], p);
-                }
-            }
-            const __m256 s = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h ? _mm_srli_si128(sc8, 8) : sc8)));
-            UNROLL
-            for (int m = 0; m < M; m++) {
-                const __m256 qd = _mm256_broadcast_ps((const __m128 *)(xd + m * G + 8 * b + 4 * h));
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums4(quad[m][0], quad[m][1])), _mm256_mul_ps(s, qd), acc[m]);
-            }
-        }
-    }
-    UNROLL
-    for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
 }
 
 /* 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL */
@@ -377,18 +284,6 @@ LT_INLINE void q32_codes(const uint8_t *blk, const int qtype, __m256i *lo, __m25
     *hi = c;
 }
 
-/* One block into acc for the M rows of x, with d * qd of row m at sq[m * stride]. */
-LT_INLINE void q32_block(const uint8_t *blk, const int qtype, const int16_t *x, int64_t K, const float *sq,
-                         int stride, __m256 *acc, int ld, const int M) {
-    __m256i lo, hi;
-    q32_codes(blk, qtype, &lo, &hi);
-    UNROLL
-    for (int m = 0; m < M; m++) {
-        const __m256i d = _mm256_add_epi32(mwd(lo, x + m * K), mwd(hi, x + m * K + 16));
-        acc[m * ld] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(sq + m * stride), acc[m * ld]);
-    }
-}
-
 /* The float16 d (low 128 bits) and m (high 128 bits; Q4_1, Q5_1) of 8 consecutive blocks of
  * `bytes` bytes: their first 4 bytes in one gather, the halves sorted */
 LT_INLINE __m256i q32_dm8(const uint8_t *base, int64_t bytes) {
@@ -396,56 +291,6 @@ LT_INLINE __m256i q32_dm8(const uint8_t *base, int64_t bytes) {
     const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
                                             0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
     return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)base, idx, 1), halves), 0xD8);
-}
-
-/* Blocks go 8 at a time: their d (and m) converted together (q32_dm8), d * qd per row of x to a
- * table, the mins as one FMA of 8 blocks. The last nb % 8 blocks one at a time. */
-LT_INLINE void q32_impl(ROW_ARGS, const int M, const int qtype) {
-    const int NA = NACC(M);
-    const int64_t bytes = lt_block_bytes(qtype), nb = K / 32;
-    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
-    __m256 acc[8][4];
-    UNROLL
-    for (int m = 0; m < M; m++)
-        UNROLL
-        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
-    int64_t c0 = 0;
-    for (; c0 + 8 <= nb; c0 += 8) {
-        const uint8_t *base = row + c0 * bytes;
-        const __m256i hv = q32_dm8(base, bytes);
-        const __m256 dv = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
-        LT_ALIGN(32) float sq[8][8];
-        UNROLL
-        for (int m = 0; m < M; m++) {
-            _mm256_store_ps(sq[m], _mm256_mul_ps(dv, _mm256_loadu_ps(xd + m * G + c0)));
-            if (has_min)
-                acc[m][NA - 1] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)), _mm256_loadu_ps(xs + m * G + c0), acc[m][NA - 1]);
-        }
-        const float *sqb = read_back(sq[0]);
-        UNROLL
-        for (int i = 0; i < 8; i += NA)
-            UNROLL
-            for (int u = 0; u < NA; u++) q32_block(base + (i + u) * bytes, qtype, xq + (c0 + i + u) * 32, K, sqb + i + u, 8, &acc[0][u], 4, M);
-    }
-    float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (; c0 < nb; c0++) {
-        const uint8_t *blk = row + c0 * bytes;
-        const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
-        float sq[8];
-        UNROLL
-        for (int m = 0; m < M; m++) {
-            sq[m] = d * xd[m * G + c0];
-            if (has_min) tail[m] += mv * xs[m * G + c0];
-        }
-        q32_block(blk, qtype, xq + c0 * 32, K, sq, 1, &acc[0][0], 4, M);
-    }
-    UNROLL
-    for (int m = 0; m < M; m++) {
-        __m256 s = acc[m][0];
-        UNROLL
-        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
-        out[m] = hsum(s) + tail[m];
-    }
 }
 
 /* IQ4_XS: the 8 scales d * (ls - 32) of one block (ls: 4 bits of scales_l, 2 of scales_h) */
@@ -462,84 +307,8 @@ LT_INLINE __m256 iq4xs_scales(const uint8_t *blk) {
     return _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk)), _mm256_cvtepi32_ps(ls));
 }
 
-/* IQ4_XS: sub-blocks of 32 (qs[16 ib ..]: low nibbles elements 0-15, high 16-31), two at a
- * time: one vpshufb per 32 codes on the 32 bytes of sub-blocks 2g and 2g + 1. */
-LT_INLINE void iq4xs_impl(ROW_ARGS, const int M) {
-    const int NA = NACC(M);
-    const int64_t nb = K / 256;
-    (void)xs;
-    const __m256i tab = _mm256_broadcastsi128_si256(iq4_table()), m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[8][4];
-    UNROLL
-    for (int m = 0; m < M; m++)
-        UNROLL
-        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + b * 136;
-        const __m256 sc = iq4xs_scales(blk);
-        LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
-        UNROLL
-        for (int m = 0; m < M; m++) _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
-        const float *sqb = read_back(sq[0]);
-        UNROLL
-        for (int g = 0; g < 4; g++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 8 + 32 * g));
-            /* per 128-bit lane: lo = elements 0-15, hi = 16-31 of sub-block 2g (low lane), 2g + 1 (high) */
-            const __m256i lo = _mm256_shuffle_epi8(tab, _mm256_and_si256(v, m4));
-            const __m256i hi = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-            const __m256i a0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), a1 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
-            const __m256i c0 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), c1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1));
-            UNROLL
-            for (int m = 0; m < M; m++) {
-                const int16_t *x = xq + m * K + b * 256 + 64 * g;
-                const __m256i d0 = _mm256_add_epi32(mwd(a0, x), mwd(a1, x + 16));
-                const __m256i d1 = _mm256_add_epi32(mwd(c0, x + 32), mwd(c1, x + 48));
-                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(sqb + 8 * m + 2 * g), acc[m][(2 * g) % NA]);
-                acc[m][(2 * g + 1) % NA] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(sqb + 8 * m + 2 * g + 1), acc[m][(2 * g + 1) % NA]);
-            }
-        }
-    }
-    UNROLL
-    for (int m = 0; m < M; m++) {
-        __m256 s = acc[m][0];
-        UNROLL
-        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
-        out[m] = hsum(s);
-    }
-}
-
-#define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
-#define ROW_PASS(q) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, x->G, out
-#define INSTANCES_OF(name, call, q)                                  \
-    static void name##_1(ROW_ARGS_X) { call(ROW_PASS(q), 1); }       \
-    static void name##_2(ROW_ARGS_X) { call(ROW_PASS(q), 2); }       \
-    static void name##_3(ROW_ARGS_X) { call(ROW_PASS(q), 3); }       \
-    static void name##_4(ROW_ARGS_X) { call(ROW_PASS(q), 4); }       \
-    static void name##_8(ROW_ARGS_X) { call(ROW_PASS(q), 8); }
-#define INSTANCES(name, call) INSTANCES_OF(name, call, q)
-#define INSTANCES_EO(name, call) INSTANCES_OF(name, call, qeo) /* x in even-odd order: EVEN_ODD_TYPES */
+/* x in even-odd order (lt_x.qeo) for these types' row kernels */
 #define EVEN_ODD_TYPES (1u << LT_Q4_K | 1u << LT_Q5_K | 1u << LT_Q6_K)
-#define Q4K(args, M) q4k_impl(args, M, 0)
-#define Q5K(args, M) q4k_impl(args, M, 1)
-#define Q6K(args, M) q6k_impl(args, M)
-#define Q40(args, M) q32_impl(args, M, LT_Q4_0)
-#define Q41(args, M) q32_impl(args, M, LT_Q4_1)
-#define Q50(args, M) q32_impl(args, M, LT_Q5_0)
-#define Q51(args, M) q32_impl(args, M, LT_Q5_1)
-#define Q80(args, M) q32_impl(args, M, LT_Q8_0)
-#define IQ4NL(args, M) q32_impl(args, M, LT_IQ4_NL)
-#define IQ4XS(args, M) iq4xs_impl(args, M)
-INSTANCES_EO(rq4k, Q4K)
-INSTANCES_EO(rq5k, Q5K)
-INSTANCES_EO(rq6k, Q6K)
-INSTANCES(rq40, Q40)
-INSTANCES(rq41, Q41)
-INSTANCES(rq50, Q50)
-INSTANCES(rq51, Q51)
-INSTANCES(rq80, Q80)
-INSTANCES(riq4nl, IQ4NL)
-INSTANCES(riq4xs, IQ4XS)
 
 /* ----- decode rows, 8 rows of x in the lanes (lantern.h lt_rows8_fn) ----------------------------
  * Per chunk of 256 weights (8 groups of 32) the LT_ROWS8_NW weight rows are decoded to int16
@@ -625,27 +394,28 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
     }
 }
 
-/* The tiles themselves (this 8-row one, and the 8-bit prompt tile): written once (the end of this
- * file, after "#else: LT_AVX2_ROWS8") and compiled once per variant, this file including itself
- * with R8_VNNI, R8_ATTR (the variant's target) and R8_NAME (its names). The vnni variant, where the
- * CPU has AVX-512 VNNI with VL (Ice Lake, Tiger Lake, Zen 4; lt_cpu_avx512_vnni), is vpdpwssd for
- * each vpmaddwd and vpaddd pair (8-row tile) and vpdpbusd for vpmaddubsw (8-bit tile); the same
- * int32 sums, so the same results. LANTERN_AVX2_VNNI=0 keeps the plain ones (tests, comparisons). */
-#define LT_AVX2_ROWS8 1
-#define R8_VNNI 0
-#define R8_ATTR
-#define R8_NAME(name) name
+/* The row kernels and the tiles (this 8-row one, and the 8-bit prompt tile): written once (the end
+ * of this file, after "#else: LT_AVX2_VARIANT") and compiled once per variant, this file including
+ * itself with VAR_VNNI, VAR_ATTR (the variant's target) and VAR_NAME (its names). The vnni variant,
+ * where the CPU has AVX-512 VNNI with VL (Ice Lake, Tiger Lake, Zen 4; lt_cpu_avx512_vnni), is
+ * vpdpwssd for each vpmaddwd and vpaddd pair (row kernels, 8-row tile) and vpdpbusd for vpmaddubsw
+ * (8-bit tile); the same int32 sums, so the same results. LANTERN_AVX2_VNNI=0 keeps the plain ones
+ * (tests, comparisons). */
+#define LT_AVX2_VARIANT 1
+#define VAR_VNNI 0
+#define VAR_ATTR
+#define VAR_NAME(name) name
 #include "avx2.c"
-#undef R8_VNNI
-#undef R8_ATTR
-#undef R8_NAME
-#define R8_VNNI 1
-#define R8_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
-#define R8_NAME(name) name##_vnni
+#undef VAR_VNNI
+#undef VAR_ATTR
+#undef VAR_NAME
+#define VAR_VNNI 1
+#define VAR_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+#define VAR_NAME(name) name##_vnni
 #include "avx2.c"
-#undef R8_VNNI
-#undef R8_ATTR
-#undef R8_NAME
+#undef VAR_VNNI
+#undef VAR_ATTR
+#undef VAR_NAME
 /* AVX-VNNI: the same instructions VEX-encoded (Alder Lake and later Intel client cores, which have
  * no AVX-512), from compilers that know them (gcc 11, clang 12; MSVC keeps the plain tiles). No CPU
  * of the test machines has it: built with LT_AVXVNNI_ON_AVX512, this variant's code runs on AVX-512
@@ -657,17 +427,17 @@ LT_INLINE void r8_decode(const uint8_t *row, int64_t g0, int ng, const int qtype
 #endif
 #endif
 #ifdef LT_HAVE_AVXVNNI
-#define R8_VNNI 2
+#define VAR_VNNI 2
 #ifdef LT_AVXVNNI_ON_AVX512
-#define R8_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+#define VAR_ATTR LT_TARGET("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
 #else
-#define R8_ATTR LT_TARGET("avx2,fma,f16c,avxvnni")
+#define VAR_ATTR LT_TARGET("avx2,fma,f16c,avxvnni")
 #endif
-#define R8_NAME(name) name##_avxvnni
+#define VAR_NAME(name) name##_avxvnni
 #include "avx2.c"
-#undef R8_VNNI
-#undef R8_ATTR
-#undef R8_NAME
+#undef VAR_VNNI
+#undef VAR_ATTR
+#undef VAR_NAME
 #endif
 
 /* ----- expansion (prompt chunks) --------------------------------------------------------------
@@ -1131,20 +901,12 @@ SPAN(32, 1) SPAN(32, 2) SPAN(32, 3) SPAN(32, 4)
 void lt_fill_avx2(lt_kernels *k) {
     k->x_format = LT_X_Q15;
     k->x_prepare = lt_x_prepare_q15_avx2;
-#define SET_ROWS(qt, name, label)                                                              \
-    k->row[qt][0] = name##_1; k->row[qt][1] = name##_2; k->row[qt][2] = name##_3;              \
-    k->row[qt][3] = name##_4; k->row[qt][4] = name##_8; k->row_name[qt] = label "_avx2";
-    SET_ROWS(LT_Q4_0, rq40, "q4_0") SET_ROWS(LT_Q4_1, rq41, "q4_1") SET_ROWS(LT_Q5_0, rq50, "q5_0")
-    SET_ROWS(LT_Q5_1, rq51, "q5_1") SET_ROWS(LT_Q8_0, rq80, "q8_0") SET_ROWS(LT_Q4_K, rq4k, "q4_k")
-    SET_ROWS(LT_Q5_K, rq5k, "q5_k") SET_ROWS(LT_Q6_K, rq6k, "q6_k")
-    SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl") SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs")
-#undef SET_ROWS
     k->even_odd_types = EVEN_ODD_TYPES;
     /* Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none): one sequence 1.01-1.06x, 8
      * sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB */
     k->fetch_long = 4096;
-    /* the tiles (8-row and 8-bit): their vnni variant where the CPU has AVX-512 VNNI, else their
-     * avxvnni one where it has AVX-VNNI, unless LANTERN_AVX2_VNNI=0 */
+    /* the row kernels and the tiles (8-row and 8-bit): their vnni variant where the CPU has
+     * AVX-512 VNNI, else their avxvnni one where it has AVX-VNNI, unless LANTERN_AVX2_VNNI=0 */
     const char *vnni_env = getenv("LANTERN_AVX2_VNNI");
     const int off = vnni_env && vnni_env[0] == '0';
     enum { PLAIN, VNNI, AVXVNNI } variant = off ? PLAIN : lt_cpu_avx512_vnni() ? VNNI : PLAIN;
@@ -1154,7 +916,15 @@ void lt_fill_avx2(lt_kernels *k) {
     if (variant == VNNI) variant = AVXVNNI; /* tests: the avxvnni variant's code in the vnni one's place */
 #endif
 #endif
+#define SET_ROWS(qt, fn, label, sfx, name)                                                                     \
+    k->row[qt][0] = fn##_1##sfx; k->row[qt][1] = fn##_2##sfx; k->row[qt][2] = fn##_3##sfx;                     \
+    k->row[qt][3] = fn##_4##sfx; k->row[qt][4] = fn##_8##sfx; k->row_name[qt] = label "_avx2" name;
 #define SET_TILES(sfx, name)                                                                                   \
+    SET_ROWS(LT_Q4_0, rq40, "q4_0", sfx, name) SET_ROWS(LT_Q4_1, rq41, "q4_1", sfx, name)                      \
+    SET_ROWS(LT_Q5_0, rq50, "q5_0", sfx, name) SET_ROWS(LT_Q5_1, rq51, "q5_1", sfx, name)                      \
+    SET_ROWS(LT_Q8_0, rq80, "q8_0", sfx, name) SET_ROWS(LT_Q4_K, rq4k, "q4_k", sfx, name)                      \
+    SET_ROWS(LT_Q5_K, rq5k, "q5_k", sfx, name) SET_ROWS(LT_Q6_K, rq6k, "q6_k", sfx, name)                      \
+    SET_ROWS(LT_IQ4_NL, riq4nl, "iq4_nl", sfx, name) SET_ROWS(LT_IQ4_XS, riq4xs, "iq4_xs", sfx, name)          \
     k->rows8[LT_Q4_0] = rows8_q4_0##sfx; k->rows8[LT_Q4_1] = rows8_q4_1##sfx; k->rows8[LT_Q5_0] = rows8_q5_0##sfx; \
     k->rows8[LT_Q5_1] = rows8_q5_1##sfx; k->rows8[LT_Q8_0] = rows8_q8_0##sfx; k->rows8[LT_Q4_K] = rows8_q4_k##sfx; \
     k->rows8[LT_Q5_K] = rows8_q5_k##sfx; k->rows8[LT_Q6_K] = rows8_q6_k##sfx;                                  \
@@ -1170,6 +940,7 @@ void lt_fill_avx2(lt_kernels *k) {
     default: SET_TILES(, "") break;
     }
 #undef SET_TILES
+#undef SET_ROWS
 #define SET_EXPAND(suffix, QT)                                                                  \
     k->expand_f32[QT] = expand_f32_##suffix; k->expand_f32_name[QT] = "expand_f32_avx2";         \
     k->expand_bf16[QT] = expand_bf16_avx2; k->expand_bf16_name[QT] = "expand_bf16_avx2";
@@ -1200,7 +971,7 @@ void lt_fill_avx2(lt_kernels *k) {
 
 #endif /* LT_X86 */
 
-#else /* LT_AVX2_ROWS8: the 8-row tile, included above once per variant */
+#else /* LT_AVX2_VARIANT: the row kernels and the tiles, included above once per variant */
 
 /* One product of a pair of weights (w, a broadcast) with the pair for 8 rows of x (xv), added to
  * the chain of its weight row. Plain: vpmaddwd and vpaddd onto one chain (kept one chain: else
@@ -1209,23 +980,23 @@ void lt_fill_avx2(lt_kernels *k) {
  * Lake), so odd pairs go to a second chain t, added at the group's end: in cache on Ice Lake
  * 1.11-1.16x the plain (bench/rows_vs_ggml.py --m 8: Q4_1, Q6_K, Q4_K), Phi-3's 8-sequence pass
  * about 1.07x (bench/native_ab.py, as noisy as that). */
-#if R8_VNNI == 2 && !defined(LT_AVXVNNI_ON_AVX512)
-#define R8_DPWSSD _mm256_dpwssd_avx_epi32
-#define R8_DPBUSD _mm256_dpbusd_avx_epi32
+#if VAR_VNNI == 2 && !defined(LT_AVXVNNI_ON_AVX512)
+#define VAR_DPWSSD _mm256_dpwssd_avx_epi32
+#define VAR_DPBUSD _mm256_dpbusd_avx_epi32
 #else
-#define R8_DPWSSD _mm256_dpwssd_epi32
-#define R8_DPBUSD _mm256_dpbusd_epi32
+#define VAR_DPWSSD _mm256_dpwssd_epi32
+#define VAR_DPBUSD _mm256_dpbusd_epi32
 #endif
-#if R8_VNNI
+#if VAR_VNNI
 #if defined(__GNUC__) || defined(__clang__)
-#define R8_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any vector register the variant has */
+#define VAR_KEEP(v) __asm__("" : "+v"(v)) /* as OPAQUE, in any vector register the variant has */
 #else
-#define R8_KEEP(v) ((void)0)
+#define VAR_KEEP(v) ((void)0)
 #endif
 #define R8_DOT(s, t, odd, xv, w)                                                                   \
     do {                                                                                           \
-        if (odd) { t = R8_DPWSSD(t, xv, _mm256_set1_epi32(w)); R8_KEEP(t); }                         \
-        else { s = R8_DPWSSD(s, xv, _mm256_set1_epi32(w)); R8_KEEP(s); }                             \
+        if (odd) { t = VAR_DPWSSD(t, xv, _mm256_set1_epi32(w)); VAR_KEEP(t); }                         \
+        else { s = VAR_DPWSSD(s, xv, _mm256_set1_epi32(w)); VAR_KEEP(s); }                             \
     } while (0)
 #else
 #define R8_DOT(s, t, odd, xv, w)                                                                   \
@@ -1236,7 +1007,267 @@ void lt_fill_avx2(lt_kernels *k) {
     } while (0)
 #endif
 
-R8_ATTR LT_INLINE void R8_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
+/* ----- rows: out[m] = row . x[m] (lantern.h lt_row_fn), per variant --------------------------------
+ * Each pair of products, vpmaddwd and vpaddd, is one vpmaddwd and one vpdpwssd in the vnni
+ * variants: the same int32 sums, so the same bits. Phi-3-mini Q4_K_M decode on Ice Lake
+ * (bench/native_ab.py, one sequence): 1.032-1.039x the plain kernels. */
+#if VAR_VNNI
+#define MWD2(p, c, x) VAR_DPWSSD(p, c, _mm256_loadu_si256((const __m256i *)(x)))
+#else
+#define MWD2(p, c, x) _mm256_add_epi32(p, mwd(c, x))
+#endif
+
+/* Q4_K / Q5_K on x in even-odd order (lt_x.qeo): a 32-byte load of a block's codes holds sub-blocks
+ * 2g (low nibbles) and 2g + 1 (high nibbles); as 16 words, word j holds weights 2j and 2j + 1, so
+ * masks and shifts give each sub-block's even and odd weights as int16, in lane. */
+VAR_ATTR LT_INLINE void VAR_NAME(q4k_impl)(ROW_ARGS, const int M, const int five) {
+    const int64_t bytes = five ? 176 : 144, nb = K / 256;
+    const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
+    __m256 acc[8];
+    UNROLL
+    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * bytes;
+        __m256 sc, mn;
+        k4_scales(blk, &sc, &mn);
+        UNROLL
+        for (int m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * G + 8 * b), acc[m]);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        __m256i pair[8], quad[8][2];
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+            __m256i e0 = _mm256_and_si256(v, m4), o0 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
+            __m256i e1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), o1 = _mm256_srli_epi16(v, 12);
+            if (five) { /* bit 4: bit 2g (sub-block 2g) and 2g + 1 of each weight's qh byte */
+                e0 = _mm256_or_si256(e0, _mm256_and_si256(shift16(qh, 4 - 2 * g), b4));
+                o0 = _mm256_or_si256(o0, _mm256_and_si256(shift16(qh, -4 - 2 * g), b4));
+                e1 = _mm256_or_si256(e1, _mm256_and_si256(shift16(qh, 3 - 2 * g), b4));
+                o1 = _mm256_or_si256(o1, _mm256_and_si256(shift16(qh, -5 - 2 * g), b4));
+            }
+            UNROLL
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + b * 256 + 64 * g;
+                const __m256i p = sums2(MWD2(mwd(e0, x), o0, x + 16), MWD2(mwd(e1, x + 32), o1, x + 48));
+                if (g % 2 == 0)
+                    pair[m] = p;
+                else
+                    quad[m][g / 2] = sums4(pair[m], p);
+            }
+        }
+        UNROLL
+        for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(sums8(quad[m][0], quad[m][1]), _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)), acc[m]);
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
+}
+
+/* Q6_K on x in even-odd order (lt_x.qeo): sub-blocks of 16, scales d * int8. The even (odd)
+ * weights of 32 are words 0-7 of sub-block 2u and 8-15 of 2u + 1, so a group's dot product has
+ * sub-block 2u in its low 128 bits and 2u + 1 in its high ones; a half block's 8 sub-block sums
+ * end in one vector as [0 2 4 6 | 1 3 5 7], the order its scales are shuffled to. */
+VAR_ATTR LT_INLINE void VAR_NAME(q6k_impl)(ROW_ARGS, const int M) {
+    const int64_t nb = K / 256;
+    (void)xs;
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF), k32 = _mm256_set1_epi16(32);
+    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    __m256 acc[8];
+    UNROLL
+    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 210;
+        const __m256 d = _mm256_set1_ps(f16_to_f32(blk + 208));
+        const __m128i sc8 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 192)), order);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i c[4], pair[8], quad[8][2];
+            q6k_half_codes(blk, h, c);
+            UNROLL
+            for (int t = 0; t < 4; t++) {
+                const __m256i e = _mm256_sub_epi16(_mm256_and_si256(c[t], lo8), k32);
+                const __m256i o = _mm256_sub_epi16(_mm256_srli_epi16(c[t], 8), k32);
+                UNROLL
+                for (int m = 0; m < M; m++) {
+                    const int16_t *x = xq + m * K + b * 256 + 128 * h + 32 * t;
+                    const __m256i p = MWD2(mwd(e, x), o, x + 16);
+                    if (t % 2 == 0)
+                        pair[m] = p;
+                    else
+                        quad[m][t / 2] = sums2(pair[m], p);
+                }
+            }
+            const __m256 s = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h ? _mm_srli_si128(sc8, 8) : sc8)));
+            UNROLL
+            for (int m = 0; m < M; m++) {
+                const __m256 qd = _mm256_broadcast_ps((const __m128 *)(xd + m * G + 8 * b + 4 * h));
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums4(quad[m][0], quad[m][1])), _mm256_mul_ps(s, qd), acc[m]);
+            }
+        }
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
+}
+
+/* One block into acc for the M rows of x, with d * qd of row m at sq[m * stride]. */
+VAR_ATTR LT_INLINE void VAR_NAME(q32_block)(const uint8_t *blk, const int qtype, const int16_t *x, int64_t K, const float *sq,
+                         int stride, __m256 *acc, int ld, const int M) {
+    __m256i lo, hi;
+    q32_codes(blk, qtype, &lo, &hi);
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        const __m256i d = MWD2(mwd(lo, x + m * K), hi, x + m * K + 16);
+        acc[m * ld] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(sq + m * stride), acc[m * ld]);
+    }
+}
+
+/* Blocks go 8 at a time: their d (and m) converted together (q32_dm8), d * qd per row of x to a
+ * table, the mins as one FMA of 8 blocks. The last nb % 8 blocks one at a time. */
+VAR_ATTR LT_INLINE void VAR_NAME(q32_impl)(ROW_ARGS, const int M, const int qtype) {
+    const int NA = NACC(M);
+    const int64_t bytes = lt_block_bytes(qtype), nb = K / 32;
+    const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    int64_t c0 = 0;
+    for (; c0 + 8 <= nb; c0 += 8) {
+        const uint8_t *base = row + c0 * bytes;
+        const __m256i hv = q32_dm8(base, bytes);
+        const __m256 dv = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
+        LT_ALIGN(32) float sq[8][8];
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            _mm256_store_ps(sq[m], _mm256_mul_ps(dv, _mm256_loadu_ps(xd + m * G + c0)));
+            if (has_min)
+                acc[m][NA - 1] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hv, 1)), _mm256_loadu_ps(xs + m * G + c0), acc[m][NA - 1]);
+        }
+        const float *sqb = read_back(sq[0]);
+        UNROLL
+        for (int i = 0; i < 8; i += NA)
+            UNROLL
+            for (int u = 0; u < NA; u++) VAR_NAME(q32_block)(base + (i + u) * bytes, qtype, xq + (c0 + i + u) * 32, K, sqb + i + u, 8, &acc[0][u], 4, M);
+    }
+    float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (; c0 < nb; c0++) {
+        const uint8_t *blk = row + c0 * bytes;
+        const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
+        float sq[8];
+        UNROLL
+        for (int m = 0; m < M; m++) {
+            sq[m] = d * xd[m * G + c0];
+            if (has_min) tail[m] += mv * xs[m * G + c0];
+        }
+        VAR_NAME(q32_block)(blk, qtype, xq + c0 * 32, K, sq, 1, &acc[0][0], 4, M);
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s) + tail[m];
+    }
+}
+
+/* IQ4_XS: sub-blocks of 32 (qs[16 ib ..]: low nibbles elements 0-15, high 16-31), two at a
+ * time: one vpshufb per 32 codes on the 32 bytes of sub-blocks 2g and 2g + 1. */
+VAR_ATTR LT_INLINE void VAR_NAME(iq4xs_impl)(ROW_ARGS, const int M) {
+    const int NA = NACC(M);
+    const int64_t nb = K / 256;
+    (void)xs;
+    const __m256i tab = _mm256_broadcastsi128_si256(iq4_table()), m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[8][4];
+    UNROLL
+    for (int m = 0; m < M; m++)
+        UNROLL
+        for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * 136;
+        const __m256 sc = iq4xs_scales(blk);
+        LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
+        UNROLL
+        for (int m = 0; m < M; m++) _mm256_store_ps(sq[m], _mm256_mul_ps(sc, _mm256_loadu_ps(xd + m * G + 8 * b)));
+        const float *sqb = read_back(sq[0]);
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 8 + 32 * g));
+            /* per 128-bit lane: lo = elements 0-15, hi = 16-31 of sub-block 2g (low lane), 2g + 1 (high) */
+            const __m256i lo = _mm256_shuffle_epi8(tab, _mm256_and_si256(v, m4));
+            const __m256i hi = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            const __m256i a0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), a1 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi));
+            const __m256i c0 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), c1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1));
+            UNROLL
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + b * 256 + 64 * g;
+                const __m256i d0 = MWD2(mwd(a0, x), a1, x + 16);
+                const __m256i d1 = MWD2(mwd(c0, x + 32), c1, x + 48);
+                acc[m][(2 * g) % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(sqb + 8 * m + 2 * g), acc[m][(2 * g) % NA]);
+                acc[m][(2 * g + 1) % NA] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(sqb + 8 * m + 2 * g + 1), acc[m][(2 * g + 1) % NA]);
+            }
+        }
+    }
+    UNROLL
+    for (int m = 0; m < M; m++) {
+        __m256 s = acc[m][0];
+        UNROLL
+        for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[m][a]);
+        out[m] = hsum(s);
+    }
+}
+
+#define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
+#define ROW_PASS(q) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, x->G, out
+#define INSTANCES_OF(name, call, q)                                  \
+    VAR_ATTR static void VAR_NAME(name##_1)(ROW_ARGS_X) { call(ROW_PASS(q), 1); }       \
+    VAR_ATTR static void VAR_NAME(name##_2)(ROW_ARGS_X) { call(ROW_PASS(q), 2); }       \
+    VAR_ATTR static void VAR_NAME(name##_3)(ROW_ARGS_X) { call(ROW_PASS(q), 3); }       \
+    VAR_ATTR static void VAR_NAME(name##_4)(ROW_ARGS_X) { call(ROW_PASS(q), 4); }       \
+    VAR_ATTR static void VAR_NAME(name##_8)(ROW_ARGS_X) { call(ROW_PASS(q), 8); }
+#define INSTANCES(name, call) INSTANCES_OF(name, call, q)
+#define INSTANCES_EO(name, call) INSTANCES_OF(name, call, qeo) /* x in even-odd order: EVEN_ODD_TYPES */
+#define Q4K(args, M) VAR_NAME(q4k_impl)(args, M, 0)
+#define Q5K(args, M) VAR_NAME(q4k_impl)(args, M, 1)
+#define Q6K(args, M) VAR_NAME(q6k_impl)(args, M)
+#define Q40(args, M) VAR_NAME(q32_impl)(args, M, LT_Q4_0)
+#define Q41(args, M) VAR_NAME(q32_impl)(args, M, LT_Q4_1)
+#define Q50(args, M) VAR_NAME(q32_impl)(args, M, LT_Q5_0)
+#define Q51(args, M) VAR_NAME(q32_impl)(args, M, LT_Q5_1)
+#define Q80(args, M) VAR_NAME(q32_impl)(args, M, LT_Q8_0)
+#define IQ4NL(args, M) VAR_NAME(q32_impl)(args, M, LT_IQ4_NL)
+#define IQ4XS(args, M) VAR_NAME(iq4xs_impl)(args, M)
+INSTANCES_EO(rq4k, Q4K)
+INSTANCES_EO(rq5k, Q5K)
+INSTANCES_EO(rq6k, Q6K)
+INSTANCES(rq40, Q40)
+INSTANCES(rq41, Q41)
+INSTANCES(rq50, Q50)
+INSTANCES(rq51, Q51)
+INSTANCES(rq80, Q80)
+INSTANCES(riq4nl, IQ4NL)
+INSTANCES(riq4xs, IQ4XS)
+
+#undef MWD2
+#undef ROW_ARGS_X
+#undef ROW_PASS
+#undef INSTANCES_OF
+#undef INSTANCES
+#undef INSTANCES_EO
+#undef Q4K
+#undef Q5K
+#undef Q6K
+#undef Q40
+#undef Q41
+#undef Q50
+#undef Q51
+#undef Q80
+#undef IQ4NL
+#undef IQ4XS
+
+VAR_ATTR LT_INLINE void VAR_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0, int64_t nxb, float *y,
                                               int64_t ldy, int64_t m1, const int qtype) {
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1 || qtype == LT_Q4_K || qtype == LT_Q5_K;
     const int64_t G = x->G, K = x->K;
@@ -1263,7 +1294,7 @@ R8_ATTR LT_INLINE void R8_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes, c
                     UNROLL
                     for (int r = 0; r < R8W; r++) R8_DOT(s[r], t[r], p % 2, xv, wp[r * 16 + p]);
                 }
-#if R8_VNNI
+#if VAR_VNNI
                 UNROLL
                 for (int r = 0; r < R8W; r++) s[r] = _mm256_add_epi32(s[r], t[r]);
 #endif
@@ -1296,9 +1327,9 @@ R8_ATTR LT_INLINE void R8_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes, c
 }
 
 #define ROWS8(suffix, QT)                                                                                  \
-    R8_ATTR static void R8_NAME(rows8_##suffix)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0,  \
+    VAR_ATTR static void VAR_NAME(rows8_##suffix)(const uint8_t *w, int64_t rowbytes, const lt_x *x, int64_t xb0,  \
                                                 int64_t nxb, float *y, int64_t ldy, int64_t m1) {          \
-        R8_NAME(rows8_impl)(w, rowbytes, x, xb0, nxb, y, ldy, m1, QT);                                     \
+        VAR_NAME(rows8_impl)(w, rowbytes, x, xb0, nxb, y, ldy, m1, QT);                                     \
     }
 ROWS8(q4_0, LT_Q4_0)
 ROWS8(q4_1, LT_Q4_1)
@@ -1321,12 +1352,12 @@ ROWS8(iq4_xs, LT_IQ4_XS)
  * along its lanes' groups, took 4 (bench/native/int8_tile.c). vnni: vpdpbusd for the products, which
  * sums into int32 directly, the int32 sums of a sub-block times S in float (exact, < 2^24; the two
  * halves of a Q6_K group in one FMA, rounded once as the conversion of their int32 sum is). */
-#if R8_VNNI
+#if VAR_VNNI
 #define Q8_BX(qtype) 4
 #else
 #define Q8_BX(qtype) ((qtype) == LT_Q4_K ? 4 : 2) /* x records per pass: int16 runs and int32 sums in 16 registers */
 #endif
-R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const uint8_t *x, int64_t xstride, const int NX,
+VAR_ATTR LT_INLINE void VAR_NAME(q8_tile)(const uint8_t *w, const int NW, const uint8_t *x, int64_t xstride, const int NX,
                                       const int qtype, float *c, int64_t ldc) {
     const int six = qtype == LT_Q6_K;
     __m256 f[LT_Q8_NW1][LT_Q8_NX];
@@ -1338,7 +1369,7 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
         __m256 v[LT_Q8_NW1][LT_Q8_NX];
         /* run: quads summed before their sub-scale is applied (vnni: a sub-block; plain: as many
          * as int16 holds); the sub-scale of the run ending at quad q: sub(q) */
-#if R8_VNNI
+#if VAR_VNNI
         const int run = six ? 4 : 8;
 #else
         const int run = qtype == LT_Q4_K ? 8 : qtype == LT_Q5_K ? 4 : 2;
@@ -1349,7 +1380,7 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
 #define Q8_O32(b, s) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O32) + (s))
 #define Q8_O16(b, p) _mm256_load_si256((const __m256i *)(x + (b) * xstride + LT_Q8_X_O16) + (p))
         __m256i t[LT_Q8_NW1][LT_Q8_NX];
-#if R8_VNNI
+#if VAR_VNNI
         __m256i t2[LT_Q8_NW1]; /* one record of x: odd quads on a second chain (vpdpbusd's latency) */
 #else
         __m256i u[LT_Q8_NW1][LT_Q8_NX];
@@ -1364,9 +1395,9 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
                 const __m256i xv = _mm256_load_si256((const __m256i *)(x + b * xstride + (8 * g + q) * 32));
                 UNROLL
                 for (int r = 0; r < NW; r++) {
-#if R8_VNNI
-                    if (NX == 1 && q % 2) t2[r] = R8_DPBUSD(q % run > 1 ? t2[r] : _mm256_setzero_si256(), wv[r], xv);
-                    else t[r][b] = R8_DPBUSD(q % run ? t[r][b] : six ? Q8_O32(b, Q8_SUB(q)) : _mm256_setzero_si256(), wv[r], xv);
+#if VAR_VNNI
+                    if (NX == 1 && q % 2) t2[r] = VAR_DPBUSD(q % run > 1 ? t2[r] : _mm256_setzero_si256(), wv[r], xv);
+                    else t[r][b] = VAR_DPBUSD(q % run ? t[r][b] : six ? Q8_O32(b, Q8_SUB(q)) : _mm256_setzero_si256(), wv[r], xv);
 #else
                     const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
                     t[r][b] = q % run ? _mm256_add_epi16(t[r][b], p) : six ? _mm256_add_epi16(Q8_O16(b, 4 * g + q / 2), p) : p;
@@ -1376,7 +1407,7 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
             if (q % run != run - 1) continue;
             UNROLL
             for (int r = 0; r < NW; r++) {
-#if R8_VNNI
+#if VAR_VNNI
                 const __m256 sf = _mm256_broadcast_ss((const float *)(w + r * LT_Q8_WREC + LT_Q8_W_SF) + Q8_SUB(q));
                 if (NX == 1) t[r][0] = _mm256_add_epi32(t[r][0], t2[r]);
                 UNROLL
@@ -1429,22 +1460,22 @@ R8_ATTR LT_INLINE void R8_NAME(q8_tile)(const uint8_t *w, const int NW, const ui
             const uint8_t *xb = x + b * xstride;                                                             \
             float *cb = c + b * ldc;                                                                         \
             if (nx == 1 && nw > 2) { /* a decode pass's one record (lantern.h LT_Q8_NW1) */                  \
-                if (nw == 4) R8_NAME(q8_tile)(w, 4, x, xstride, 1, QT, c, ldc);                              \
-                else R8_NAME(q8_tile)(w, 3, x, xstride, 1, QT, c, ldc);                                      \
+                if (nw == 4) VAR_NAME(q8_tile)(w, 4, x, xstride, 1, QT, c, ldc);                              \
+                else VAR_NAME(q8_tile)(w, 3, x, xstride, 1, QT, c, ldc);                                      \
             } else if (nw == 2) {                                                                            \
-                if (n == 4) R8_NAME(q8_tile)(w, 2, xb, xstride, 4, QT, cb, ldc);                             \
-                else if (n == 3) R8_NAME(q8_tile)(w, 2, xb, xstride, 3, QT, cb, ldc);                        \
-                else if (n == 2) R8_NAME(q8_tile)(w, 2, xb, xstride, 2, QT, cb, ldc);                        \
-                else R8_NAME(q8_tile)(w, 2, xb, xstride, 1, QT, cb, ldc);                                    \
+                if (n == 4) VAR_NAME(q8_tile)(w, 2, xb, xstride, 4, QT, cb, ldc);                             \
+                else if (n == 3) VAR_NAME(q8_tile)(w, 2, xb, xstride, 3, QT, cb, ldc);                        \
+                else if (n == 2) VAR_NAME(q8_tile)(w, 2, xb, xstride, 2, QT, cb, ldc);                        \
+                else VAR_NAME(q8_tile)(w, 2, xb, xstride, 1, QT, cb, ldc);                                    \
             } else {                                                                                         \
-                if (n == 4) R8_NAME(q8_tile)(w, 1, xb, xstride, 4, QT, cb, ldc);                             \
-                else if (n == 3) R8_NAME(q8_tile)(w, 1, xb, xstride, 3, QT, cb, ldc);                        \
-                else if (n == 2) R8_NAME(q8_tile)(w, 1, xb, xstride, 2, QT, cb, ldc);                        \
-                else R8_NAME(q8_tile)(w, 1, xb, xstride, 1, QT, cb, ldc);                                    \
+                if (n == 4) VAR_NAME(q8_tile)(w, 1, xb, xstride, 4, QT, cb, ldc);                             \
+                else if (n == 3) VAR_NAME(q8_tile)(w, 1, xb, xstride, 3, QT, cb, ldc);                        \
+                else if (n == 2) VAR_NAME(q8_tile)(w, 1, xb, xstride, 2, QT, cb, ldc);                        \
+                else VAR_NAME(q8_tile)(w, 1, xb, xstride, 1, QT, cb, ldc);                                    \
             }                                                                                                \
         }                                                                                                    \
     } while (0)
-R8_ATTR static void R8_NAME(gemm_q8)(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype,
+VAR_ATTR static void VAR_NAME(gemm_q8)(const uint8_t *w, int nw, const uint8_t *x, int64_t xstride, int nx, int qtype,
                                      float *c, int64_t ldc) {
     if (qtype == LT_Q4_K) Q8_TILES(LT_Q4_K);
     else if (qtype == LT_Q5_K) Q8_TILES(LT_Q5_K);
@@ -1454,8 +1485,8 @@ R8_ATTR static void R8_NAME(gemm_q8)(const uint8_t *w, int nw, const uint8_t *x,
 #undef Q8_BX
 
 #undef R8_DOT
-#undef R8_KEEP
-#undef R8_DPWSSD
-#undef R8_DPBUSD
+#undef VAR_KEEP
+#undef VAR_DPWSSD
+#undef VAR_DPBUSD
 
-#endif /* LT_AVX2_ROWS8 */
+#endif /* LT_AVX2_VARIANT */
