@@ -51,11 +51,11 @@ def test_run_reads_the_prompt_from_stdin_and_stops_at_max_tokens(smollm2_path):
     assert "device cpu; kernels: torch" in result.stderr
     from lantern.weights.kernels import native
 
-    # in place, named by the C function that serves it (q4_1_avx2, ...): a function of a level
-    # this CPU runs (avx512 keeps avx2's for Q4_1: tests/test_kernels.py TAKEN_FROM_BELOW), and
-    # the generic one only at portable
+    # in place, named by the C function that serves it (q4_1_avx2, q4_1_avx2_vnni, ...): a function
+    # of a level this CPU runs (avx512 keeps avx2's for Q4_1: tests/test_kernels.py
+    # TAKEN_FROM_BELOW), and the generic one only at portable
     q4_1_kernel = f"gguf-native {native.kernel_name('matmul', native.QT.Q4_1)}"
-    kernel_level = q4_1_kernel.rsplit("_", 1)[-1]
+    kernel_level = q4_1_kernel.removeprefix("gguf-native q4_1_").split("_")[0]
     assert kernel_level in native.supported_isas() or (kernel_level == "generic" and native.isa() == "portable")
     # 30 layers x (q|k|v joined, output, gate|up joined, down): the file's 7 tensors in 4 layers
     assert f"Q4_1: {q4_1_kernel} x 120" in result.stderr
