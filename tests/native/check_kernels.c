@@ -211,9 +211,10 @@ static void x_prepare(xbuf *b, int format, void (*prep)(const float *, int64_t, 
 /* x in even-odd order, for the types whose row kernels read it (lt_kernels.even_odd_types) */
 static void x_even_odd(xbuf *b, const lt_kernels *k, int qtype, int64_t M) {
     if (!(k->even_odd_types >> qtype & 1u)) return;
-    b->eo = xmalloc((size_t)(M * b->x.K) * 2);
-    lt_x_even_odd(&b->x, M, (int16_t *)b->eo);
+    b->eo = xmalloc((size_t)(M * b->x.K) * 2 + (size_t)(M * b->x.K / 16) * 4);
+    lt_x_even_odd(&b->x, M, (int16_t *)b->eo, (int32_t *)((int16_t *)b->eo + M * b->x.K));
     b->x.qeo = (const int16_t *)b->eo;
+    b->x.s16 = (const int32_t *)((int16_t *)b->eo + M * b->x.K);
 }
 
 static void x_free(xbuf *b) {

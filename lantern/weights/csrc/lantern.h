@@ -130,10 +130,14 @@ typedef struct {
      * in-lane shifts and masks (1-2 operations) instead of a lane-crossing widening of bytes (x86:
      * vpmovzxbw, about 1.25 cycles each). */
     const int16_t *qeo;
+    /* with qeo: 32 * the sums of q per 16 elements, per 128 in the order of sub-blocks 0 2 4 6 1 3 5
+     * 7 ([M, K / 16]): Q6_K's code offset (its codes are stored + 32) taken on x's side, once per
+     * call, instead of a subtraction per code and block in the row kernels */
+    const int32_t *s16;
 } lt_x;
 
-/* x->q's rows [0, M) -> qeo in lt_x.qeo's order */
-void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo);
+/* x->q's rows [0, M) -> qeo in lt_x.qeo's order, and s16 as lt_x.s16 */
+void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo, int32_t *s16);
 
 /* out[m] = row . x[m0 + m] for m < the kernel's row count (1, 2, 3, 4 or 8). */
 typedef void (*lt_row_fn)(const uint8_t *row, const lt_x *x, int64_t m0, float *out);

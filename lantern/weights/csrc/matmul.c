@@ -161,12 +161,18 @@ static void pack_rows8(lt_x *xp, int64_t M, int64_t nblk, int16_t *p8) {
     xp->qs8 = qs8;
 }
 
-void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo) {
-    for (int64_t g = 0; g < M * xp->G; g++)
+void lt_x_even_odd(const lt_x *xp, int64_t M, int16_t *qeo, int32_t *s16) {
+    for (int64_t g = 0; g < M * xp->G; g++) {
+        int32_t sum[2] = {0, 0};
         for (int j = 0; j < 16; j++) {
             qeo[32 * g + j] = xp->q[32 * g + 2 * j];
             qeo[32 * g + 16 + j] = xp->q[32 * g + 2 * j + 1];
+            sum[0] += xp->q[32 * g + j];
+            sum[1] += xp->q[32 * g + 16 + j];
         }
+        /* group g holds sub-blocks 2u, 2u + 1 (u = g % 4) of its 128: at u and 4 + u */
+        for (int i = 0; i < 2; i++) s16[g / 4 * 8 + 4 * i + g % 4] = 32 * sum[i];
+    }
 }
 
 /* x [M, K] -> the form the type's row kernels read, in this thread's scratch, and (15-bit x) its
@@ -191,7 +197,7 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
         const int eo = k->even_odd_types >> qtype & 1u;
         const size_t head = (size_t)(M * K * 2 + 2 * (M * G + 16) * 4), at8 = (head + 63) / 64 * 64;
         const size_t ateo = at8 + (size_t)(nblk * 8 * (K * 2 + 2 * G * 4));
-        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, ateo + (eo ? (size_t)(M * K * 2) : 0));
+        uint8_t *s = (uint8_t *)lt_scratch(LT_SCRATCH_X, ateo + (eo ? (size_t)(M * K * 2 + M * K / 16 * 4) : 0));
         if (!s) return NULL;
         xp->q = (const int16_t *)s;
         xp->qd = (const float *)(s + M * K * 2);
@@ -202,8 +208,10 @@ static const lt_x *prepare_x(const lt_kernels *k, int qtype, const float *x, int
     (format == k->x_format ? k->x_prepare : k->x_prepare_q15)(x, M, xp);
     if (p8) pack_rows8(xp, M, nblk, p8);
     if (qeo) {
-        lt_x_even_odd(xp, M, qeo);
+        int32_t *s16 = (int32_t *)(qeo + M * K);
+        lt_x_even_odd(xp, M, qeo, s16);
         xp->qeo = qeo;
+        xp->s16 = s16;
     }
     return xp;
 }

@@ -137,7 +137,9 @@ void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp) {
 /* ----- rows: out[m] = row . x[m] for m < M (a compile-time constant after inlining) ----------
  * xq: int16 x, rows K apart; xd, xs: qd and qs, rows G apart. Per row of x, NA float32
  * accumulators (M = 1: 4, M = 2: 2) so that the FMAs' latency does not bound one row. */
-#define ROW_ARGS const uint8_t *row, int64_t K, const int16_t *xq, const float *xd, const float *xs, int64_t G, float *out
+#define ROW_ARGS                                                                                   \
+    const uint8_t *row, int64_t K, const int16_t *xq, const float *xd, const float *xs, const int32_t *s16, int64_t G, \
+        float *out
 #define NACC(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1)
 
 /* Q4_K / Q5_K: a block's 6-bit scales and mins unpacked in one vector (llama.cpp's get_scale_min_k4 on 32-bit words):
@@ -1022,6 +1024,7 @@ void lt_fill_avx2(lt_kernels *k) {
  * masks and shifts give each sub-block's even and odd weights as int16, in lane. */
 VAR_ATTR LT_INLINE void VAR_NAME(q4k_impl)(ROW_ARGS, const int M, const int five) {
     const int64_t bytes = five ? 176 : 144, nb = K / 256;
+    (void)s16;
     const __m256i m4 = _mm256_set1_epi16(0x000F), b4 = _mm256_set1_epi16(0x0010);
     __m256 acc[8];
     UNROLL
@@ -1067,11 +1070,14 @@ VAR_ATTR LT_INLINE void VAR_NAME(q4k_impl)(ROW_ARGS, const int M, const int five
 /* Q6_K on x in even-odd order (lt_x.qeo): sub-blocks of 16, scales d * int8. The even (odd)
  * weights of 32 are words 0-7 of sub-block 2u and 8-15 of 2u + 1, so a group's dot product has
  * sub-block 2u in its low 128 bits and 2u + 1 in its high ones; a half block's 8 sub-block sums
- * end in one vector as [0 2 4 6 | 1 3 5 7], the order its scales are shuffled to. */
+ * end in one vector as [0 2 4 6 | 1 3 5 7], the order its scales are shuffled to. The codes are
+ * multiplied as stored (code + 32), and 32 * x's sums per 16 (lt_x.s16, in that order) taken off
+ * each sub-block's int32 sum: the same sums, two subtractions per 32 weights fewer (Q6_K in cache
+ * 1.10x, Phi-3-mini Q4_K_M decode 1.02x on Ice Lake). */
 VAR_ATTR LT_INLINE void VAR_NAME(q6k_impl)(ROW_ARGS, const int M) {
     const int64_t nb = K / 256;
     (void)xs;
-    const __m256i lo8 = _mm256_set1_epi16(0x00FF), k32 = _mm256_set1_epi16(32);
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF);
     const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
     __m256 acc[8];
     UNROLL
@@ -1086,8 +1092,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q6k_impl)(ROW_ARGS, const int M) {
             q6k_half_codes(blk, h, c);
             UNROLL
             for (int t = 0; t < 4; t++) {
-                const __m256i e = _mm256_sub_epi16(_mm256_and_si256(c[t], lo8), k32);
-                const __m256i o = _mm256_sub_epi16(_mm256_srli_epi16(c[t], 8), k32);
+                const __m256i e = _mm256_and_si256(c[t], lo8), o = _mm256_srli_epi16(c[t], 8); /* code + 32 */
                 UNROLL
                 for (int m = 0; m < M; m++) {
                     const int16_t *x = xq + m * K + b * 256 + 128 * h + 32 * t;
@@ -1102,7 +1107,9 @@ VAR_ATTR LT_INLINE void VAR_NAME(q6k_impl)(ROW_ARGS, const int M) {
             UNROLL
             for (int m = 0; m < M; m++) {
                 const __m256 qd = _mm256_broadcast_ps((const __m128 *)(xd + m * G + 8 * b + 4 * h));
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums4(quad[m][0], quad[m][1])), _mm256_mul_ps(s, qd), acc[m]);
+                const __m256i off = _mm256_loadu_si256((const __m256i *)(s16 + m * K / 16 + 16 * b + 8 * h));
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums4(quad[m][0], quad[m][1]), off)),
+                                         _mm256_mul_ps(s, qd), acc[m]);
             }
         }
     }
@@ -1126,6 +1133,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q32_block)(const uint8_t *blk, const int qtype,
  * table, the mins as one FMA of 8 blocks. The last nb % 8 blocks one at a time. */
 VAR_ATTR LT_INLINE void VAR_NAME(q32_impl)(ROW_ARGS, const int M, const int qtype) {
     const int NA = NACC(M);
+    (void)s16;
     const int64_t bytes = lt_block_bytes(qtype), nb = K / 32;
     const int has_min = qtype == LT_Q4_1 || qtype == LT_Q5_1;
     __m256 acc[8][4];
@@ -1176,6 +1184,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q32_impl)(ROW_ARGS, const int M, const int qtyp
  * time: one vpshufb per 32 codes on the 32 bytes of sub-blocks 2g and 2g + 1. */
 VAR_ATTR LT_INLINE void VAR_NAME(iq4xs_impl)(ROW_ARGS, const int M) {
     const int NA = NACC(M);
+    (void)s16;
     const int64_t nb = K / 256;
     (void)xs;
     const __m256i tab = _mm256_broadcastsi128_si256(iq4_table()), m4 = _mm256_set1_epi8(0x0F);
@@ -1220,7 +1229,9 @@ VAR_ATTR LT_INLINE void VAR_NAME(iq4xs_impl)(ROW_ARGS, const int M) {
 }
 
 #define ROW_ARGS_X const uint8_t *row, const lt_x *x, int64_t m0, float *out
-#define ROW_PASS(q) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, x->G, out
+#define ROW_PASS(q) row, x->K, x->q + m0 * x->K, x->qd + m0 * x->G, x->qs + m0 * x->G, q##_s16(x, m0), x->G, out
+#define q_s16(x, m0) NULL
+#define qeo_s16(x, m0) ((x)->s16 + (m0) * ((x)->K / 16))
 #define INSTANCES_OF(name, call, q)                                  \
     VAR_ATTR static void VAR_NAME(name##_1)(ROW_ARGS_X) { call(ROW_PASS(q), 1); }       \
     VAR_ATTR static void VAR_NAME(name##_2)(ROW_ARGS_X) { call(ROW_PASS(q), 2); }       \
@@ -1253,6 +1264,8 @@ INSTANCES(riq4xs, IQ4XS)
 #undef MWD2
 #undef ROW_ARGS_X
 #undef ROW_PASS
+#undef q_s16
+#undef qeo_s16
 #undef INSTANCES_OF
 #undef INSTANCES
 #undef INSTANCES_EO
