@@ -102,7 +102,9 @@ class Model:
         (native.prompt_int8_types, docs/FIDELITY.md); sampled tokens and drafts always keep 15 bits."""
         ids = self._as_ids(token_ids)
         start = cache.length
-        with step_threads(min(len(ids), PREFILL_CHUNK), self._kernels_on_pool):
+        chunk, step = min(len(ids), PREFILL_CHUNK), self.transformer.native_step
+        native_pass = step is not None and step.runs(chunk, prompt) and cache.keys[0].dtype == torch.float16
+        with step_threads(chunk, self._kernels_on_pool, native_pass):
             if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
                 logits = self.transformer(ids, cache, outputs="last" if last_only else "all", prompt=prompt)
             else:
@@ -160,7 +162,7 @@ class Model:
                                                  [p for p, a in zip(prompts, apart) if not a]))
                 return [self.forward(i, cache, last_only=True, prompt=p) if a else next(joined)
                         for i, (_, cache), a, p in zip(ids, passes, apart, prompts)]
-        with torch.inference_mode(), step_threads(total, self._kernels_on_pool):
+        with torch.inference_mode(), step_threads(total, self._kernels_on_pool, native_pass=True):
             segments, cos, sin = [], [], []
             # the C side takes 8-bit rows only for the types the level has a tile for; the rest keep 15 bits
             int8 = not exact and sum(not p for p in prompts) >= native.BATCH_INT8_SEQUENCES

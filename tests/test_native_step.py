@@ -119,21 +119,30 @@ def test_without_a_prompt_micro_kernel_all_k_quant_prompts_run_in_the_step_on_th
         ids = list(range(3, 3 + 60))
 
         def read(model, prompt):
-            calls = []
-            hook = model.transformer.blocks[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+            """The logits, the PyTorch blocks' passes (tokens), torch's threads meanwhile."""
+            calls, threads = [], []
+            hooks = [model.transformer.blocks[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0])),
+                     model.transformer.embedding.register_forward_hook(lambda *_: threads.append(torch.get_num_threads()))]
             try:
-                return model.forward(ids, model.new_cache(), prompt=prompt), calls
+                return model.forward(ids, model.new_cache(), prompt=prompt), calls, threads
             finally:
-                hook.remove()
+                for hook in hooks:
+                    hook.remove()
 
-        in_place, calls = read(k_quants, True)
+        in_place, calls, _ = read(k_quants, True)
         assert calls == []
         monkeypatch.setenv("LANTERN_PROMPT_ROUTE", "expand_f32")
         assert not k_quants.transformer.native_step.prompt_chunks() and k_quants.transformer.native_step.int8_prompts
-        routed, calls = read(k_quants, True)
-        assert calls == [] and torch.equal(routed, in_place)
-        scored, calls = read(k_quants, False)
-        assert calls == [60] and not torch.equal(scored, in_place)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            routed, calls, threads = read(k_quants, True)
+            # one native call on lantern's pool: torch's ops single-threaded meanwhile (step_threads)
+            assert calls == [] and threads == [1] and torch.equal(routed, in_place)
+            scored, calls, threads = read(k_quants, False)  # torch's GEMM: its threads stay
+            assert calls == [60] and threads == [2] and not torch.equal(scored, in_place)
+        finally:
+            torch.set_num_threads(torch_threads)
         assert not q8.transformer.native_step.int8_prompts
         assert read(q8, True)[1] == [60]
         assert "prompts' chunks on the 8-bit tile" in lantern.load(

@@ -164,17 +164,18 @@ def runs_on_pool(modules) -> bool:
     return any(isinstance(getattr(m, "kernel", None), native.GGUFKernel) for m in modules)
 
 
-def step_threads(n_tokens: int, on_pool: bool) -> "contextlib.AbstractContextManager":
+def step_threads(n_tokens: int, on_pool: bool, native_pass: bool = False) -> "contextlib.AbstractContextManager":
     """The thread arrangement for a forward pass of `n_tokens`: when the weight kernels run on
     lantern's own pool (`on_pool`) at this batch size (decode steps; prompt chunks too where the
-    prompt route is "in_place"), torch's ops run single-threaded meanwhile
+    prompt route is "in_place", or where the pass is one native step call, `native_pass`: a
+    batched pass, neon's all-K-quant prompts), torch's ops run single-threaded meanwhile
     (`native.torch_ops_single_threaded`): torch's idle OpenMP workers spin on the cores the pool
     needs next. Qwen3-0.6B-shaped Q4_K_M at avx2, 128-token prompt: 98 tok/s with torch on 2
     threads, 134 with its ops on 1 (the same as OMP_WAIT_POLICY=passive). Where torch's GEMM
     multiplies the prompt's weights, nothing changes."""
     from . import native
 
-    if on_pool and (n_tokens <= native.GGUF_MAX_M or native.prompt_route() == "in_place"):
+    if on_pool and (native_pass or n_tokens <= native.GGUF_MAX_M or native.prompt_route() == "in_place"):
         return native.torch_ops_single_threaded()
     return contextlib.nullcontext()
 
