@@ -107,9 +107,9 @@ class NativeStep:
         multiplies prompt chunks in place with its micro-kernel, or, at a level without one (neon),
         a prompt being read (`prompt`) whose every weight has the level's 8-bit tile
         (`int8_prompts`): the 8-bit tile then replaces the float32 expansion and torch's GEMM, as
-        at avx2, with the same bits (bench/arm_instructions.py: 0.20 against 0.52 instructions per
-        weight and row of x for the 15-bit row kernels; torch's GEMM needs at least 0.25). Scoring
-        passes (`prompt` false) keep that level's exact route. The
+        at avx2, with the same bits (bench/arm_instructions.py: 0.19-0.20 instructions per weight
+        and row of x against 0.45-0.95 for the 15-bit row kernels; torch's GEMM needs at least
+        0.25). Scoring passes (`prompt` false) keep that level's exact route. The
         weights then go through the same kernel as in the PyTorch blocks, and what the native call
         saves is the blocks' ~40 small torch ops per layer: 128-token prompts at avx2 1.4x faster on
         SmolLM2-135M and Gemma-3-270M shapes, 1.2x on Qwen3-0.6B's, the same on Phi-3-mini's,
