@@ -102,9 +102,8 @@ class Model:
         (native.prompt_int8_types, docs/FIDELITY.md); sampled tokens and drafts always keep 15 bits."""
         ids = self._as_ids(token_ids)
         start = cache.length
-        chunk, step = min(len(ids), PREFILL_CHUNK), self.transformer.native_step
-        native_pass = step is not None and step.runs(chunk, prompt) and cache.keys[0].dtype == torch.float16
-        with step_threads(chunk, self._kernels_on_pool, native_pass):
+        chunk = min(len(ids), PREFILL_CHUNK)
+        with step_threads(chunk, self._kernels_on_pool, self.transformer.runs_natively(chunk, cache, prompt)):
             if len(ids) <= PREFILL_CHUNK:  # a decode step, a draft, a short prompt: one pass, no copy
                 logits = self.transformer(ids, cache, outputs="last" if last_only else "all", prompt=prompt)
             else:

@@ -535,6 +535,11 @@ class Transformer(nn.Module):
             x.mul_(self.params.embedding_scale)
         return x
 
+    def runs_natively(self, n: int, cache: KVCache, prompt: bool = False) -> bool:
+        """Whether a pass of `n` tokens on `cache` is one native step call (`forward`)."""
+        step = self.native_step
+        return step is not None and step.runs(n, prompt) and cache.keys[0].dtype == torch.float16
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, outputs: str = "all",
                 prompt: bool = False) -> torch.Tensor | None:
@@ -550,10 +555,9 @@ class Transformer(nn.Module):
         cache.reserve(n)
         start = cache.length
         x = self.embed(tokens)
-        step = self.native_step
-        if step is not None and step.runs(n, prompt) and cache.keys[0].dtype == torch.float16:
+        if self.runs_natively(n, cache, prompt):
             cos, sin = self.rotary.tables(start, n)
-            logits = step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs], prompt)
+            logits = self.native_step(x, cache, start, cos, sin, {"all": n, "last": 1, "none": 0}[outputs], prompt)
             cache.length = start + n
             return logits
         tables = {id(r): r.tables(start, n) for r in self._rotaries}
