@@ -67,6 +67,7 @@ typedef struct {
     int64_t ldy;    /* floats between rows of y */
     int64_t mb, nrb; /* rows of x per task; tasks along the rows of W */
     int64_t ahead;   /* decode passes: bytes ahead of its rows that a task fetches W (0: none) */
+    int rows_fetch;  /* the row kernels fetch W ahead themselves: the task fetches only for the tile */
 } gmm_args;
 
 #ifndef LT_PROMPT_WBYTES
@@ -128,7 +129,7 @@ static void gmm_task(void *p, int64_t t) {
             r += LT_ROWS8_NW;
             continue;
         }
-        if (fetch)
+        if (fetch && !a->rows_fetch)
             for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
         row_kernels(a->row, row, a->x, 0, M, a->y + r, a->ldy);
         r++;
@@ -557,7 +558,7 @@ static int exact_matmul(const lt_kernels *k, const uint8_t *w, int qtype, const 
     if (!prepare_x(k, qtype, x, M, K, M >= LT_ROWS8_MIN && k->rows8[qtype] ? 1 : 0, &xp)) return -1; /* M <= 12 here */
     const int64_t rowbytes = K / E * B;
     gmm_args a = {w, k->row[qtype], k->rows8[qtype], &xp, N, M, rowbytes, 1, y, ldy, M, 1,
-                  rowbytes <= 1024 ? WAHEAD_SHORT : k->fetch_long};
+                  rowbytes <= 1024 ? WAHEAD_SHORT : k->fetch_long, k->rows_fetch};
     int64_t rpt;
     if (M <= LT_ROWS_MAX_M) { /* decode and verify passes */
         rpt = decode_task_rows(N, K, nthreads, xp.p8 ? LT_ROWS8_NW : 1);

@@ -134,6 +134,19 @@ void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp) {
     }
 }
 
+/* The row kernels fetch their weights this many bytes ahead, a block's lines at a time, as they
+ * go (lt_kernels.rows_fetch). A task that fetched a whole row ahead before each row (27-72 lines
+ * at once on Phi-3's shapes) stalled on the full fill buffers, then left the memory idle while
+ * the row's products ran: Phi-3-mini Q4_K_M decode on Ice Lake 1.22-1.29x (bench/native_ab.py,
+ * 2, 4 and 8 KB ahead; 1 KB 1.11x), at the machine's streaming bandwidth. */
+#define ROW_AHEAD 4096
+
+/* the lines that start in [p + ROW_AHEAD, p + ROW_AHEAD + n) */
+LT_INLINE void row_fetch(const uint8_t *p, int64_t n) {
+    const uint8_t *q = (const uint8_t *)(((uintptr_t)(p + ROW_AHEAD) + 63) & ~(uintptr_t)63);
+    for (; q < p + ROW_AHEAD + n; q += 64) LT_PREFETCH(q);
+}
+
 /* ----- rows: out[m] = row . x[m] for m < M (a compile-time constant after inlining) ----------
  * xq: int16 x, rows K apart; xd, xs: qd and qs, rows G apart. Per row of x, NA float32
  * accumulators (M = 1: 4, M = 2: 2) so that the FMAs' latency does not bound one row. */
@@ -904,9 +917,10 @@ void lt_fill_avx2(lt_kernels *k) {
     k->x_format = LT_X_Q15;
     k->x_prepare = lt_x_prepare_q15_avx2;
     k->even_odd_types = EVEN_ODD_TYPES;
-    /* Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none): one sequence 1.01-1.06x, 8
-     * sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB */
+    /* the tiles' tasks: Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none) 8 sequences
+     * 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB. The row kernels fetch as they go. */
     k->fetch_long = 4096;
+    k->rows_fetch = 1;
     /* the row kernels and the tiles (8-row and 8-bit): their vnni variant where the CPU has
      * AVX-512 VNNI, else their avxvnni one where it has AVX-VNNI, unless LANTERN_AVX2_VNNI=0 */
     const char *vnni_env = getenv("LANTERN_AVX2_VNNI");
@@ -1031,6 +1045,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q4k_impl)(ROW_ARGS, const int M, const int five
     for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = row + b * bytes;
+        row_fetch(blk, bytes);
         __m256 sc, mn;
         k4_scales(blk, &sc, &mn);
         UNROLL
@@ -1084,6 +1099,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q6k_impl)(ROW_ARGS, const int M) {
     for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = row + b * 210;
+        row_fetch(blk, 210);
         const __m256 d = _mm256_set1_ps(f16_to_f32(blk + 208));
         const __m128i sc8 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 192)), order);
         UNROLL
@@ -1144,6 +1160,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q32_impl)(ROW_ARGS, const int M, const int qtyp
     int64_t c0 = 0;
     for (; c0 + 8 <= nb; c0 += 8) {
         const uint8_t *base = row + c0 * bytes;
+        row_fetch(base, 8 * bytes);
         const __m256i hv = q32_dm8(base, bytes);
         const __m256 dv = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
         LT_ALIGN(32) float sq[8][8];
@@ -1162,6 +1179,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(q32_impl)(ROW_ARGS, const int M, const int qtyp
     float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (; c0 < nb; c0++) {
         const uint8_t *blk = row + c0 * bytes;
+        row_fetch(blk, bytes);
         const float d = f16_to_f32(blk), mv = has_min ? f16_to_f32(blk + 2) : 0.f;
         float sq[8];
         UNROLL
@@ -1195,6 +1213,7 @@ VAR_ATTR LT_INLINE void VAR_NAME(iq4xs_impl)(ROW_ARGS, const int M) {
         for (int a = 0; a < NA; a++) acc[m][a] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = row + b * 136;
+        row_fetch(blk, 136);
         const __m256 sc = iq4xs_scales(blk);
         LT_ALIGN(32) float sq[8][8]; /* per row of x: scale[s] * qd[s] */
         UNROLL

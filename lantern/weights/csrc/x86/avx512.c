@@ -648,6 +648,7 @@ void lt_fill_avx512(lt_kernels *k) {
     k->x_prepare_q15 = lt_x_prepare_q15_avx2;
     k->even_odd_types &= k->q15_types; /* the other types' row kernels here read bf16 */
     k->fetch_long = 0; /* as before: the avx2 level's distance is unmeasured on Zen 4 */
+    k->rows_fetch = 0; /* this level's row kernels do not (avx2's Q8_0 and Q4_1 do, short rows also by task) */
     /* prompts have bf16 hardware here: no 8-bit x (the avx2 level's) */
     k->gemm_q8 = NULL;
     k->gemm_q8_name = NULL;
