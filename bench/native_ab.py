@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--batch", default="1,8", help="sequences per step (default: 1,8)")
     ap.add_argument("--prompt", type=int, default=0, help="time N-token prompt passes instead of steps")
+    ap.add_argument("--exact", action="store_true",
+                    help="batched passes keep decode tokens on 15-bit x (serve --exact-batches)")
     args = ap.parse_args()
     libs = {"A": load(args.a), "B": load(args.b)}
     model = lantern.load(args.model)
@@ -74,11 +76,11 @@ def main() -> None:
             use(model, lib)
             for b in sizes:
                 passes = [([5 + j], caches[j]) for j in range(b)]
-                model.forward_batch(passes)
+                model.forward_batch(passes, exact=args.exact)
                 best = float("inf")
                 for _ in range(5):
                     t = time.perf_counter()
-                    model.forward_batch(passes)
+                    model.forward_batch(passes, exact=args.exact)
                     best = min(best, time.perf_counter() - t)
                 times[(name, b)].append(best)
             for cache in caches:

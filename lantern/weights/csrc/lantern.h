@@ -256,7 +256,7 @@ typedef struct {
     /* Decode passes over rows of more than 1 KB: bytes ahead of its rows that a task fetches the
      * weights (0: none, the hardware prefetcher alone; short rows always fetch 1 KB ahead) */
     int64_t fetch_long;
-    int rows_fetch; /* the row kernels fetch their weights ahead as they go, so a task does not */
+    int rows_fetch; /* the row kernels and the 8-row tile fetch their weights ahead as they go, so a task does not */
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
     const char *row_name[LT_NTYPES];
     lt_rows8_fn rows8[LT_NTYPES];                    /* NULL: 5-12 rows of x take the row kernels */

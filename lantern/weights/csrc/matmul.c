@@ -67,7 +67,7 @@ typedef struct {
     int64_t ldy;    /* floats between rows of y */
     int64_t mb, nrb; /* rows of x per task; tasks along the rows of W */
     int64_t ahead;   /* decode passes: bytes ahead of its rows that a task fetches W (0: none) */
-    int rows_fetch;  /* the row kernels fetch W ahead themselves: the task fetches only for the tile */
+    int rows_fetch;  /* the row kernels and the 8-row tile fetch W ahead themselves: the task does not */
 } gmm_args;
 
 #ifndef LT_PROMPT_WBYTES
@@ -122,7 +122,7 @@ static void gmm_task(void *p, int64_t t) {
     for (int64_t r = r0; r < r1;) {
         const uint8_t *row = a->w + r * a->rowbytes;
         if (tile && r + LT_ROWS8_NW <= r1) { /* x rows 0-7 of LT_ROWS8_NW weight rows, the rest below */
-            if (fetch)
+            if (fetch && !a->rows_fetch)
                 for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
             a->rows8(row, a->rowbytes, a->x, 0, 1, a->y + r, a->ldy, M);
             for (int i = 0; i < LT_ROWS8_NW; i++) row_kernels(a->row, row + i * a->rowbytes, a->x, 8, M, a->y + r + i, a->ldy);

@@ -134,11 +134,12 @@ void lt_x_prepare_q15_avx2(const float *x, int64_t M, lt_x *xp) {
     }
 }
 
-/* The row kernels fetch their weights this many bytes ahead, a block's lines at a time, as they
- * go (lt_kernels.rows_fetch). A task that fetched a whole row ahead before each row (27-72 lines
- * at once on Phi-3's shapes) stalled on the full fill buffers, then left the memory idle while
- * the row's products ran: Phi-3-mini Q4_K_M decode on Ice Lake 1.22-1.29x (bench/native_ab.py,
- * 2, 4 and 8 KB ahead; 1 KB 1.11x), at the machine's streaming bandwidth. */
+/* The row kernels (and the 8-row tile in decode passes) fetch their weights this many bytes
+ * ahead, a block's lines at a time, as they go (lt_kernels.rows_fetch). A task that fetched a
+ * whole row ahead before each row (27-72 lines at once on Phi-3's shapes) stalled on the full fill
+ * buffers, then left the memory idle while the row's products ran. Phi-3-mini Q4_K_M on Ice Lake
+ * (bench/native_ab.py): decode 1.22-1.29x at 2, 4 and 8 KB ahead (1 KB 1.11x), at the machine's
+ * streaming bandwidth; 4 sequences 1.13-1.19x; 8 on the 8-row tile (--exact) 1.14-1.18x. */
 #define ROW_AHEAD 4096
 
 /* the lines that start in [p + ROW_AHEAD, p + ROW_AHEAD + n) */
@@ -917,8 +918,9 @@ void lt_fill_avx2(lt_kernels *k) {
     k->x_format = LT_X_Q15;
     k->x_prepare = lt_x_prepare_q15_avx2;
     k->even_odd_types = EVEN_ODD_TYPES;
-    /* the tiles' tasks: Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none) 8 sequences
-     * 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB. The row kernels fetch as they go. */
+    /* the 8-bit tile's decode tasks: Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none)
+     * 8 sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB. The row kernels and the
+     * 8-row tile fetch as they go (ROW_AHEAD). */
     k->fetch_long = 4096;
     k->rows_fetch = 1;
     /* the row kernels and the tiles (8-row and 8-bit): their vnni variant where the CPU has
@@ -1308,7 +1310,11 @@ VAR_ATTR LT_INLINE void VAR_NAME(rows8_impl)(const uint8_t *w, int64_t rowbytes,
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
         const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
         UNROLL
-        for (int r = 0; r < R8W; r++) r8_decode(w + r * rowbytes, g0, ng, qtype, r, &ch);
+        for (int r = 0; r < R8W; r++) {
+            if (nxb == 1) /* a decode pass (prompts' tiles use each chunk for several blocks of x) */
+                row_fetch(w + r * rowbytes + g0 * 32 * rowbytes / K, ng * 32 * rowbytes / K);
+            r8_decode(w + r * rowbytes, g0, ng, qtype, r, &ch);
+        }
         for (int64_t b = 0; b < nxb; b++) {
             const int16_t *xq = x->p8 + (xb0 + b) * 8 * K + g0 * 256;
             const float *qd = x->qd8 + ((xb0 + b) * G + g0) * 8, *qs = x->qs8 + ((xb0 + b) * G + g0) * 8;
