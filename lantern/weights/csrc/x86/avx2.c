@@ -918,10 +918,12 @@ void lt_fill_avx2(lt_kernels *k) {
     k->x_format = LT_X_Q15;
     k->x_prepare = lt_x_prepare_q15_avx2;
     k->even_odd_types = EVEN_ODD_TYPES;
-    /* the 8-bit tile's decode tasks: Phi-3-mini Q4_K_M on Zen 3 (bench/native_ab.py against none)
-     * 8 sequences 1.07-1.18x; 4 KB ahead the best of 2, 4, 8 and 16 KB. The row kernels and the
-     * 8-row tile fetch as they go (ROW_AHEAD). */
-    k->fetch_long = 4096;
+    /* the 8-bit tile's decode tasks (each of 4 weight rows fetched a block at a time): Phi-3-mini
+     * Q4_K_M's 8-sequence pass on Ice Lake (bench/native_ab.py) 1.05-1.07x at 8 KB against 4 KB
+     * (plain and vnni), 16 KB as 8. (On Zen 3, when a task fetched each tile's rows whole before
+     * it, 4 KB was the best of 2-16 KB.) The row kernels and the 8-row tile fetch as they go
+     * (ROW_AHEAD). */
+    k->fetch_long = 8192;
     k->rows_fetch = 1;
     /* the row kernels and the tiles (8-row and 8-bit): their vnni variant where the CPU has
      * AVX-512 VNNI, else their avxvnni one where it has AVX-VNNI, unless LANTERN_AVX2_VNNI=0 */
