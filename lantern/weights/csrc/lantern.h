@@ -254,9 +254,11 @@ typedef struct {
     void (*x_prepare_q15)(const float *x, int64_t M, lt_x *xp);
     uint32_t even_odd_types; /* types whose LT_X_Q15 row kernels read lt_x.qeo (bit t: type t) */
     /* Decode passes over rows of more than 1 KB: bytes ahead of its rows that a task fetches the
-     * weights (0: none, the hardware prefetcher alone; short rows always fetch 1 KB ahead) */
+     * weights (0: none, the hardware prefetcher alone; short rows always fetch 1 KB ahead). Where
+     * rows_fetch is set, only the 8-bit tile's tasks do so throughout; the others fetch just that
+     * far from their start, and the row kernels and the 8-row tile fetch ahead as they go. */
     int64_t fetch_long;
-    int rows_fetch; /* the row kernels and the 8-row tile fetch their weights ahead as they go, so a task does not */
+    int rows_fetch;
     lt_row_fn row[LT_NTYPES][LT_ROW_COUNTS];         /* NULL: the type is not multiplied in place */
     const char *row_name[LT_NTYPES];
     lt_rows8_fn rows8[LT_NTYPES];                    /* NULL: 5-12 rows of x take the row kernels */

@@ -114,7 +114,7 @@ static void gmm_task(void *p, int64_t t) {
         return;
     }
     const int64_t ahead = a->ahead;
-    const int fetch = ahead > 0;
+    const int fetch = ahead > 0 && !a->rows_fetch; /* before each row or tile; else they fetch as they go */
     const uint8_t *end = a->w + r1 * a->rowbytes;
     for (const uint8_t *q = a->w + r0 * a->rowbytes; q < end && q < a->w + r0 * a->rowbytes + ahead; q += 64)
         LT_PREFETCH(q);
@@ -122,14 +122,14 @@ static void gmm_task(void *p, int64_t t) {
     for (int64_t r = r0; r < r1;) {
         const uint8_t *row = a->w + r * a->rowbytes;
         if (tile && r + LT_ROWS8_NW <= r1) { /* x rows 0-7 of LT_ROWS8_NW weight rows, the rest below */
-            if (fetch && !a->rows_fetch)
+            if (fetch)
                 for (int64_t o = 0; o < LT_ROWS8_NW * a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
             a->rows8(row, a->rowbytes, a->x, 0, 1, a->y + r, a->ldy, M);
             for (int i = 0; i < LT_ROWS8_NW; i++) row_kernels(a->row, row + i * a->rowbytes, a->x, 8, M, a->y + r + i, a->ldy);
             r += LT_ROWS8_NW;
             continue;
         }
-        if (fetch && !a->rows_fetch)
+        if (fetch)
             for (int64_t o = 0; o < a->rowbytes; o += 64) LT_PREFETCH(row + ahead + o);
         row_kernels(a->row, row, a->x, 0, M, a->y + r, a->ldy);
         r++;
